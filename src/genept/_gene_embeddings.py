@@ -1,0 +1,191 @@
+"""A table of gene embeddings: a float32 matrix and the gene symbols of its rows."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["GeneEmbeddings", "read_gene_embeddings"]
+
+
+@dataclass
+class GeneEmbeddings:
+    """Gene embeddings: row ``i`` of :attr:`matrix` embeds gene :attr:`genes` ``[i]``.
+
+    Parameters
+    ----------
+    genes
+        Gene symbols (or ids), unique.
+    matrix
+        ``(n_genes, dim)`` float32, finite.
+    source, model, text_level
+        Provenance, recorded in ``uns`` when the table is used.
+    """
+
+    genes: np.ndarray
+    matrix: np.ndarray
+    source: str = "user"
+    model: str | None = None
+    text_level: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.genes = np.asarray(self.genes, dtype=object).astype(str)
+        m = np.asarray(self.matrix)
+        if m.ndim != 2:
+            raise ValueError(f"gene embeddings must be a 2-d (genes x dim) array, got shape {m.shape}")
+        if m.shape[0] != self.genes.shape[0]:
+            raise ValueError(
+                f"{self.genes.shape[0]} gene names but {m.shape[0]} embedding rows; "
+                "each gene needs exactly one row"
+            )
+        if m.shape[1] == 0:
+            raise ValueError("gene embeddings have zero columns")
+        if not np.issubdtype(m.dtype, np.number):
+            raise ValueError(f"gene embeddings must be numeric, got dtype {m.dtype}")
+        m = np.ascontiguousarray(m, dtype=np.float32)
+        bad = ~np.isfinite(m).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} gene embeddings contain NaN or inf "
+                f"(first: {', '.join(self.genes[bad][:5])}); drop or fix those rows"
+            )
+        dup = pd.Index(self.genes).duplicated()
+        if dup.any():
+            raise ValueError(
+                f"duplicate gene names in the embeddings (first: {', '.join(self.genes[dup][:5])}); "
+                "keep one row per gene"
+            )
+        self.matrix = m
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return int(self.matrix.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.genes.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"GeneEmbeddings({len(self)} genes x {self.dim}, source={self.source!r}, "
+            f"model={self.model!r})"
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """As a DataFrame indexed by gene."""
+        return pd.DataFrame(self.matrix, index=pd.Index(self.genes, name="gene"))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], **kw) -> GeneEmbeddings:
+        """From ``{gene: vector}``; all vectors must have the same length."""
+        if not mapping:
+            raise ValueError("the gene embedding mapping is empty")
+        genes = list(mapping)
+        lens = {np.asarray(v).reshape(-1).shape[0] for v in mapping.values()}
+        if len(lens) != 1:
+            raise ValueError(f"gene embeddings have different lengths: {sorted(lens)[:10]}")
+        mat = np.stack([np.asarray(mapping[g], dtype=np.float32).reshape(-1) for g in genes])
+        return cls(np.array(genes, dtype=object), mat, **kw)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, **kw) -> GeneEmbeddings:
+        """From a DataFrame indexed by gene, one column per dimension."""
+        num = df.select_dtypes(include=[np.number])
+        if num.shape[1] != df.shape[1]:
+            extra = [c for c in df.columns if c not in num.columns][:5]
+            raise ValueError(
+                f"embedding DataFrame has non-numeric columns {extra}; index it by gene and keep "
+                "only the dimensions"
+            )
+        return cls(df.index.astype(str).to_numpy(), df.to_numpy(), **kw)
+
+    def save_npz(self, path: str | os.PathLike) -> None:
+        """Write ``genes`` and ``matrix`` to a ``.npz`` file (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, genes=self.genes.astype(str), matrix=self.matrix)
+        os.replace(tmp, path)
+
+
+def read_gene_embeddings(
+    path: str | os.PathLike, *, allow_pickle: bool = False, **kw
+) -> GeneEmbeddings:
+    """Read gene embeddings from a file.
+
+    Formats, by suffix: ``.npz`` (arrays ``genes`` and ``matrix``, or ``genes`` and
+    ``embeddings``), ``.parquet`` / ``.csv`` / ``.tsv`` (first column the gene, the
+    others the dimensions), ``.pickle`` / ``.pkl`` (a ``{gene: vector}`` dict or a
+    DataFrame, as GenePT distributes them).
+
+    Parameters
+    ----------
+    path
+        The file.
+    allow_pickle
+        Pickles can run arbitrary code when loaded: they are read only when you pass
+        ``allow_pickle=True`` for a file you trust.
+    **kw
+        Passed to :class:`GeneEmbeddings` (``source``, ``model``…).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no gene embedding file at {path}")
+    name = path.name.lower().rstrip(".")
+    kw.setdefault("source", f"file:{path.name}")
+    if name.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            mkey = "matrix" if "matrix" in keys else "embeddings" if "embeddings" in keys else None
+            if "genes" not in keys or mkey is None:
+                raise ValueError(
+                    f"{path} must hold arrays 'genes' and 'matrix' (has {sorted(keys)})"
+                )
+            return GeneEmbeddings(z["genes"], z[mkey], **kw)
+    if name.endswith((".parquet", ".pq")):
+        return GeneEmbeddings.from_frame(_first_col_index(pd.read_parquet(path)), **kw)
+    if name.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
+        sep = "\t" if ".tsv" in name or name.endswith(".txt") else ","
+        return GeneEmbeddings.from_frame(pd.read_csv(path, sep=sep, index_col=0), **kw)
+    if name.endswith((".pickle", ".pkl")):
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} is a pickle, which can run code when loaded; pass allow_pickle=True "
+                "if you trust it (downloads from genept.datasets are hash-checked instead)"
+            )
+        with open(path, "rb") as f:
+            obj = pickle.load(f)  # noqa: S301 - explicit user opt-in
+        return as_gene_embeddings(obj, **kw)
+    raise ValueError(
+        f"unknown gene embedding file type {path.suffix!r}; use .npz, .parquet, .csv, .tsv or .pickle"
+    )
+
+
+def _first_col_index(df: pd.DataFrame) -> pd.DataFrame:
+    if df.index.dtype == object or isinstance(df.index, pd.Index) and not isinstance(df.index, pd.RangeIndex):
+        return df
+    return df.set_index(df.columns[0])
+
+
+def as_gene_embeddings(obj: Any, **kw) -> GeneEmbeddings:
+    """Coerce a dict, DataFrame, :class:`GeneEmbeddings` or path into :class:`GeneEmbeddings`."""
+    if isinstance(obj, GeneEmbeddings):
+        return obj
+    if isinstance(obj, pd.DataFrame):
+        return GeneEmbeddings.from_frame(obj, **kw)
+    if isinstance(obj, Mapping):
+        return GeneEmbeddings.from_mapping(obj, **kw)
+    if isinstance(obj, str | os.PathLike):
+        return read_gene_embeddings(obj, **kw)
+    raise TypeError(
+        f"cannot use a {type(obj).__name__} as gene embeddings; pass a dict gene -> vector, a "
+        "DataFrame indexed by gene, a GeneEmbeddings or a file path"
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks and evaluations of the GenePT and scMPT papers."""

@@ -1,0 +1,1 @@
+"""Datasets and resources: precomputed GenePT embeddings, NCBI summaries, gene cards."""

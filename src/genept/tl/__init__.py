@@ -1,0 +1,1 @@
+"""Tools: gene and cell embeddings, annotation, gene programs."""
