@@ -1,1 +1,5 @@
 """Plotting."""
+
+from ._genes import gene_umap
+
+__all__ = ["gene_umap"]

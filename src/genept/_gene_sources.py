@@ -1,0 +1,160 @@
+"""Where gene embeddings come from: precomputed tables, or gene texts + an encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._gene_embeddings import GeneEmbeddings, as_gene_embeddings
+
+__all__ = ["TEXT_LEVELS", "TEXT_SOURCES", "GeneSource", "resolve_source"]
+
+#: gene text sources embedded by a text encoder
+TEXT_SOURCES = ("cards", "ncbi", "ncbi_uniprot", "name")
+#: precomputed sources
+PRECOMPUTED_SOURCES = ("genept",)
+#: the paper's three levels of gene text (appendix A)
+TEXT_LEVELS = ("name", "summary", "card")
+#: models of the precomputed GenePT embeddings
+GENEPT_MODELS = {
+    "ada-002": "ada-002",
+    "text-embedding-ada-002": "ada-002",
+    "3-large": "3-large",
+    "text-embedding-3-large": "3-large",
+}
+
+
+@dataclass
+class GeneSource:
+    """A resolved source.
+
+    Either :attr:`embeddings` is set (precomputed), or :attr:`texts` maps each gene of
+    the source to the text to embed.
+    """
+
+    name: str
+    genes: pd.Index
+    embeddings: GeneEmbeddings | None = None
+    texts: pd.Series | None = None
+    text_level: str | None = None
+    model: str | None = None
+
+
+def _cards():
+    from .datasets import gene_cards
+
+    return gene_cards("human")
+
+
+def _join_aliases(row) -> str:
+    al = row.get("aliases") if hasattr(row, "get") else None
+    if isinstance(al, str) and al:
+        return ", ".join(al.split("|")[:8])
+    return ""
+
+
+def _meta_sentence(sym: str, cards: pd.DataFrame) -> str:
+    """``"Gene SYM (full name), also known as A, B, is a protein-coding gene."``"""
+    if sym not in cards.index:
+        return f"Gene {sym}."
+    row = cards.loc[sym]
+    name = row.get("name")
+    head = f"Gene {sym}" + (f" ({name})" if isinstance(name, str) and name else "")
+    al = _join_aliases(row)
+    if al:
+        head += f", also known as {al},"
+    gtype = row.get("gene_type")
+    if isinstance(gtype, str) and gtype:
+        article = "an" if gtype[:1].lower() in "aeiou" else "a"
+        return f"{head} is {article} {gtype.replace('_', ' ')} gene."
+    return head + "."
+
+
+def summary_texts(
+    summaries: Mapping[str, str], level: str, cards: pd.DataFrame | None
+) -> pd.Series:
+    """Texts of the genes of ``summaries`` (NCBI summaries or a user mapping) at ``level``."""
+    out = {}
+    for sym, text in summaries.items():
+        text = str(text).strip() if text is not None else ""
+        if level == "name" or not text:
+            out[sym] = sym
+        elif level == "summary":
+            out[sym] = f"Gene {sym}. {text}"
+        else:
+            meta = _meta_sentence(sym, cards) if cards is not None else f"Gene {sym}."
+            out[sym] = f"{meta} {text}"
+    return pd.Series(out, dtype=object)
+
+
+def resolve_source(
+    source: Any,
+    *,
+    model: str | None,
+    text_level: str,
+    allow_pickle: bool = False,
+) -> GeneSource:
+    """Turn the user's ``source`` argument into a :class:`GeneSource`."""
+    if text_level not in TEXT_LEVELS:
+        raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
+    if isinstance(source, str) and source in PRECOMPUTED_SOURCES:
+        from .datasets import genept_embeddings
+
+        key = GENEPT_MODELS.get(model or "ada-002")
+        if key is None:
+            raise ValueError(
+                f"unknown GenePT model {model!r}; choose one of {sorted(set(GENEPT_MODELS))}"
+            )
+        emb = genept_embeddings(key)
+        return GeneSource("genept", pd.Index(emb.genes), embeddings=emb, model=emb.model,
+                          text_level="summary")
+    if isinstance(source, str) and source in TEXT_SOURCES:
+        cards = _cards()
+        if source == "cards" or source == "name":
+            from .datasets import card_text
+
+            level = "name" if source == "name" else text_level
+            texts = card_text(cards, cards.index, level=level)
+            return GeneSource(source, pd.Index(cards.index), texts=texts.dropna(),
+                              text_level=level)
+        from .datasets import ncbi_summaries
+
+        summ = ncbi_summaries(source)
+        texts = summary_texts(summ, text_level, cards)
+        return GeneSource(source, pd.Index(texts.index), texts=texts, text_level=text_level)
+    if isinstance(source, str):
+        from pathlib import Path
+
+        if Path(source).exists():
+            emb = as_gene_embeddings(source, allow_pickle=allow_pickle)
+            return GeneSource(emb.source, pd.Index(emb.genes), embeddings=emb, model=emb.model)
+        raise ValueError(
+            f"unknown gene embedding source {source!r}; choose one of "
+            f"{list(TEXT_SOURCES) + list(PRECOMPUTED_SOURCES)}, or pass your own embeddings "
+            "(dict gene -> vector, DataFrame indexed by gene, GeneEmbeddings, or a .npz/"
+            ".parquet/.csv/.pickle path) or texts (dict gene -> text, pandas Series)"
+        )
+    # user texts: a mapping / Series of strings
+    if isinstance(source, pd.Series) and (
+        source.dtype == object and source.map(lambda v: isinstance(v, str)).all()
+    ):
+        source = source.to_dict()
+    if isinstance(source, Mapping) and source and all(isinstance(v, str) for v in source.values()):
+        cards = _cards() if text_level == "card" else None
+        texts = summary_texts({str(k): v for k, v in source.items()}, text_level, cards)
+        return GeneSource("user_text", pd.Index(texts.index), texts=texts, text_level=text_level)
+    emb = as_gene_embeddings(source, allow_pickle=allow_pickle)
+    return GeneSource(emb.source if emb.source != "user" else "user", pd.Index(emb.genes),
+                      embeddings=emb, model=emb.model, text_level=emb.text_level)
+
+
+def random_embeddings(genes, dim: int, seed: int = 0) -> GeneEmbeddings:
+    """Gaussian random unit vectors, the papers' negative control."""
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((len(genes), dim)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    return GeneEmbeddings(np.asarray(genes), m, source="random", model=f"gaussian-{dim}")

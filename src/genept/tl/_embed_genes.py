@@ -1,0 +1,204 @@
+"""``gpt.tl.embed_genes``: gene embeddings for the genes of a dataset."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._gene_matching import build_alias_maps, match_genes
+from .._gene_sources import TEXT_LEVELS, resolve_source
+from .._utils import check_adata, get_var_names, write_results
+from ..encoders import TextEncoder, get_encoder
+
+__all__ = ["embed_genes", "uns_key_for"]
+
+
+def uns_key_for(key_added: str) -> str:
+    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key."""
+    return key_added[2:] if key_added.startswith("X_") else key_added
+
+
+@lru_cache(maxsize=1)
+def _alias_maps():
+    from ..datasets import gene_cards
+
+    return build_alias_maps(gene_cards("human"))
+
+
+def _no_match_error(names: pd.Index, adata: AnnData, source_genes: pd.Index, gene_symbols):
+    examples = ", ".join(map(str, names[:5]))
+    source_ex = ", ".join(map(str, source_genes[:5]))
+    cols = [c for c in adata.var.columns if adata.var[c].dtype == object or
+            isinstance(adata.var[c].dtype, pd.CategoricalDtype)]
+    hint = (
+        f" Pass gene_symbols= one of the var columns {cols} holding gene symbols?"
+        if cols and gene_symbols is None
+        else ""
+    )
+    return ValueError(
+        f"no gene of the dataset matches the embedding source (dataset genes: {examples}, ...; "
+        f"source genes: {source_ex}, ...). Genes are matched by symbol (any case), NCBI/HGNC "
+        f"aliases and Ensembl ids.{hint}"
+    )
+
+
+def embed_genes(
+    adata: AnnData,
+    source: Any = "cards",
+    *,
+    model: str | TextEncoder | None = None,
+    text_level: str = "card",
+    gene_symbols: str | None = None,
+    key_added: str = "X_genept",
+    batch_size: int | None = None,
+    cache: bool = True,
+    allow_pickle: bool = False,
+    show_progress: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Embed the genes of ``adata`` (GenePT gene embeddings).
+
+    Each gene of ``adata.var`` is matched to the source (exact symbol, Ensembl id,
+    case-insensitive symbol, NCBI/HGNC alias or previous symbol, in that order) and gets
+    the embedding of its text, or a precomputed embedding. Only the genes the dataset
+    needs are embedded, and every text embedding is cached on disk.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix; ``var_names`` (or ``var[gene_symbols]``) are gene symbols
+        or Ensembl ids.
+    source
+        Where embeddings come from:
+
+        * ``"cards"`` (default, offline): the gene cards shipped with genept (NCBI Gene
+          full name, type, aliases and Gene Ontology terms) embedded by ``model``;
+        * ``"ncbi"`` / ``"ncbi_uniprot"``: GenePT's NCBI (and UniProt) gene summaries,
+          downloaded once from Zenodo, embedded by ``model``;
+        * ``"name"``: the gene symbol alone, embedded by ``model`` (paper's control);
+        * ``"genept"``: GenePT's precomputed embeddings (``model="ada-002"``, 1536-d,
+          default, or ``"3-large"``, 3072-d), downloaded once from Zenodo;
+        * your own texts: a dict or Series gene -> text, embedded by ``model``;
+        * your own embeddings: a dict gene -> vector, a DataFrame indexed by gene, a
+          :class:`~genept.GeneEmbeddings`, or a ``.npz``/``.parquet``/``.csv``/``.pickle``
+          file path (pickles need ``allow_pickle=True``).
+    model
+        Text encoder for text sources (see :func:`genept.encoders.get_encoder`):
+        default the packaged all-MiniLM-L6-v2; any sentence-transformers name or folder
+        (e.g. ``"llmrails/ember-v1"``); ``"openai:text-embedding-3-large"``. For
+        ``source="genept"``, the precomputed model.
+    text_level
+        The paper's levels of gene text (appendix A): ``"name"`` (symbol only),
+        ``"summary"`` (symbol and its functional summary) or ``"card"`` (everything:
+        full name, aliases, gene type and summary).
+    gene_symbols
+        Column of ``adata.var`` with gene symbols, if ``var_names`` are not.
+    key_added
+        ``varm`` key of the embeddings. ``uns`` and ``var`` keys use it without ``X_``.
+    batch_size
+        Texts per encoder batch (default: the encoder's).
+    cache
+        Use the persistent text-embedding cache (``genept.settings.cache_dir``).
+    allow_pickle
+        Allow reading a user-supplied pickle file (it can run code; only for files you trust).
+    show_progress
+        Progress bar (default ``genept.settings.progress``).
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` if ``copy=True``. Sets
+
+    ``adata.varm['X_genept']``
+        ``float32 (n_vars, dim)``; zero rows for genes without an embedding.
+    ``adata.var['genept_has_embedding']``
+        Whether the gene got an embedding.
+    ``adata.var['genept_gene']``
+        The source gene it was matched to (``""`` if none).
+    ``adata.uns['genept']['params']``
+        Source, model, text level, dimension, genes matched/total and counts per match kind.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
+    >>> adata.varm["X_genept"].shape  # doctest: +SKIP
+    (765, 384)
+    """
+    check_adata(adata)
+    if text_level not in TEXT_LEVELS:
+        raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
+    start = logg.info("embedding genes")
+    names = get_var_names(adata, gene_symbols=gene_symbols)
+    if len(names) == 0:
+        raise ValueError("adata has no genes (adata.n_vars == 0)")
+    src = resolve_source(source, model=model if isinstance(model, str) or model is None else None,
+                         text_level=text_level, allow_pickle=allow_pickle)
+    aliases, ensembl = _alias_maps()
+    match = match_genes(list(names), list(src.genes), aliases=aliases, ensembl=ensembl)
+    target = match.target.copy()
+    kind = match.kind.copy()
+    texts = src.texts
+    if src.name == "name":  # any gene has a name: unmatched genes are embedded as written
+        extra = [str(n) for n, t in zip(names, target, strict=True) if t == ""]
+        texts = pd.concat([texts, pd.Series(extra, index=extra, dtype=object)])
+        texts = texts[~texts.index.duplicated()]
+        target = np.where(target == "", names.to_numpy(dtype=object), target)
+    has = target != ""
+    if not has.any():
+        raise _no_match_error(names, adata, src.genes, gene_symbols)
+    counts = match.counts()
+    logg.info(
+        f"    matched {int(has.sum())} of {len(names)} genes to source {src.name!r} "
+        + ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
+    )
+    needed = pd.Index(pd.unique(target[has]))
+    if src.embeddings is not None:
+        pos = pd.Index(src.embeddings.genes).get_indexer(needed)
+        vectors = src.embeddings.matrix[pos]
+        model_name = src.model or src.embeddings.model or "precomputed"
+    else:
+        encoder = get_encoder(model)
+        vectors = encoder.encode(
+            list(texts.loc[needed].astype(str)),
+            batch_size=batch_size,
+            cache=cache,
+            show_progress=show_progress,
+            desc="embedding genes",
+        )
+        model_name = getattr(encoder, "model_name", None) or encoder.cache_id
+    dim = int(vectors.shape[1])
+    M = np.zeros((len(names), dim), dtype=np.float32)
+    row = needed.get_indexer(target[has])
+    M[has] = vectors[row]
+    prefix = uns_key_for(key_added)
+    params = {
+        "source": src.name,
+        "model": str(model_name),
+        "text_level": str(src.text_level or "none"),
+        "dim": dim,
+        "n_genes_matched": int(has.sum()),
+        "n_genes_total": len(names),
+        "match_counts": counts,
+        "gene_symbols": gene_symbols or "var_names",
+        "key_added": key_added,
+    }
+    out = write_results(
+        adata,
+        [
+            ("varm", key_added, M),
+            ("var", f"{prefix}_has_embedding", has),
+            ("var", f"{prefix}_gene", pd.Categorical(target.astype(str))),
+            ("uns", prefix, {"params": params}),
+        ],
+        copy=copy,
+        log=lambda msg: logg.info("    finished", time=start, deep=msg),
+    )
+    return out
