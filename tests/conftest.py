@@ -15,11 +15,11 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session writes its caches to a temporary folder, not ~/.cache."""
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test writes its caches to its own temporary folder, not ~/.cache."""
     import genept as gpt
 
-    cache = tmp_path_factory.getbasetemp() / "genept_cache"
+    cache = tmp_path / "genept_cache"
     monkeypatch.setattr(gpt.settings, "cache_dir", cache)
     monkeypatch.setattr(gpt.settings, "progress", False)
     yield

@@ -22,15 +22,32 @@ def test_each_kind():
     q = ["CD3E", "cd8a", "ENSG00000141510.17", "CD20", "ENSG00000153563", "NOPE", "foxp3", "lfs1"]
     m = match_genes(q, TARGETS, aliases=aliases, ensembl=ensembl)
     assert m.target.tolist() == ["CD3E", "CD8A", "TP53", "MS4A1", "CD8A", "", "FOXP3", "TP53"]
-    assert m.kind.tolist() == ["exact", "case", "ensembl", "alias", "ensembl", "none", "case", "alias"]
-    assert m.counts() == {"exact": 1, "ensembl": 2, "case": 2, "alias": 2, "ambiguous": 0, "none": 1}
+    assert m.kind.tolist() == [
+        "exact",
+        "case",
+        "ensembl",
+        "alias",
+        "ensembl",
+        "none",
+        "case",
+        "alias",
+    ]
+    assert m.counts() == {
+        "exact": 1,
+        "ensembl": 2,
+        "case": 2,
+        "alias": 2,
+        "ambiguous": 0,
+        "none": 1,
+    }
     assert m.n_matched == 7
     np.testing.assert_array_equal(m.index[m.matched], [0, 1, 2, 3, 1, 5, 2])
 
 
 def test_exact_beats_alias_and_ambiguous_alias_is_left_unmatched():
-    cards = pd.DataFrame({"aliases": ["X1", "X1", "CD8A"], "ensembl": ["", "", ""]},
-                         index=["GA", "GB", "CD8A"])
+    cards = pd.DataFrame(
+        {"aliases": ["X1", "X1", "CD8A"], "ensembl": ["", "", ""]}, index=["GA", "GB", "CD8A"]
+    )
     aliases, ensembl = build_alias_maps(cards)
     m = match_genes(["X1", "CD8A"], ["GA", "GB", "CD8A"], aliases=aliases, ensembl=ensembl)
     assert m.kind.tolist() == ["ambiguous", "exact"]

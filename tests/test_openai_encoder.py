@@ -73,7 +73,9 @@ class MockServer:
                     given = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     # like the real API, the message echoes the (wrong) key
                     msg = f"Incorrect API key provided: {given}."
-                    return self._send(401, {"error": {"message": msg, "type": "invalid_request_error"}})
+                    return self._send(
+                        401, {"error": {"message": msg, "type": "invalid_request_error"}}
+                    )
                 if step is not None:
                     status, headers = step
                     return self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
@@ -218,8 +220,12 @@ def test_connection_error_is_retried_then_reported(cache):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     enc = OpenAIEncoder(
-        "mock-embed", api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1",
-        max_retries=1, backoff_base=0.01, timeout=5,
+        "mock-embed",
+        api_key=KEY,
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=1,
+        backoff_base=0.01,
+        timeout=5,
     )
     with pytest.raises(OpenAIRequestError, match="connection error after 2 attempt"):
         enc.encode(["CD3E"], cache=cache, show_progress=False)
@@ -296,7 +302,9 @@ def test_cache_id(server, monkeypatch):
     official = OpenAIEncoder("text-embedding-3-large", api_key=KEY)
     assert official.cache_id == "openai:text-embedding-3-large"
     assert repr(official) == "OpenAIEncoder('openai:text-embedding-3-large')"
-    also = OpenAIEncoder("text-embedding-ada-002", api_key=KEY, base_url="https://api.openai.com/v1")
+    also = OpenAIEncoder(
+        "text-embedding-ada-002", api_key=KEY, base_url="https://api.openai.com/v1"
+    )
     assert also.cache_id == "openai:text-embedding-ada-002"
     short = OpenAIEncoder("text-embedding-3-large", api_key=KEY, dimensions=256)
     assert short.cache_id == "openai:text-embedding-3-large:d256" and short.dim == 256
@@ -328,3 +336,31 @@ def test_get_encoder_routes_openai_names(server):
 
     enc = get_encoder("openai:mock-embed", api_key=KEY, base_url=server.url)
     assert isinstance(enc, OpenAIEncoder) and enc.model == "mock-embed"
+
+
+class CharTokenizer:
+    """Stands in for a tiktoken encoding: one token per character."""
+
+    def encode_batch(self, texts):
+        return [[ord(c) for c in t] for t in texts]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_long_texts_cut_with_tokenizer(server, cache):
+    enc = make(server)
+    enc._tokenizer = CharTokenizer()
+    long = "x" * 9000
+    assert enc.count_tokens(["abc", long]).tolist() == [3, 9000]
+    out = enc.encode([long, "abc"], cache=cache, show_progress=False)
+    assert [len(t) for t in server.requests[0]] == [8191, 3]
+    np.testing.assert_array_equal(out[0], expected_vector("x" * 8191))
+    # cached under the text the caller gave
+    assert len(cache.get_many(enc.cache_id, [long])) == 1
+
+
+def test_count_tokens_without_tiktoken(server):
+    enc = make(server)
+    enc._tokenizer = False  # as when tiktoken is not installed
+    assert enc.count_tokens(["one two three"]).tolist() == [int(3 * 1.3) + 2]

@@ -175,7 +175,7 @@ def _first_col_index(df: pd.DataFrame) -> pd.DataFrame:
     return df.set_index(df.columns[0])
 
 
-def as_gene_embeddings(obj: Any, **kw) -> GeneEmbeddings:
+def as_gene_embeddings(obj: Any, *, allow_pickle: bool = False, **kw) -> GeneEmbeddings:
     """Coerce a dict, DataFrame, :class:`GeneEmbeddings` or path into :class:`GeneEmbeddings`."""
     if isinstance(obj, GeneEmbeddings):
         return obj
@@ -184,7 +184,7 @@ def as_gene_embeddings(obj: Any, **kw) -> GeneEmbeddings:
     if isinstance(obj, Mapping):
         return GeneEmbeddings.from_mapping(obj, **kw)
     if isinstance(obj, str | os.PathLike):
-        return read_gene_embeddings(obj, **kw)
+        return read_gene_embeddings(obj, allow_pickle=allow_pickle, **kw)
     raise TypeError(
         f"cannot use a {type(obj).__name__} as gene embeddings; pass a dict gene -> vector, a "
         "DataFrame indexed by gene, a GeneEmbeddings or a file path"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ TEXT_SOURCES = ("cards", "ncbi", "ncbi_uniprot", "name")
 PRECOMPUTED_SOURCES = ("genept",)
 #: the paper's three levels of gene text (appendix A)
 TEXT_LEVELS = ("name", "summary", "card")
+#: the first sentence of a gene card: "Gene SYM (full name) is a protein-coding gene."
+_CARD_HEAD = r"^Gene (\S+ \(.*?\)) is an? [^.]*? gene\."
 #: models of the precomputed GenePT embeddings
 GENEPT_MODELS = {
     "ada-002": "ada-002",
@@ -39,15 +41,24 @@ class GeneSource:
     name: str
     genes: pd.Index
     embeddings: GeneEmbeddings | None = None
-    texts: pd.Series | None = None
+    texts: pd.Series | Callable[[pd.Index], pd.Series] | None = None
     text_level: str | None = None
     model: str | None = None
+
+    def texts_of(self, genes: pd.Index) -> pd.Series:
+        """Texts of ``genes`` (all genes of the source)."""
+        if self.texts is None:
+            raise ValueError(f"source {self.name!r} has precomputed embeddings, not texts")
+        if callable(self.texts):
+            return self.texts(pd.Index(genes))
+        return self.texts.loc[pd.Index(genes)]
 
 
 def _cards():
     from .datasets import gene_cards
 
-    return gene_cards("human")
+    cards = gene_cards("human")
+    return cards[~cards.index.duplicated(keep="first")]
 
 
 def _join_aliases(row) -> str:
@@ -118,9 +129,14 @@ def resolve_source(
             from .datasets import card_text
 
             level = "name" if source == "name" else text_level
-            texts = card_text(cards, cards.index, level=level)
-            return GeneSource(source, pd.Index(cards.index), texts=texts.dropna(),
-                              text_level=level)
+
+            def texts(genes: pd.Index) -> pd.Series:
+                out = card_text(cards, genes, level="card" if level == "summary" else level)
+                if level == "summary":  # the functional text without the gene-type metadata
+                    out = out.str.replace(_CARD_HEAD, r"Gene \1.", n=1, regex=True)
+                return out
+
+            return GeneSource(source, pd.Index(cards.index), texts=texts, text_level=level)
         from .datasets import ncbi_summaries
 
         summ = ncbi_summaries(source)

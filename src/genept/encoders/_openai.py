@@ -204,7 +204,7 @@ class OpenAIEncoder(TextEncoder):
                     self._tokenizer = tiktoken.encoding_for_model(self.model)
                 except KeyError:
                     self._tokenizer = tiktoken.get_encoding("cl100k_base")
-            except Exception:  # noqa: BLE001 - not installed, or its data cannot be fetched
+            except Exception:  # not installed, or its data cannot be fetched
                 self._tokenizer = False
         return self._tokenizer or None
 
@@ -263,7 +263,7 @@ class OpenAIEncoder(TextEncoder):
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.backoff_max)
         delay = min(self.backoff_max, self.backoff_base * 2.0**attempt)
-        return delay * (0.5 + 0.5 * random.random())  # noqa: S311 - jitter, not crypto
+        return delay * (0.5 + 0.5 * random.random())  # jitter
 
     def _request(self, texts: list[str]) -> np.ndarray:
         import openai
@@ -285,7 +285,9 @@ class OpenAIEncoder(TextEncoder):
                 what = f"HTTP {status}"
             except openai.APIConnectionError as e:  # includes APITimeoutError
                 error, status = e, None
-                what = "a timeout" if isinstance(e, openai.APITimeoutError) else "a connection error"
+                what = (
+                    "a timeout" if isinstance(e, openai.APITimeoutError) else "a connection error"
+                )
             if attempt >= self.max_retries:
                 msg = self._redact(getattr(error, "message", "") or str(error))
                 raise OpenAIRequestError(
@@ -297,7 +299,9 @@ class OpenAIEncoder(TextEncoder):
             wait = self._wait(attempt, error)
             from scanpy import logging as logg
 
-            logg.info(f"{where} answered {what}; retry {attempt + 1}/{self.max_retries} in {wait:.2g} s")
+            logg.info(
+                f"{where} answered {what}; retry {attempt + 1}/{self.max_retries} in {wait:.2g} s"
+            )
             time.sleep(wait)
             attempt += 1
         return self._parse(resp, len(texts), where)

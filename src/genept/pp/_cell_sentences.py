@@ -57,66 +57,109 @@ _BLOCK_DENSE = 1 << 24
 # compiled kernels
 # --------------------------------------------------------------------------------------
 
-_U32 = np.uint64(0xFFFFFFFF)
-_TOP = np.uint64(0x7FFFFFFF)
-_SHIFT = np.uint64(32)
+# The ranking sorts packed integer keys. Values become ``vals``, a uint32 per entry that
+# orders like the value (the bits of a non-negative float32, or the dense rank of the
+# value in its block) with 0 for zero; ``vbits`` is its width. A gene's tie priority
+# takes ``pbits`` bits. ``((vmax - v) << pbits) | priority`` sorted ascending gives
+# descending value, then ascending priority.
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _rank_packed(indptr, indices, bits, priority, gene_of, out_indptr, out_idx):  # pragma: no cover - jit
-    """Rows whose values are exact float32: one sort of ``(~bits << 32) | priority``.
-
-    For non-negative float32 the IEEE bit pattern orders like the value, so sorting the
-    packed key ascending gives descending value, then ascending tie priority.
-    """
-    for r in numba.prange(indptr.shape[0] - 1):
-        o = out_indptr[r]
-        k = out_indptr[r + 1] - o
-        if k == 0:
-            continue
-        s = indptr[r]
-        e = indptr[r + 1]
-        keys = np.empty(e - s, np.uint64)
-        m = 0
-        for j in range(s, e):
-            b = np.uint64(bits[j]) & _TOP  # drop the sign bit of -0.0
-            if b != 0:
-                keys[m] = ((_TOP - b) << _SHIFT) | np.uint64(priority[indices[j]])
-                m += 1
-        keys = keys[:m]
-        if k < m:
-            keys = np.partition(keys, k - 1)[:k]
-        keys = np.sort(keys)
-        for t in range(k):
-            out_idx[o + t] = gene_of[np.int64(keys[t] & _U32)]
+def _row_nonzeros(indptr, vals, vbits):  # pragma: no cover - jit
+    vmax = (np.uint64(1) << np.uint64(vbits)) - np.uint64(1)
+    n = indptr.shape[0] - 1
+    out = np.zeros(n, np.int64)
+    for r in numba.prange(n):
+        c = 0
+        for j in range(indptr[r], indptr[r + 1]):
+            if np.uint64(vals[j]) & vmax != 0:
+                c += 1
+        out[r] = c
+    return out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _rank_generic(indptr, indices, values, priority, gene_of, out_indptr, out_idx):  # pragma: no cover - jit
-    """Any float64 values: order by priority, then a stable sort by descending value."""
+def _pack_keys(indptr, indices, vals, vbits, priority, pbits, nz_indptr, rmask, keys):  # pragma: no cover - jit
+    """Keys ``(row & rmask, value desc, priority)`` of the non-zero entries, row-major."""
+    vmax = (np.uint64(1) << np.uint64(vbits)) - np.uint64(1)
+    rshift = np.uint64(vbits + pbits)
+    pb = np.uint64(pbits)
     for r in numba.prange(indptr.shape[0] - 1):
-        o = out_indptr[r]
-        k = out_indptr[r + 1] - o
-        if k == 0:
-            continue
-        s = indptr[r]
-        e = indptr[r + 1]
-        pri = np.empty(e - s, np.int64)
-        neg = np.empty(e - s, np.float64)
-        m = 0
-        for j in range(s, e):
-            v = values[j]
+        o = nz_indptr[r]
+        head = (np.uint64(r) & np.uint64(rmask)) << rshift
+        for j in range(indptr[r], indptr[r + 1]):
+            v = np.uint64(vals[j]) & vmax  # & vmax: -0.0 is zero
             if v != 0:
-                pri[m] = priority[indices[j]]
-                neg[m] = -v
-                m += 1
-        pri = pri[:m]
-        neg = neg[:m]
-        by_pri = np.argsort(pri)
-        neg = neg[by_pri]
-        order = np.argsort(neg, kind="mergesort")
+                keys[o] = head | ((vmax - v) << pb) | np.uint64(priority[indices[j]])
+                o += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _unpack_genes(keys, nz_indptr, pbits, gene_of, out_indptr, out_idx):  # pragma: no cover - jit
+    """The first ``out_indptr[r+1] - out_indptr[r]`` genes of each sorted row segment."""
+    mask = (np.uint64(1) << np.uint64(pbits)) - np.uint64(1)
+    for r in numba.prange(out_indptr.shape[0] - 1):
+        s = nz_indptr[r]
+        o = out_indptr[r]
+        for t in range(out_indptr[r + 1] - o):
+            out_idx[o + t] = gene_of[np.int64(keys[s + t] & mask)]
+
+
+@numba.njit(inline="always")
+def _sift_down(heap, i, n):  # pragma: no cover - jit
+    """Restore the max-heap below ``i`` (``heap[:n]``)."""
+    x = heap[i]
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and heap[c + 1] > heap[c]:
+            c += 1
+        if heap[c] <= x:
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = x
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _top_k(indptr, indices, vals, vbits, priority, pbits, gene_of, out_indptr, out_idx):  # pragma: no cover - jit
+    """Each row's ``k`` smallest keys with a bounded max-heap: one pass, ``O(nnz + k log k)``.
+
+    Used when the cut ``k`` is much shorter than the rows (``n_genes``, token budget).
+    """
+    vmax = (np.uint64(1) << np.uint64(vbits)) - np.uint64(1)
+    pb = np.uint64(pbits)
+    mask = (np.uint64(1) << pb) - np.uint64(1)
+    for r in numba.prange(indptr.shape[0] - 1):
+        o = out_indptr[r]
+        k = out_indptr[r + 1] - o
+        if k == 0:
+            continue
+        heap = np.empty(k, np.uint64)
+        c = 0
+        # once the heap is full, a value below the worst kept one cannot enter: test the
+        # value alone (no key, no priority look-up) for most entries
+        floor = np.uint64(1)
+        for j in range(indptr[r], indptr[r + 1]):
+            v = np.uint64(vals[j]) & vmax
+            if v < floor:  # zero, or (heap full) below the worst kept value
+                continue
+            key = ((vmax - v) << pb) | np.uint64(priority[indices[j]])
+            if c < k:
+                heap[c] = key
+                c += 1
+                if c == k:
+                    for i in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap, i, k)
+                    floor = vmax - (heap[0] >> pb)
+            elif key < heap[0]:
+                heap[0] = key
+                _sift_down(heap, 0, k)
+                floor = vmax - (heap[0] >> pb)
+        heap = np.sort(heap)
         for t in range(k):
-            out_idx[o + t] = gene_of[pri[by_pri[order[t]]]]
+            out_idx[o + t] = gene_of[np.int64(heap[t] & mask)]
 
 
 @numba.njit(inline="always")
@@ -150,26 +193,58 @@ def _shuffle_rows(indptr, idx, seed, row_offset):  # pragma: no cover - jit
             idx[s + j] = seg[order[j]]
 
 
+#: bytes of a gene name copied in one fixed-size move (longer names: byte by byte)
+_SLOT = 16
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _render(indptr, idx, name_buf, name_off, prefix, out_off, out):  # pragma: no cover - jit
-    """Write ``prefix + " ".join(names)`` of every row into ``out`` at ``out_off``."""
+def _row_bytes(indptr, idx, name_len, prefix_len):  # pragma: no cover - jit
+    """Bytes of each row's sentence: prefix, names, one space between names."""
+    n = indptr.shape[0] - 1
+    out = np.zeros(n, np.int64)
+    for r in numba.prange(n):
+        s = indptr[r]
+        e = indptr[r + 1]
+        if e == s:
+            continue
+        c = prefix_len + (e - s - 1)
+        for t in range(s, e):
+            c += name_len[idx[t]]
+        out[r] = c
+    return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _render(indptr, idx, slots, name_len, name_buf, name_off, prefix, out_off, out):  # pragma: no cover - jit
+    """Write ``prefix + " ".join(names)`` of every row into ``out`` at ``out_off``.
+
+    Names of at most ``_SLOT`` bytes are copied as one fixed-size move from ``slots``
+    (the bytes past the name are overwritten by what follows in the same row) while the
+    move ends inside the row; otherwise byte by byte, so no row writes into the next.
+    """
     p = prefix.shape[0]
+    width = slots.shape[1]
     for r in numba.prange(indptr.shape[0] - 1):
         s = indptr[r]
         e = indptr[r + 1]
         if e == s:
             continue
         w = out_off[r]
+        end = out_off[r + 1]
         for j in range(p):
             out[w + j] = prefix[j]
         w += p
         for t in range(s, e):
             g = idx[t]
-            a = name_off[g]
-            b = name_off[g + 1]
-            for j in range(a, b):
-                out[w] = name_buf[j]
-                w += 1
+            n_b = name_len[g]
+            if n_b <= width and w + width <= end:
+                for j in range(width):
+                    out[w + j] = slots[g, j]
+            else:
+                a = name_off[g]
+                for j in range(n_b):
+                    out[w + j] = name_buf[a + j]
+            w += n_b
             if t + 1 < e:
                 out[w] = 32  # " "
                 w += 1
@@ -256,28 +331,56 @@ def _tie_priority(n_vars: int, seed: int | None) -> tuple[np.ndarray, np.ndarray
     return priority, gene_of
 
 
-def _rank_block(
-    csr: sparse.csr_matrix, priority: np.ndarray, gene_of: np.ndarray, n_genes: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    data = csr.data
+def _value_keys(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(vals, vbits)``: uint32 ordering like ``data`` (0 for zero) and its bit width.
+
+    Values that float32 holds exactly (float32 data, counts, most log1p data) use their
+    float32 bits (31 bits: non-negative); others their dense rank among the block's values.
+    """
     _check_values(data)
-    indptr = csr.indptr.astype(np.int64, copy=False)
-    nz = data != 0
-    cum = np.concatenate([[0], np.cumsum(nz, dtype=np.int64)])
-    counts = cum[indptr[1:]] - cum[indptr[:-1]]
-    if n_genes is not None:
-        np.minimum(counts, n_genes, out=counts)
-    out_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    out_idx = np.empty(int(out_indptr[-1]), dtype=np.int32)
-    if out_idx.size == 0:
-        return out_indptr, out_idx
-    indices = csr.indices
     f32 = data if data.dtype == np.float32 else data.astype(np.float32)
     if f32 is data or np.array_equal(f32, data):
-        _rank_packed(indptr, indices, f32.view(np.uint32), priority, gene_of, out_indptr, out_idx)
-    else:
-        vals = data.astype(np.float64, copy=False)
-        _rank_generic(indptr, indices, vals, priority, gene_of, out_indptr, out_idx)
+        return f32.view(np.uint32), 31
+    uniq, inv = np.unique(data, return_inverse=True)
+    shift = 0 if uniq[0] == 0 else 1
+    return (inv.ravel() + shift).astype(np.uint32), max(1, int(uniq.size - 1 + shift).bit_length())
+
+
+#: use the per-row heap when the cut keeps at most this share of a row's genes
+_HEAP_SHARE = 0.1
+
+
+def _rank_block(
+    csr: sparse.csr_matrix,
+    priority: np.ndarray,
+    gene_of: np.ndarray,
+    n_genes: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank one CSR row block: ``(indptr, int32 gene indices)``."""
+    pbits = max(1, int(csr.shape[1] - 1).bit_length())
+    vals, vbits = _value_keys(csr.data)
+    indptr = csr.indptr.astype(np.int64, copy=False)
+    nnz_row = _row_nonzeros(indptr, vals, vbits)
+    counts = nnz_row if n_genes is None else np.minimum(nnz_row, n_genes)
+    out_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out_idx = np.empty(int(out_indptr[-1]), dtype=np.int32)
+    total_nz = int(nnz_row.sum())
+    if out_idx.size == 0:
+        return out_indptr, out_idx
+    if out_idx.size <= _HEAP_SHARE * total_nz:  # short cut: one pass per row, no full sort
+        _top_k(indptr, csr.indices, vals, vbits, priority, pbits, gene_of, out_indptr, out_idx)
+        return out_indptr, out_idx
+    # long rows kept: one global sort (numpy's SIMD sort) of (row, value, priority) keys;
+    # rows are packed in the bits left, so sort in chunks of at most 2**rbits rows
+    rbits = 64 - vbits - pbits
+    chunk = 1 << min(rbits, 40)
+    nz_indptr = np.concatenate([[0], np.cumsum(nnz_row)]).astype(np.int64)
+    keys = np.empty(total_nz, dtype=np.uint64)
+    _pack_keys(indptr, csr.indices, vals, vbits, priority, pbits, nz_indptr, chunk - 1, keys)
+    n = csr.shape[0]
+    for a in range(0, n, chunk):
+        keys[nz_indptr[a] : nz_indptr[min(n, a + chunk)]].sort()
+    _unpack_genes(keys, nz_indptr, pbits, gene_of, out_indptr, out_idx)
     return out_indptr, out_idx
 
 
@@ -461,41 +564,34 @@ def token_budget(
     return counts, budget
 
 
-def _encode_names(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    enc = [w.encode("utf-8") for w in words.tolist()]
-    lens = np.fromiter((len(b) for b in enc), dtype=np.int64, count=len(enc))
-    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    buf = np.frombuffer(b"".join(enc), dtype=np.uint8) if enc else np.zeros(0, np.uint8)
-    return buf, off, all(w.isascii() for w in words.tolist())
+class _Names:
+    """Gene words as UTF-8 bytes, laid out for :func:`_render`."""
 
+    def __init__(self, words: np.ndarray):
+        enc = [w.encode("utf-8") for w in words.tolist()]
+        self.length = np.fromiter((len(b) for b in enc), dtype=np.int64, count=len(enc))
+        self.offset = np.concatenate([[0], np.cumsum(self.length)]).astype(np.int64)
+        self.buf = np.frombuffer(b"".join(enc), dtype=np.uint8) if enc else np.zeros(0, np.uint8)
+        fixed = np.zeros((len(enc), _SLOT), dtype=np.uint8)
+        for g, b in enumerate(enc):
+            fixed[g, : min(len(b), _SLOT)] = np.frombuffer(b[:_SLOT], dtype=np.uint8)
+        self.slots = fixed
+        self.ascii = all(w.isascii() for w in words.tolist())
 
-def _render_block(
-    indptr: np.ndarray,
-    idx: np.ndarray,
-    name_buf: np.ndarray,
-    name_off: np.ndarray,
-    ascii_names: bool,
-    prefix: str,
-) -> list[str]:
-    pre = np.frombuffer(prefix.encode("utf-8"), dtype=np.uint8)
-    n = indptr.shape[0] - 1
-    lengths = np.diff(indptr)
-    name_len = np.diff(name_off)
-    cum = np.concatenate([[0], np.cumsum(name_len[idx] + 1)])
-    row_bytes = cum[indptr[1:]] - cum[indptr[:-1]]  # names + one space each
-    row_bytes = np.where(lengths > 0, row_bytes - 1 + pre.size, 0)
-    out_off = np.concatenate([[0], np.cumsum(row_bytes)]).astype(np.int64)
-    out = np.empty(int(out_off[-1]), dtype=np.uint8)
-    if n == 0:
-        return []
-    if out.size:
-        _render(indptr, idx, name_buf, name_off, pre, out_off, out)
-    raw = out.tobytes()
-    bounds = out_off.tolist()
-    if ascii_names and prefix.isascii():
-        text = raw.decode("ascii")  # byte offsets are character offsets
-        return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return [raw[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    def render(self, indptr: np.ndarray, idx: np.ndarray, prefix: str) -> list[str]:
+        """The sentence of each row of the ragged ``(indptr, idx)``."""
+        pre = np.frombuffer(prefix.encode("utf-8"), dtype=np.uint8)
+        if indptr.shape[0] <= 1:
+            return []
+        row_bytes = _row_bytes(indptr, idx, self.length, pre.size)
+        out_off = np.concatenate([[0], np.cumsum(row_bytes)]).astype(np.int64)
+        out = np.empty(int(out_off[-1]), dtype=np.uint8)
+        if out.size:
+            _render(indptr, idx, self.slots, self.length, self.buf, self.offset, pre, out_off, out)
+        view = memoryview(out)
+        bounds = out_off.tolist()
+        codec = "ascii" if self.ascii and prefix.isascii() else "utf-8"
+        return [str(view[a:b], codec) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def build_sentences(
@@ -563,7 +659,7 @@ def build_sentences(
         if min_cost >= 1:  # no cell can keep more than budget genes: rank no further
             cut = min(cut or budget + 1, budget + 1)
             cut = max(cut, 1)
-    name_buf, name_off, ascii_names = _encode_names(words)
+    text = _Names(words)
     priority, gene_of = _tie_priority(n_vars, seed)
     shuffle_seed = (
         (int(seed) & 0xFFFFFFFFFFFFFFFF)
@@ -580,7 +676,7 @@ def build_sentences(
             if shuffle and idx.size:
                 idx = np.array(idx, copy=True)
                 _shuffle_rows(indptr, idx, np.uint64(shuffle_seed), np.int64(a))
-            out.extend(_render_block(indptr, idx, name_buf, name_off, ascii_names, prefix))
+            out.extend(text.render(indptr, idx, prefix))
             bar.update(b - a)
     return out
 

@@ -145,11 +145,7 @@ def embed_genes(
     match = match_genes(list(names), list(src.genes), aliases=aliases, ensembl=ensembl)
     target = match.target.copy()
     kind = match.kind.copy()
-    texts = src.texts
     if src.name == "name":  # any gene has a name: unmatched genes are embedded as written
-        extra = [str(n) for n, t in zip(names, target, strict=True) if t == ""]
-        texts = pd.concat([texts, pd.Series(extra, index=extra, dtype=object)])
-        texts = texts[~texts.index.duplicated()]
         target = np.where(target == "", names.to_numpy(dtype=object), target)
     has = target != ""
     if not has.any():
@@ -166,8 +162,12 @@ def embed_genes(
         model_name = src.model or src.embeddings.model or "precomputed"
     else:
         encoder = get_encoder(model)
+        if src.name == "name":
+            texts = pd.Series(needed.to_numpy(), index=needed)
+        else:
+            texts = src.texts_of(needed)
         vectors = encoder.encode(
-            list(texts.loc[needed].astype(str)),
+            list(texts.astype(str)),
             batch_size=batch_size,
             cache=cache,
             show_progress=show_progress,

@@ -1,0 +1,76 @@
+"""Shared helpers of the benchmarks: embeddings as a DataFrame, random controls, summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._gene_embeddings import GeneEmbeddings, as_gene_embeddings
+
+__all__ = ["as_embedding_frame", "random_like", "summarize"]
+
+
+def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
+    """Gene embeddings as a float32 DataFrame indexed by gene.
+
+    ``emb`` may be a :class:`~genept.GeneEmbeddings`, a DataFrame indexed by gene, a dict
+    gene -> vector, or an AnnData whose ``varm[key]`` holds gene embeddings (genes
+    without one, i.e. all-zero rows or ``var['genept_has_embedding']`` False, are left out).
+    """
+    if isinstance(emb, AnnData):
+        if key not in emb.varm:
+            raise KeyError(f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first")
+        M = np.asarray(emb.varm[key], dtype=np.float32)
+        has = np.abs(M).sum(axis=1) > 0
+        prefix = key[2:] if key.startswith("X_") else key
+        if f"{prefix}_has_embedding" in emb.var:
+            has &= emb.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
+        names = emb.var_names.astype(str)[has]
+        df = pd.DataFrame(M[has], index=names)
+        return df[~df.index.duplicated()]
+    if isinstance(emb, pd.DataFrame):
+        ge = GeneEmbeddings.from_frame(emb)
+    elif isinstance(emb, GeneEmbeddings | Mapping):
+        ge = as_gene_embeddings(emb)
+    else:
+        raise TypeError(
+            f"cannot use a {type(emb).__name__} as gene embeddings; pass GeneEmbeddings, a "
+            "DataFrame indexed by gene, a dict gene -> vector or an AnnData with varm embeddings"
+        )
+    return pd.DataFrame(ge.matrix, index=pd.Index(ge.genes))
+
+
+def random_like(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The papers' negative control: Gaussian unit vectors, same genes and width, seeded."""
+    from .._gene_sources import random_embeddings
+
+    r = random_embeddings(frame.index.to_numpy(), frame.shape[1], seed=seed)
+    return pd.DataFrame(r.matrix, index=frame.index.copy())
+
+
+def summarize(df: pd.DataFrame, metric: str | None = None, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean and standard deviation of a tidy result over folds.
+
+    Parameters
+    ----------
+    df
+        A tidy result of :mod:`genept.bm` (one row per fold).
+    metric
+        Column to summarise (default: ``auc``, ``accuracy`` or ``value``, whichever exists).
+    by
+        Grouping columns (default: the non-numeric columns other than ``fold``).
+    """
+    if metric is None:
+        metric = next((m for m in ("auc", "accuracy", "value") if m in df.columns), None)
+        if metric is None:
+            raise ValueError(f"no metric column in {list(df.columns)}; pass metric=")
+    if by is None:
+        by = [c for c in df.columns if c not in {metric, "fold"} and not pd.api.types.is_numeric_dtype(df[c])]
+    g = df.groupby(by, sort=False, observed=True)[metric]
+    out = g.agg(mean="mean", sd="std", n="count").reset_index()
+    out["sd"] = out["sd"].fillna(0.0)
+    return out

@@ -1,0 +1,191 @@
+"""Side-by-side UMAPs of cell representations, and plots of benchmark tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+
+from ._genes import _finish
+
+__all__ = ["bm_results", "embeddings"]
+
+
+def embeddings(
+    adata: AnnData,
+    reps: Sequence[str] = ("X_pca", "X_genept_w", "X_genept_s"),
+    color: str | Sequence[str] | None = None,
+    *,
+    n_neighbors: int = 15,
+    metric: str = "cosine",
+    seed: int = 0,
+    point_size: float | None = None,
+    panel_size: float = 3.6,
+    show: bool | None = None,
+    save: str | None = None,
+):
+    """UMAPs of several cell representations side by side (GenePT figure 3 style).
+
+    For each representation, neighbours and UMAP are computed on a light copy (``adata``
+    is not modified); rows are representations, columns the ``color`` keys.
+
+    Parameters
+    ----------
+    adata
+        Cells with the representations in ``obsm``. ``"X_pca"`` is computed on the copy
+        when missing; missing GenePT representations are skipped with a warning.
+    reps
+        ``obsm`` keys (or ``"X"``).
+    color
+        ``obs`` columns to colour by, e.g. ``[label_key, batch_key]``.
+    n_neighbors, metric, seed
+        Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap`.
+    point_size
+        Dot size (default: scanpy's).
+    panel_size
+        Inches per panel.
+    show, save
+        Show the figure; write it to this path.
+
+    Returns
+    -------
+    ``(n_reps, n_colors)`` array of :class:`~matplotlib.axes.Axes`.
+    """
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    colors = [color] if isinstance(color, str) else list(color or [])
+    for c in colors:
+        if c not in adata.obs:
+            raise KeyError(f"color={c!r} is not a column of adata.obs")
+    light = AnnData(obs=adata.obs[colors].copy() if colors else pd.DataFrame(index=adata.obs_names))
+    use = []
+    for rep in reps:
+        if rep == "X":
+            X = adata.X
+            light.obsm["X"] = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+        elif rep in adata.obsm:
+            v = adata.obsm[rep]
+            light.obsm[rep] = v.to_numpy() if isinstance(v, pd.DataFrame) else np.asarray(v)
+        elif rep == "X_pca":
+            tmp = AnnData(adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names))
+            sc.pp.pca(tmp, n_comps=min(50, min(tmp.shape) - 1), random_state=seed)
+            light.obsm[rep] = tmp.obsm["X_pca"]
+        else:
+            logg.warning(f"adata.obsm has no {rep!r}; skipped")
+            continue
+        use.append(rep)
+    if not use:
+        raise ValueError(f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})")
+    ncol = max(1, len(colors))
+    fig, axes = plt.subplots(len(use), ncol, figsize=(panel_size * ncol + 1.5 * bool(colors), panel_size * len(use)),
+                             squeeze=False)
+    for r, rep in enumerate(use):
+        tmp = AnnData(obs=light.obs.copy())
+        tmp.obsm[rep] = light.obsm[rep]
+        sc.pp.neighbors(tmp, use_rep=rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), metric=metric,
+                        random_state=seed)
+        sc.tl.umap(tmp, random_state=seed)
+        for c in range(ncol):
+            ax = axes[r, c]
+            col = colors[c] if colors else None
+            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=ax, show=False, size=point_size,
+                            title=f"{rep}" + (f" · {col}" if col else ""),
+                            legend_loc="right margin",
+                            frameon=False)
+    fig.tight_layout()
+    _finish(fig, axes, show, save)
+    return axes
+
+
+def bm_results(
+    df: pd.DataFrame,
+    *,
+    x: str = "embedding",
+    y: str | None = None,
+    hue: str | None = "model",
+    kind: str = "bar",
+    reference: dict | None = None,
+    title: str | None = None,
+    ax=None,
+    show: bool | None = None,
+    save: str | None = None,
+):
+    """Bar chart (mean ± sd over folds) or heatmap of a tidy benchmark DataFrame.
+
+    Parameters
+    ----------
+    df
+        A tidy result of :mod:`genept.bm` (one row per fold/run).
+    x
+        Column on the x axis (bar) or the rows (heatmap).
+    y
+        Metric column (default ``auc``, ``accuracy`` or ``value``, whichever exists).
+    hue
+        Column of the bars within a group (bar) or of the heatmap's columns; ``None``: one.
+    kind
+        ``"bar"`` or ``"heatmap"``.
+    reference
+        Papers' numbers ``{(x, hue) or x: value}`` drawn as black ticks on the bars.
+    title, ax, show, save
+        Title; Axes to draw into; show; write to this path.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes`.
+    """
+    import matplotlib.pyplot as plt
+
+    if y is None:
+        y = next((m for m in ("auc", "accuracy", "value") if m in df.columns), None)
+        if y is None:
+            raise ValueError(f"no metric column in {list(df.columns)}; pass y=")
+    for c in (x, y) + ((hue,) if hue else ()):
+        if c not in df.columns:
+            raise KeyError(f"{c!r} is not a column of the results ({list(df.columns)})")
+    if kind not in {"bar", "heatmap"}:
+        raise ValueError(f"kind must be 'bar' or 'heatmap', got {kind!r}")
+    d = df.assign(_h=df[hue].astype(str) if hue else "")
+    xs = list(pd.unique(d[x].astype(str)))
+    hs = list(pd.unique(d["_h"]))
+    g = d.assign(_x=d[x].astype(str)).groupby(["_x", "_h"])[y]
+    mean = g.mean().unstack("_h").reindex(index=xs, columns=hs)
+    sd = g.std().fillna(0.0).unstack("_h").reindex(index=xs, columns=hs)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(xs) * max(1, len(hs)) ** 0.5 + 2), 3.6))
+    fig = ax.figure
+    if kind == "bar":
+        width = 0.8 / len(hs)
+        for j, h in enumerate(hs):
+            pos = np.arange(len(xs)) + (j - (len(hs) - 1) / 2) * width
+            ax.bar(pos, mean[h].to_numpy(), width, yerr=sd[h].to_numpy(), capsize=2, label=h or None)
+            if reference:
+                for i, xv in enumerate(xs):
+                    ref = reference.get((xv, h), reference.get(xv) if not hue else None)
+                    if ref is not None:
+                        ax.hlines(ref, pos[i] - width / 2, pos[i] + width / 2, color="k", lw=2)
+        ax.set_xticks(np.arange(len(xs)))
+        ax.set_xticklabels(xs, rotation=30, ha="right")
+        ax.set_ylabel(y)
+        if hue:
+            ax.legend(title=hue, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        lo = np.nanmin(mean.to_numpy())
+        if y in {"auc", "accuracy"} and lo > 0.3:
+            ax.set_ylim(0.3, 1.0)
+    else:
+        im = ax.imshow(mean.to_numpy(), aspect="auto", cmap="viridis")
+        for i in range(len(xs)):
+            for j in range(len(hs)):
+                v = mean.iat[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(len(hs)))
+        ax.set_xticklabels(hs, rotation=30, ha="right")
+        ax.set_yticks(range(len(xs)))
+        ax.set_yticklabels(xs)
+        fig.colorbar(im, ax=ax, label=y)
+    ax.set_title(title or y)
+    return _finish(fig, ax, show, save)

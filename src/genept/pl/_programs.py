@@ -1,0 +1,153 @@
+"""Plot of gene programs: average program score per group of cells (GenePT figure 2g)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ._genes import _finish
+
+__all__ = ["gene_programs"]
+
+
+def _scale(M: np.ndarray, how: str | None) -> np.ndarray:
+    if how is None:
+        return M
+    if how == "program":  # min-max over groups, per program (scanpy's standard_scale)
+        lo = M.min(axis=1, keepdims=True)
+        rng = M.max(axis=1, keepdims=True) - lo
+        return np.divide(M - lo, rng, out=np.zeros_like(M), where=rng > 0)
+    if how == "zscore":
+        sd = M.std(axis=1, keepdims=True)
+        return np.divide(M - M.mean(axis=1, keepdims=True), sd, out=np.zeros_like(M), where=sd > 0)
+    raise ValueError(f"standard_scale must be 'program', 'zscore' or None, got {how!r}")
+
+
+def gene_programs(
+    adata: AnnData,
+    groupby: str,
+    *,
+    programs: Sequence[str] | int | None = None,
+    key: str = "genept_program",
+    style: str = "heatmap",
+    show_members: int | bool = 6,
+    standard_scale: str | None = "program",
+    cmap: str = "viridis",
+    seed: int = 0,
+    ax=None,
+    show: bool | None = None,
+    save: str | None = None,
+):
+    """Average score of each gene program per group of cells, with the programs' genes.
+
+    GenePT figure 2(g) / B4: the mean expression of each program's genes, averaged over
+    the cells of each group (cell type), after :func:`genept.tl.gene_programs`.
+
+    Parameters
+    ----------
+    adata
+        Data with ``obsm[f"{key}_scores"]`` and ``uns[f"{key}s"]``.
+    groupby
+        ``obs`` column of the groups (e.g. ``"cell_type"``).
+    programs
+        Program names to show, or an ``int`` ``n``: a seeded random sample of ``n`` programs
+        (as the paper's 20 sampled programs). Default: all.
+    key
+        ``key_added`` of :func:`genept.tl.gene_programs`.
+    style
+        ``"heatmap"`` (programs x groups) or ``"dotplot"`` (colour: scaled mean score; size:
+        fraction of the group's cells scoring above the program's overall 75th percentile).
+    show_members
+        List up to this many genes of each program in its label (``True``: all,
+        ``False``/``0``: none).
+    standard_scale
+        ``"program"``: scale each program to 0..1 across groups; ``"zscore"``; ``None``:
+        raw mean scores.
+    cmap
+        Colour map.
+    seed
+        Sample of ``programs`` when it is an int.
+    ax, show, save
+        Axes to draw into; show the figure; write it to this path.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes`.
+
+    Examples
+    --------
+    >>> gpt.tl.gene_programs(adata, use_raw=True)  # doctest: +SKIP
+    >>> gpt.pl.gene_programs(adata, "bulk_labels", save="programs.png")  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    skey, ukey = f"{key}_scores", f"{key}s"
+    if skey not in adata.obsm or ukey not in adata.uns:
+        raise KeyError(f"no gene programs under {key!r}; run gpt.tl.gene_programs(adata) first")
+    if groupby not in adata.obs:
+        raise KeyError(f"groupby={groupby!r} is not a column of adata.obs ({list(adata.obs.columns)})")
+    if style not in {"heatmap", "dotplot"}:
+        raise ValueError(f"style must be 'heatmap' or 'dotplot', got {style!r}")
+    scores = adata.obsm[skey]
+    if not isinstance(scores, pd.DataFrame):
+        names = list(adata.uns[ukey]["members"].keys())
+        scores = pd.DataFrame(np.asarray(scores), index=adata.obs_names, columns=names)
+    members = adata.uns[ukey]["members"]
+    names = list(scores.columns)
+    if not names:
+        raise ValueError("no gene program was found; lower the threshold/min_size of gpt.tl.gene_programs")
+    if isinstance(programs, int | np.integer) and not isinstance(programs, bool):
+        k = min(int(programs), len(names))
+        pick = np.sort(np.random.default_rng(seed).choice(len(names), k, replace=False))
+        names = [names[i] for i in pick]
+    elif programs is not None:
+        unknown = [p for p in programs if p not in scores.columns]
+        if unknown:
+            raise KeyError(f"unknown programs {unknown[:5]}; available: {list(scores.columns)[:10]}...")
+        names = list(programs)
+    groups = adata.obs[groupby]
+    groups = groups.astype("category") if not isinstance(groups.dtype, pd.CategoricalDtype) else groups
+    cats = [c for c in groups.cat.categories if (groups == c).any()]
+    S = scores[names].to_numpy(dtype=float)
+    g = groups.to_numpy()
+    mean = np.stack([S[g == c].mean(axis=0) for c in cats], axis=1)  # programs x groups
+    M = _scale(mean, standard_scale)
+
+    def label(p):
+        mem = list(members[p])
+        n = len(mem) if show_members is True else int(show_members or 0)
+        if n <= 0:
+            return f"{p} ({len(mem)})"
+        more = ", …" if len(mem) > n else ""
+        return f"{p} ({len(mem)}): {', '.join(mem[:n])}{more}"
+
+    labels = [label(p) for p in names]
+    if ax is None:
+        w = max(4.0, 0.45 * len(cats) + 3.5)
+        h = max(3.0, 0.32 * len(names) + 1.5)
+        fig, ax = plt.subplots(figsize=(w, h))
+    fig = ax.figure
+    cbar_label = {"program": "scaled mean score", "zscore": "z-scored mean score", None: "mean score"}[standard_scale]
+    if style == "heatmap":
+        im = ax.imshow(M, aspect="auto", cmap=cmap, interpolation="nearest")
+    else:
+        q = np.quantile(S, 0.75, axis=0)
+        frac = np.stack([(S[g == c] > q).mean(axis=0) for c in cats], axis=1)
+        yy, xx = np.mgrid[0 : len(names), 0 : len(cats)]
+        im = ax.scatter(xx.ravel(), yy.ravel(), c=M.ravel(), s=20 + 220 * frac.ravel(), cmap=cmap,
+                        edgecolors="0.3", linewidths=0.3)
+        ax.set_xlim(-0.6, len(cats) - 0.4)
+        ax.set_ylim(len(names) - 0.4, -0.6)
+        ax.set_axisbelow(True)
+        ax.grid(True, color="0.92")
+    ax.set_xticks(range(len(cats)))
+    ax.set_xticklabels([str(c) for c in cats], rotation=90)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel(groupby)
+    ax.set_title("gene programs")
+    fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.04, pad=0.02)
+    return _finish(fig, ax, show, save)

@@ -1,0 +1,432 @@
+"""``gpt.tl.gene_programs``: gene programs from a cosine graph of gene embeddings + Leiden.
+
+GenePT (section 4.1, appendix B.4): join two genes when the cosine similarity of their
+embeddings exceeds a threshold (0.9 for ``text-embedding-ada-002``), cluster the graph
+with Leiden and keep the programs of at least 10 genes; score each cell by the mean
+expression of each program's genes.
+
+The numerics are small functions on arrays: :func:`similarity_edges` (row blocks of
+``E @ E.T``, never the dense ``n x n`` matrix), :func:`similarity_quantile`,
+:func:`leiden_programs` and :func:`program_scores` (sparse ``X @ W`` per row block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._utils import check_adata, get_matrix, get_var_names, is_dask, write_results
+
+__all__ = [
+    "PAPER_THRESHOLDS",
+    "gene_programs",
+    "leiden_programs",
+    "program_scores",
+    "similarity_edges",
+    "similarity_quantile",
+]
+
+#: cosine thresholds calibrated for a model (GenePT used 0.9 with ada-002, appendix B.4:
+#: ada-002 similarities crowd between 0.7 and 0.9). Other models use a quantile.
+PAPER_THRESHOLDS: dict[str, float] = {
+    "text-embedding-ada-002": 0.9,
+    "ada-002": 0.9,
+    "openai:text-embedding-ada-002": 0.9,
+}
+#: default quantile of the pairwise similarities used as threshold for other models
+DEFAULT_QUANTILE = 0.995
+#: default Leiden resolution (RBConfiguration)
+DEFAULT_RESOLUTION = 1.0
+#: rows of ``E`` per block of ``E @ E.T``
+_BLOCK_ROWS = 2048
+#: most edges kept before asking for a higher threshold or ``n_neighbors``
+_MAX_EDGES = 50_000_000
+
+
+def _normalise(E: np.ndarray) -> np.ndarray:
+    E = np.ascontiguousarray(E, dtype=np.float32)
+    norm = np.linalg.norm(E, axis=1, keepdims=True)
+    if (norm == 0).any():
+        raise ValueError("some gene embeddings are all zero; select genes that have one")
+    return E / norm
+
+
+def similarity_quantile(
+    E: np.ndarray, q: float, *, max_genes: int = 3000, seed: int = 0
+) -> float:
+    """The ``q`` quantile of the pairwise cosine similarities between the rows of ``E``.
+
+    Exact on at most ``max_genes`` rows; above that, on a seeded random sample of
+    ``max_genes`` rows (an unbiased estimate of the same quantile).
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    E = _normalise(E)
+    n = E.shape[0]
+    if n < 2:
+        raise ValueError("need at least 2 genes")
+    if n > max_genes:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_genes, replace=False))
+        E = E[idx]
+        n = max_genes
+    S = E @ E.T
+    iu = np.triu_indices(n, k=1)
+    return float(np.quantile(S[iu], q))
+
+
+def similarity_edges(
+    E: np.ndarray,
+    threshold: float,
+    *,
+    n_neighbors: int | None = None,
+    block_rows: int = _BLOCK_ROWS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of rows of ``E`` whose cosine similarity exceeds ``threshold``.
+
+    ``E @ E.T`` is computed in row blocks and only the entries ``> threshold`` are kept,
+    so memory is ``block_rows x n`` plus the edges. With ``n_neighbors``, each gene keeps
+    at most its ``n_neighbors`` most similar partners above the threshold; an edge stays
+    when either end keeps it (union, as in a symmetrised kNN graph).
+
+    Returns
+    -------
+    ``(i, j, sim)`` with ``i < j``, sorted by ``(i, j)``.
+    """
+    E = _normalise(E)
+    n = E.shape[0]
+    if n_neighbors is not None and n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    rows, cols, vals = [], [], []
+    total = 0
+    for s in range(0, n, block_rows):
+        e = min(n, s + block_rows)
+        if n_neighbors is not None and n_neighbors < n - 1:
+            S = E[s:e] @ E.T  # whole rows: each gene ranks all its partners
+            S[np.arange(e - s), np.arange(s, e)] = -np.inf  # no self-loops
+            k = n_neighbors
+            part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(S, part, axis=1)
+            keep = top > threshold
+            r = np.nonzero(keep)[0] + s
+            c = part[keep]
+            v = top[keep]
+        else:
+            # upper triangle only: columns from s on, strictly above the diagonal
+            S = E[s:e] @ E[s:].T
+            S[np.tril_indices(e - s)] = -np.inf
+            r, c = np.nonzero(S > threshold)
+            v = S[r, c]
+            r = r + s
+            c = c + s
+        total += len(r)
+        if total > _MAX_EDGES:
+            raise MemoryError(
+                f"more than {_MAX_EDGES:,} gene pairs exceed the similarity threshold "
+                f"{threshold:.4g}; raise `threshold`/`quantile` or cap `n_neighbors`"
+            )
+        rows.append(r.astype(np.int64))
+        cols.append(c.astype(np.int64))
+        vals.append(v.astype(np.float32))
+    i = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    j = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    if n_neighbors is not None and len(lo):
+        key = lo * n + hi
+        key, first = np.unique(key, return_index=True)
+        lo, hi, v = lo[first], hi[first], v[first]
+    order = np.lexsort((hi, lo))
+    return lo[order], hi[order], v[order]
+
+
+def leiden_programs(
+    n: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    *,
+    resolution: float = DEFAULT_RESOLUTION,
+    min_size: int = 10,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Leiden communities (RBConfiguration) of the graph on ``n`` nodes with edges ``(i, j)``.
+
+    Returns
+    -------
+    ``int`` label per node: programs of at least ``min_size`` nodes numbered ``0, 1, ...``
+    by decreasing size (ties: smallest first node), ``-1`` elsewhere.
+    """
+    import igraph as ig
+    import leidenalg
+
+    labels = np.full(n, -1, dtype=np.int64)
+    if n == 0 or len(i) == 0:
+        return labels
+    g = ig.Graph(n=n, edges=np.column_stack([i, j]).tolist(), directed=False)
+    part = leidenalg.find_partition(
+        g,
+        leidenalg.RBConfigurationVertexPartition,
+        weights=None if weights is None else np.asarray(weights, dtype=float).tolist(),
+        resolution_parameter=float(resolution),
+        n_iterations=-1,
+        seed=int(seed),
+    )
+    memb = np.asarray(part.membership, dtype=np.int64)
+    comms = [np.flatnonzero(memb == c) for c in np.unique(memb)]
+    comms = [c for c in comms if len(c) >= min_size]
+    comms.sort(key=lambda c: (-len(c), int(c[0])))
+    for k, c in enumerate(comms):
+        labels[c] = k
+    return labels
+
+
+def _program_matrix(member_idx: Sequence[np.ndarray], n_vars: int) -> sparse.csr_matrix:
+    """``(n_vars, n_programs)``: ``1/size`` where a gene belongs to a program."""
+    r = np.concatenate([np.asarray(m, dtype=np.int64) for m in member_idx]) if member_idx else np.zeros(0, np.int64)
+    c = np.concatenate([np.full(len(m), k) for k, m in enumerate(member_idx)]) if member_idx else np.zeros(0, np.int64)
+    v = np.concatenate([np.full(len(m), 1.0 / len(m)) for m in member_idx]) if member_idx else np.zeros(0)
+    return sparse.csr_matrix((v, (r, c)), shape=(n_vars, len(member_idx)))
+
+
+def program_scores(
+    X, member_idx: Sequence[np.ndarray], *, block_rows: int = 10_000
+) -> np.ndarray:
+    """Mean expression of each program's genes per cell: ``X @ W`` in row blocks.
+
+    ``X`` may be numpy, scipy sparse (never densified), dask or h5py-backed; ``W`` is
+    the sparse ``(n_vars, n_programs)`` matrix of ``1/size`` weights.
+    """
+    n_obs, n_vars = X.shape
+    W = _program_matrix(member_idx, n_vars)
+    if is_dask(X):
+        X = X.compute()  # row blocks below still bound the dense work
+    out = np.empty((n_obs, W.shape[1]), dtype=np.float64)
+    for s in range(0, n_obs, block_rows):
+        e = min(n_obs, s + block_rows)
+        blk = X[s:e]
+        if sparse.issparse(blk):
+            res = sparse.csr_matrix(blk, dtype=np.float64) @ W
+            out[s:e] = res.toarray() if sparse.issparse(res) else np.asarray(res)
+        else:
+            out[s:e] = np.asarray(W.T @ np.asarray(blk, dtype=np.float64).T).T
+    return out
+
+
+def _gene_mask(adata: AnnData, genes) -> np.ndarray:
+    if genes is None:
+        return np.ones(adata.n_vars, dtype=bool)
+    if isinstance(genes, str):
+        if genes not in adata.var.columns:
+            raise KeyError(f"genes={genes!r} is not a column of adata.var (columns: {list(adata.var.columns)})")
+        col = adata.var[genes]
+        if col.dtype != bool:
+            raise TypeError(f"adata.var[{genes!r}] must be boolean, got {col.dtype}")
+        return col.to_numpy()
+    arr = np.asarray(genes)
+    if arr.dtype == bool:
+        if arr.shape != (adata.n_vars,):
+            raise ValueError(f"boolean `genes` must have length n_vars={adata.n_vars}")
+        return arr
+    wanted = pd.Index(np.asarray(genes, dtype=object).astype(str))
+    missing = wanted.difference(adata.var_names)
+    if len(missing):
+        raise KeyError(f"{len(missing)} of `genes` are not in adata.var_names (first: {', '.join(missing[:5])})")
+    return adata.var_names.isin(wanted)
+
+
+def _model_of(adata: AnnData, key: str) -> str | None:
+    prefix = key[2:] if key.startswith("X_") else key
+    p = adata.uns.get(prefix, {})
+    p = p.get("params", {}) if isinstance(p, dict) else {}
+    return str(p["model"]) if isinstance(p, dict) and "model" in p else None
+
+
+def gene_programs(
+    adata: AnnData,
+    *,
+    key: str = "X_genept",
+    threshold: float | None = None,
+    quantile: float | None = None,
+    resolution: float | None = None,
+    min_size: int = 10,
+    genes: Sequence[str] | str | np.ndarray | None = None,
+    n_neighbors: int | None = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    seed: int = 0,
+    key_added: str = "genept_program",
+    copy: bool = False,
+) -> AnnData | None:
+    """Gene programs: Leiden communities of the cosine graph of gene embeddings.
+
+    Two genes are joined when the cosine similarity of their embeddings
+    (``adata.varm[key]``) exceeds the threshold; the graph is clustered with Leiden
+    (RBConfiguration, seeded) and communities of at least ``min_size`` genes are kept
+    (GenePT section 4.1 and appendix B.4). Each cell is scored by the mean expression of
+    each program's genes.
+
+    The similarity graph is built in row blocks of ``E @ E.T`` keeping only the pairs
+    above the threshold, so 30,000 genes need no 30,000 x 30,000 matrix.
+
+    Parameters
+    ----------
+    adata
+        Data with gene embeddings (:func:`genept.tl.embed_genes`) and normalised,
+        log-transformed expression (for the scores).
+    key
+        ``varm`` key of the gene embeddings.
+    threshold
+        Cosine similarity above which two genes are joined. Default: the value calibrated
+        for the embedding model in :data:`PAPER_THRESHOLDS` (0.9 for ada-002, the paper's),
+        otherwise the ``quantile`` of the pairwise similarities.
+    quantile
+        Use this quantile of the pairwise similarities of the selected genes as threshold
+        (default 0.995 when no threshold applies: MiniLM similarities are spread much
+        wider than ada-002's, so a fixed 0.9 would join almost nothing). Exclusive with
+        ``threshold``.
+    resolution
+        Leiden resolution (RBConfiguration), default 1.0. The paper's 20 was chosen for a
+        graph of thousands of immune genes at ada-002 threshold 0.9; high resolutions
+        split programs of small graphs into pieces below ``min_size``.
+    min_size
+        Keep programs with at least this many genes (paper: 10).
+    genes
+        Genes to cluster: a list of ``var_names``, a boolean mask, or the name of a boolean
+        ``var`` column such as ``"highly_variable"`` (the paper used highly variable
+        genes). Genes without an embedding are always left out.
+    n_neighbors
+        Keep at most this many most-similar partners per gene (caps the graph of dense,
+        low-threshold settings); ``None``: all pairs above the threshold.
+    layer, use_raw
+        Expression used for the scores (scanpy's rules; ``None``: ``adata.X``). With
+        ``use_raw=True`` the program genes are looked up in ``adata.raw.var_names``.
+    seed
+        Leiden seed and the sample used to estimate a quantile on many genes.
+    key_added
+        ``var`` key of the program labels; ``uns`` gets ``f"{key_added}s"`` and ``obsm``
+        ``f"{key_added}_scores"``.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` if ``copy=True``. Sets
+
+    ``adata.var['genept_program']``
+        Categorical program name (``"GP0"``, ``"GP1"``, … by decreasing size), NaN for
+        genes in no kept program.
+    ``adata.uns['genept_programs']``
+        ``members`` (program -> list of genes), ``sizes`` and ``params`` (threshold used
+        and how it was chosen, quantile, resolution, genes clustered, edges, …).
+    ``adata.obsm['genept_program_scores']``
+        DataFrame (cells x programs, index ``obs_names``): mean expression of the members.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
+    >>> gpt.tl.gene_programs(adata, use_raw=True)  # doctest: +SKIP
+    >>> gpt.pl.gene_programs(adata, "bulk_labels")  # doctest: +SKIP
+    """
+    check_adata(adata)
+    start = logg.info("computing gene programs")
+    if key not in adata.varm:
+        raise KeyError(
+            f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first "
+            f"(varm keys: {list(adata.varm.keys())})"
+        )
+    if threshold is not None and quantile is not None:
+        raise ValueError("give either `threshold` or `quantile`, not both")
+    if min_size < 1:
+        raise ValueError(f"min_size must be >= 1, got {min_size}")
+    E_all = np.asarray(adata.varm[key], dtype=np.float32)
+    has = np.abs(E_all).sum(axis=1) > 0
+    prefix = key[2:] if key.startswith("X_") else key
+    if f"{prefix}_has_embedding" in adata.var:
+        has &= adata.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
+    sel = _gene_mask(adata, genes) & has
+    idx = np.flatnonzero(sel)
+    if len(idx) < 2:
+        raise ValueError(
+            f"only {len(idx)} selected genes have an embedding in varm[{key!r}]; need at least 2"
+        )
+    E = E_all[idx]
+    model = _model_of(adata, key)
+    if threshold is not None:
+        thr, how = float(threshold), "given"
+    elif quantile is None and model in PAPER_THRESHOLDS:
+        thr, how = PAPER_THRESHOLDS[model], f"calibrated for {model}"
+    else:
+        quantile = DEFAULT_QUANTILE if quantile is None else float(quantile)
+        thr = similarity_quantile(E, quantile, seed=seed)
+        how = f"quantile {quantile:g} of pairwise similarities"
+    res = DEFAULT_RESOLUTION if resolution is None else float(resolution)
+    i, j, _ = similarity_edges(E, thr, n_neighbors=n_neighbors)
+    logg.info(f"    {len(idx)} genes, {len(i)} pairs with cosine similarity > {thr:.4f} ({how})")
+    labels = leiden_programs(len(idx), i, j, resolution=res, min_size=min_size, seed=seed)
+    n_prog = int(labels.max()) + 1 if len(labels) else 0
+    names = [f"GP{k}" for k in range(n_prog)]
+    var_names = adata.var_names.astype(str)
+    members_idx = [idx[labels == k] for k in range(n_prog)]
+    members = {names[k]: [str(g) for g in var_names[m]] for k, m in enumerate(members_idx)}
+
+    # scores on the chosen matrix
+    X = get_matrix(adata, layer=layer, use_raw=use_raw)
+    if use_raw:
+        raw_names = get_var_names(adata, use_raw=True)
+        pos = [raw_names.get_indexer(var_names[m]) for m in members_idx]
+        bad = [var_names[m][p < 0] for m, p in zip(members_idx, pos, strict=True) if (p < 0).any()]
+        if bad:
+            raise KeyError(
+                f"program genes missing from adata.raw.var_names (first: {', '.join(map(str, bad[0][:5]))})"
+            )
+        score_idx = pos
+    else:
+        score_idx = members_idx
+    scores = program_scores(X, score_idx) if n_prog else np.zeros((adata.n_obs, 0))
+    scores_df = pd.DataFrame(scores, index=adata.obs_names.astype(str).copy(), columns=names)
+
+    lab = np.full(adata.n_vars, None, dtype=object)
+    lab[idx[labels >= 0]] = [names[k] for k in labels[labels >= 0]]
+    var_col = pd.Categorical(lab, categories=names)
+    params: dict[str, Any] = {
+        "key": key,
+        "model": model or "unknown",
+        "threshold": float(thr),
+        "threshold_source": how,
+        "quantile": float(quantile) if quantile is not None and threshold is None and how.startswith("quantile") else None,
+        "resolution": res,
+        "min_size": int(min_size),
+        "n_neighbors": n_neighbors,
+        "n_genes": int(len(idx)),
+        "n_edges": int(len(i)),
+        "n_programs": n_prog,
+        "genes": genes if isinstance(genes, str) else ("all" if genes is None else "list"),
+        "layer": layer,
+        "use_raw": bool(use_raw),
+        "seed": int(seed),
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    uns = {
+        "members": members,
+        "sizes": {n: len(m) for n, m in members.items()},
+        "params": params,
+    }
+    logg.info(f"    found {n_prog} programs of >= {min_size} genes")
+    return write_results(
+        adata,
+        [
+            ("var", key_added, var_col),
+            ("uns", f"{key_added}s", uns),
+            ("obsm", f"{key_added}_scores", scores_df),
+        ],
+        copy=copy,
+        log=lambda msg: logg.info("    finished", time=start, deep=msg),
+    )

@@ -1,0 +1,560 @@
+"""Cell-type annotation: kNN (+ensemble), MLP probe, scMPT fusion, LLM, metrics, plot."""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+from sklearn.metrics import confusion_matrix as sk_confusion
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+
+import genept as gpt
+from genept.pl._confusion import confusion_matrix as plot_confusion
+from genept.tl._annotate import (
+    UNPARSED,
+    ScMPTModel,
+    _parse_answer,
+    annotate_knn,
+    annotate_knn_ensemble,
+    annotate_llm,
+    annotate_mlp,
+    annotate_scmpt,
+    classification_metrics,
+)
+
+matplotlib.use("Agg")
+
+LABEL = "bulk_labels"
+KEY = "sk-test-SECRET-annotate-0123456789"
+# anndata warns about "/" in h5 names (class names like "CD4+/CD25 T Reg" as columns)
+SLASH_WARNING = "ignore:Forward slashes:FutureWarning"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The CPUs are shared: one intra-op thread is much faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    """pbmc68k_reduced with X_pca (50) and a PCA of .raw (30), split 80/20 stratified."""
+    adata = sc.datasets.pbmc68k_reduced()
+    raw = ad.AnnData(adata.raw.X.copy(), obs=adata.obs[[]].copy())
+    sc.pp.pca(raw, n_comps=30, random_state=0)
+    adata.obsm["X_pca_raw"] = raw.obsm["X_pca"]
+    train, test = train_test_split(
+        adata.obs_names, test_size=0.2, stratify=adata.obs[LABEL], random_state=0
+    )
+    return adata[train].copy(), adata[test].copy()
+
+
+@pytest.fixture(scope="module")
+def annotated(pbmc, tmp_path_factory):
+    """A query annotated once by kNN, the ensemble and a small scMPT (saved)."""
+    ref, query = pbmc
+    query = query.copy()
+    annotate_knn(query, ref, use_rep="X_pca", label_key=LABEL)
+    annotate_knn_ensemble(query, ref, use_rep=["X_pca", "X_pca_raw"], label_key=LABEL)
+    path = tmp_path_factory.mktemp("scmpt") / "model"
+    annotate_scmpt(
+        query,
+        ref,
+        label_key=LABEL,
+        expr_rep="X_pca",
+        text_rep="X_pca_raw",
+        hidden=256,
+        lr_grid=(1e-3, 3e-4),
+        epochs_grid=(15,),
+        n_seeds=2,
+        device="cpu",
+        save=path,
+    )
+    return query, path
+
+
+# ------------------------------------------------------------------------------ kNN
+def test_knn_matches_sklearn(pbmc, annotated):
+    ref, _ = pbmc
+    query, _ = annotated
+    clf = KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute")
+    clf.fit(ref.obsm["X_pca"], ref.obs[LABEL].astype(str))
+    expected = clf.predict(query.obsm["X_pca"])
+    np.testing.assert_array_equal(query.obs["genept_knn"].astype(str).to_numpy(), expected)
+
+    proba = query.obsm["genept_knn_proba"]
+    assert isinstance(proba, pd.DataFrame)
+    assert list(proba.columns) == list(clf.classes_)
+    assert proba.index.equals(query.obs_names)
+    np.testing.assert_allclose(proba.to_numpy(), clf.predict_proba(query.obsm["X_pca"]))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(query.obs["genept_knn_confidence"], proba.max(axis=1))
+    assert list(query.obs["genept_knn"].cat.categories) == list(clf.classes_)
+
+    uns = query.uns["genept_knn"]
+    assert uns["params"]["n_neighbors"] == 10 and uns["params"]["use_rep"] == "X_pca"
+    acc = accuracy_score(query.obs[LABEL].astype(str), expected)
+    assert uns["metrics"]["accuracy"] == pytest.approx(acc)
+    assert acc > 0.7
+
+
+def test_knn_copy_semantics(pbmc):
+    ref, query = pbmc
+    out = annotate_knn(query, ref, use_rep="X_pca", label_key=LABEL, key_added="k", copy=True)
+    assert isinstance(out, ad.AnnData) and "k" in out.obs and "k_proba" in out.obsm
+    assert "k" not in query.obs and "k" not in query.uns
+    q = query.copy()
+    assert annotate_knn(q, ref, use_rep="X_pca", label_key=LABEL, key_added="k") is None
+    pd.testing.assert_series_equal(q.obs["k"], out.obs["k"])
+
+
+def test_knn_ensemble_pools_votes_by_hand():
+    # rep A puts the query near cells 0,1,2 (a,a,b); rep B near cells 2,3,4 (b,b,c)
+    labels = ["a", "a", "b", "b", "c", "c"]
+    rep_a = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    rep_b = np.array([[20.0], [21.0], [0.0], [1.0], [2.0], [30.0]])
+    ref = ad.AnnData(np.zeros((6, 1)), obs=pd.DataFrame({"cell_type": labels}, index=list("012345")))
+    ref.obsm["A"], ref.obsm["B"] = rep_a, rep_b
+    query = ad.AnnData(np.zeros((1, 1)), obs=pd.DataFrame(index=["q"]))
+    query.obsm["A"], query.obsm["B"] = np.array([[0.5]]), np.array([[0.9]])
+
+    annotate_knn_ensemble(query, ref, use_rep=["A", "B"], n_neighbors=3, metric="euclidean")
+    # 6 votes: a,a,b + b,b,c -> b wins with 3/6
+    assert query.obs["genept_knn_ensemble"].iloc[0] == "b"
+    np.testing.assert_allclose(query.obsm["genept_knn_ensemble_proba"].loc["q"], [2 / 6, 3 / 6, 1 / 6])
+    assert query.obs["genept_knn_ensemble_confidence"].iloc[0] == pytest.approx(0.5)
+    # rep A alone says "a"
+    annotate_knn(query, ref, use_rep="A", n_neighbors=3, metric="euclidean")
+    assert query.obs["genept_knn"].iloc[0] == "a"
+    # a tie (a:1 b:1 c:1 per rep C) goes to the first class, as scikit-learn does
+    ref.obsm["C"] = np.array([[0.0], [9.0], [1.0], [9.5], [2.0], [9.9]])
+    query.obsm["C"] = np.array([[1.0]])
+    annotate_knn_ensemble(query, ref, use_rep=["C"], n_neighbors=3, metric="euclidean", key_added="t")
+    assert query.obs["t"].iloc[0] == "a"
+
+
+def test_knn_ensemble_equals_summed_sklearn_votes(pbmc, annotated):
+    ref, _ = pbmc
+    query, _ = annotated
+    votes = 0
+    for rep in ["X_pca", "X_pca_raw"]:
+        clf = KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute")
+        clf.fit(ref.obsm[rep], ref.obs[LABEL].astype(str))
+        votes = votes + clf.predict_proba(query.obsm[rep]) * 10
+    np.testing.assert_allclose(query.obsm["genept_knn_ensemble_proba"].to_numpy(), votes / 20)
+    expected = clf.classes_[votes.argmax(1)]
+    np.testing.assert_array_equal(query.obs["genept_knn_ensemble"].astype(str), expected)
+    assert query.uns["genept_knn_ensemble"]["params"]["use_rep"] == ["X_pca", "X_pca_raw"]
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_classification_metrics_equal_sklearn():
+    rng = np.random.default_rng(0)
+    classes = np.array(["x", "y", "z", "w"])
+    yt = classes[rng.integers(0, 4, 200)]
+    yp = np.where(rng.random(200) < 0.6, yt, classes[rng.integers(0, 3, 200)])
+    m = classification_metrics(yt, yp)
+    assert m["labels"] == ["w", "x", "y", "z"]
+    assert m["accuracy"] == pytest.approx(accuracy_score(yt, yp))
+    assert m["precision_macro"] == pytest.approx(precision_score(yt, yp, average="macro", zero_division=0))
+    assert m["recall_macro"] == pytest.approx(recall_score(yt, yp, average="macro", zero_division=0))
+    assert m["f1_macro"] == pytest.approx(f1_score(yt, yp, average="macro", zero_division=0))
+    assert m["confusion_matrix"] == sk_confusion(yt, yp, labels=m["labels"]).tolist()
+    assert m["n_cells"] == 200
+    # a prediction outside `labels` is an error of its true class
+    m2 = classification_metrics(["a", "b"], ["a", UNPARSED], labels=["a", "b"])
+    assert m2["accuracy"] == 0.5 and m2["recall_macro"] == 0.5
+    with pytest.raises(ValueError, match="2 labels"):
+        classification_metrics(["a", "b"], ["a"])
+
+
+# ------------------------------------------------------------------------------ MLP / scMPT
+def test_mlp_probe(pbmc):
+    ref, query = pbmc
+    query = query.copy()
+    rng_state = torch.get_rng_state()
+    annotate_mlp(query, ref, use_rep="X_pca", label_key=LABEL, epochs=40, device="cpu")
+    assert torch.equal(rng_state, torch.get_rng_state())  # global RNG untouched
+    uns = query.uns["genept_mlp"]
+    assert uns["metrics"]["accuracy"] > 0.6
+    assert uns["params"]["hidden"] == [256]
+    assert 0 < uns["validation"]["accuracy_mean"] <= 1
+    proba = query.obsm["genept_mlp_proba"]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert list(proba.columns) == sorted(ref.obs[LABEL].astype(str).unique())
+
+
+def test_scmpt_fusion_and_save_load(pbmc, annotated):
+    ref, query0 = pbmc
+    query, path = annotated
+    uns = query.uns["genept_scmpt"]
+    assert uns["params"]["reps"] == ["X_pca", "X_pca_raw"]
+    assert uns["metrics"]["accuracy"] > 0.6
+    # the validation summary: seeds' mean and SD, grid of 2 learning rates
+    val = uns["validation"]
+    assert len(val["accuracy_per_seed"]) == 2
+    assert val["accuracy_mean"] == pytest.approx(np.mean(val["accuracy_per_seed"]))
+    assert val["accuracy_sd"] == pytest.approx(np.std(val["accuracy_per_seed"], ddof=1))
+    assert val["n_val"] == pytest.approx(0.2 * len(ref), abs=1)
+    assert sorted(uns["grid"]["lr"]) == [3e-4, 1e-3]
+    assert uns["hyperparameters"]["lr"] in (3e-4, 1e-3)
+    np.testing.assert_allclose(query.obsm["genept_scmpt_proba"].sum(axis=1), 1.0, rtol=1e-6)
+
+    # the saved files: JSON config + tensors only (weights_only load works)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["reps"] == ["X_pca", "X_pca_raw"] and cfg["widths"] == [50, 30]
+    assert cfg["classes"] == list(query.obsm["genept_scmpt_proba"].columns)
+    assert len(torch.load(path / "weights.pt", weights_only=True)["state_dicts"]) == 2
+
+    model = ScMPTModel.load(path)
+    q2 = query0.copy()
+    annotate_scmpt(q2, model=model, label_key=LABEL, device="cpu")
+    np.testing.assert_allclose(
+        q2.obsm["genept_scmpt_proba"].to_numpy(), query.obsm["genept_scmpt_proba"].to_numpy(), atol=1e-6
+    )
+    assert (q2.obs["genept_scmpt"] == query.obs["genept_scmpt"]).all()
+    assert q2.uns["genept_scmpt"]["params"]["pretrained"] is True
+    # a path works too, and predict_proba gives the same DataFrame
+    q3 = query0.copy()
+    annotate_scmpt(q3, model=str(path), key_added="again", device="cpu")
+    pd.testing.assert_frame_equal(q3.obsm["again_proba"], model.predict_proba(query0, device="cpu"))
+
+
+def test_scmpt_three_branches_and_class_weight():
+    rng = np.random.default_rng(1)
+    n = 120
+    y = np.repeat(["p", "q", "r"], [60, 40, 20])
+    centers = {"p": 0.0, "q": 3.0, "r": -3.0}
+    ref = ad.AnnData(np.zeros((n, 1)), obs=pd.DataFrame({"cell_type": y}, index=[f"c{i}" for i in range(n)]))
+    for key, d in [("A", 4), ("B", 3), ("C", 2)]:
+        ref.obsm[key] = np.array([centers[c] for c in y])[:, None] + rng.normal(size=(n, d))
+    out = annotate_scmpt(
+        ref, ref, reps=["A", "B", "C"], hidden=16, epochs_grid=(20,), lr_grid=(1e-2,),
+        n_seeds=1, class_weight="balanced", device="cpu", copy=True,
+    )
+    assert out.uns["genept_scmpt"]["metrics"]["accuracy"] > 0.9
+    assert "genept_scmpt" not in ref.obs
+
+
+def test_scmpt_small_reference_falls_back():
+    rng = np.random.default_rng(0)
+    y = ["a", "a", "b", "b", "c", "c"]
+    ref = ad.AnnData(np.zeros((6, 1)), obs=pd.DataFrame({"cell_type": y}, index=list("abcdef")))
+    ref.obsm["A"] = rng.normal(size=(6, 3))
+    ref.obsm["B"] = rng.normal(size=(6, 2))
+    with pytest.warns(UserWarning, match="too small for a stratified validation split"):
+        out = annotate_scmpt(
+            ref, ref, reps=["A", "B"], hidden=8, epochs_grid=(3,), n_seeds=1, device="cpu", copy=True
+        )
+    val = out.uns["genept_scmpt"]["validation"]
+    assert np.isnan(val["accuracy_mean"]) and val["n_val"] == 0
+    assert out.obs["genept_scmpt"].notna().all()
+
+
+def test_errors_leave_adata_untouched(pbmc):
+    ref, query = pbmc
+    q = query.copy()
+    q.obsm["X_pca"] = q.obsm["X_pca"][:, :10]
+    with pytest.raises(ValueError, match="10 columns in `adata` but 50"):
+        annotate_knn(q, ref, use_rep="X_pca", label_key=LABEL)
+    with pytest.raises(ValueError, match="10 columns"):
+        annotate_scmpt(q, ref, reps=["X_pca", "X_pca_raw"], label_key=LABEL)
+    with pytest.raises(KeyError, match=r"X_nope.*X_pca_raw"):
+        annotate_knn(q, ref, use_rep="X_nope", label_key=LABEL)
+    with pytest.raises(KeyError, match="X_scGPT"):
+        annotate_scmpt(q, ref, label_key=LABEL)  # default reps are absent
+    with pytest.raises(KeyError, match="cell_type"):
+        annotate_knn(q, ref, use_rep="X_pca_raw")
+    assert not any(k.startswith("genept") for k in [*q.obs, *q.obsm, *q.uns])
+
+    bad = ref.copy()
+    bad.obs[LABEL] = bad.obs[LABEL].astype(object)
+    bad.obs.iloc[:5, bad.obs.columns.get_loc(LABEL)] = np.nan
+    q = query.copy()
+    with pytest.warns(UserWarning, match="5 reference cells have no 'bulk_labels' label"):
+        annotate_knn(q, bad, use_rep="X_pca", label_key=LABEL)
+    assert q.uns["genept_knn"]["params"]["n_reference"] == len(ref) - 5
+
+    bad.obs[LABEL] = np.nan
+    with pytest.raises(ValueError, match="no labels"):
+        annotate_knn(q, bad, use_rep="X_pca", label_key=LABEL)
+    bad.obs[LABEL] = "only"
+    with pytest.raises(ValueError, match="single class"):
+        annotate_knn(q, bad, use_rep="X_pca", label_key=LABEL)
+    with pytest.raises(ValueError, match="not both"):
+        annotate_scmpt(q, ref, model=object())
+
+
+@pytest.mark.filterwarnings(SLASH_WARNING)
+def test_h5ad_round_trip(annotated, tmp_path):
+    query, _ = annotated
+    file = tmp_path / "q.h5ad"
+    query.write_h5ad(file)
+    back = ad.read_h5ad(file)
+    for key in ["genept_knn", "genept_knn_ensemble", "genept_scmpt"]:
+        pd.testing.assert_series_equal(back.obs[key], query.obs[key])
+        np.testing.assert_allclose(back.obs[f"{key}_confidence"], query.obs[f"{key}_confidence"])
+        proba = back.obsm[f"{key}_proba"]
+        assert isinstance(proba, pd.DataFrame)
+        pd.testing.assert_frame_equal(proba, query.obsm[f"{key}_proba"])
+        m0, m1 = query.uns[key]["metrics"], back.uns[key]["metrics"]
+        assert m1["accuracy"] == m0["accuracy"]
+        np.testing.assert_array_equal(m1["confusion_matrix"], m0["confusion_matrix"])
+        assert list(m1["labels"]) == m0["labels"]
+    assert back.uns["genept_scmpt"]["hyperparameters"] == query.uns["genept_scmpt"]["hyperparameters"]
+
+
+# ------------------------------------------------------------------------------ plot
+def test_confusion_plot(annotated, tmp_path, monkeypatch):
+    query, _ = annotated
+    ax = plot_confusion(query, "genept_knn", show=False)
+    img = ax.images[0].get_array()
+    m = query.uns["genept_knn"]["metrics"]
+    cm = np.array(m["confusion_matrix"], dtype=float)
+    truth = set(query.obs[LABEL].astype(str))
+    rows = [i for i, c in enumerate(m["labels"]) if c in truth]
+    expected = cm[rows][:, rows] / cm[rows].sum(1, keepdims=True)
+    if img.shape == expected.shape:  # no predicted class absent from the truth
+        np.testing.assert_allclose(np.asarray(img), expected)
+    np.testing.assert_allclose(np.asarray(img).sum(1), 1.0)
+    assert ax.get_ylabel() == f"true ({LABEL})"
+    monkeypatch.setattr(sc.settings, "figdir", tmp_path)
+    assert plot_confusion(query, "genept_scmpt", normalize=False, show=False, save="_s.png") is None or True
+    assert (tmp_path / "confusion_matrix_s.png").is_file()
+    with pytest.raises(KeyError, match="annotator"):
+        plot_confusion(query, "nope", show=False)
+
+
+# ------------------------------------------------------------------------------ LLM
+class ChatServer:
+    """A minimal OpenAI-compatible chat-completions endpoint on 127.0.0.1."""
+
+    def __init__(self, respond):
+        self.respond = respond  # prompt -> reply text
+        self.requests: list[dict] = []
+        self.auth: list[str] = []
+        self.status = 200
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.auth.append(self.headers.get("Authorization", ""))
+                if server.status != 200:
+                    given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    out = {"error": {"message": f"Incorrect API key provided: {given}."}}
+                else:
+                    text = server.respond(body["messages"][-1]["content"])
+                    out = {
+                        "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": text}}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
+                    }
+                raw = json.dumps(out).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def llm_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def server():
+    replies = {
+        "MS4A1": "B cell",  # exact
+        "CD3E": "  t CELL \n",  # other case and spaces
+        "CD68": "Macrophage",  # not a candidate
+        "NKG7": "It is most likely an NK cell.",  # one candidate mentioned
+        "CD79A": "B cell or T cell",  # two candidates: not guessed
+    }
+
+    def respond(prompt: str) -> str:
+        for gene, reply in replies.items():
+            if f"Cell sentence: {gene} " in prompt:
+                return reply
+        return "?"
+
+    s = ChatServer(respond)
+    yield s
+    s.close()
+
+
+CANDS = ["B cell", "T cell", "NK cell"]
+
+
+def sentences_adata() -> ad.AnnData:
+    obs = pd.DataFrame(
+        {
+            "genept_sentence": [
+                "MS4A1 CD79B HLA-DRA", "CD3E CD3D IL7R", "CD68 LYZ CST3",
+                "NKG7 GNLY PRF1", "CD79A CD3E CD74",
+            ],
+            "truth": ["B cell", "T cell", "T cell", "NK cell", "B cell"],
+        },
+        index=[f"cell{i}" for i in range(5)],
+    )
+    return ad.AnnData(np.zeros((5, 1)), obs=obs)
+
+
+def test_parse_answer_rules():
+    assert _parse_answer("b CELL", CANDS) == "B cell"
+    assert _parse_answer('"NK cell".', CANDS) == "NK cell"
+    assert _parse_answer("Macrophage", CANDS) == UNPARSED
+    assert _parse_answer("B cell, not T cell", CANDS) == UNPARSED
+    assert _parse_answer("not a TB cell", CANDS) == UNPARSED  # whole phrases only
+    # a candidate inside a longer mentioned candidate does not count
+    assert _parse_answer("this is a CD4+ T cell", [*CANDS, "CD4+ T cell"]) == "CD4+ T cell"
+    assert _parse_answer(None, CANDS) == UNPARSED
+
+
+def test_llm_prompt_parsing_cache(server, llm_cache, tmp_path):
+    adata = sentences_adata()
+    annotate_llm(adata, candidates=CANDS, api_key=KEY, base_url=server.url, label_key="truth")
+    assert len(server.requests) == 5
+    body = server.requests[0]
+    assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0
+    prompt = body["messages"][0]["content"]
+    assert "MS4A1 CD79B HLA-DRA" in prompt and all(c in prompt for c in CANDS)
+    assert all(a == f"Bearer {KEY}" for a in server.auth)
+
+    labels = adata.obs["genept_llm"].astype(object).tolist()
+    assert labels == ["B cell", "T cell", UNPARSED, "NK cell", UNPARSED]
+    assert adata.obs["genept_llm_reply"].tolist()[2] == "Macrophage"
+    np.testing.assert_array_equal(adata.obs["genept_llm_confidence"], [1, 1, 0, 1, 0])
+    proba = adata.obsm["genept_llm_proba"]
+    assert list(proba.columns) == CANDS
+    np.testing.assert_array_equal(proba.loc["cell1"], [0, 1, 0])
+    np.testing.assert_array_equal(proba.loc["cell2"], [0, 0, 0])
+    uns = adata.uns["genept_llm"]
+    assert uns["metrics"]["accuracy"] == pytest.approx(3 / 5)
+    assert uns["usage"]["n_requests"] == 5 and uns["usage"]["prompt_tokens"] == 500
+
+    # a second run is answered from the cache: no request
+    again = annotate_llm(
+        sentences_adata(), candidates=CANDS, api_key=KEY, base_url=server.url, copy=True
+    )
+    assert len(server.requests) == 5
+    assert again.uns["genept_llm"]["usage"]["n_cache_hits"] == 5
+    assert again.obs["genept_llm"].equals(adata.obs["genept_llm"])
+    # ... even without any key
+    annotate_llm(sentences_adata(), candidates=CANDS, base_url=server.url, copy=True)
+
+    # the key is in no file and not in uns
+    file = tmp_path / "llm.h5ad"
+    adata.write_h5ad(file)
+    files = [file, *llm_cache.rglob("*")]
+    assert any(f.suffix == ".sqlite" for f in files)
+    for f in files:
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in repr(dict(adata.uns))
+    back = ad.read_h5ad(file)
+    assert back.obs["genept_llm"].astype(object).tolist() == labels
+
+
+def test_llm_max_cells_and_cost(server, llm_cache):
+    adata = sentences_adata()
+    with pytest.warns(UserWarning, match="annotating 2 of 5 cells"):
+        annotate_llm(adata, candidates=CANDS, api_key=KEY, base_url=server.url, max_cells=2)
+    assert len(server.requests) == 2
+    assert adata.obs["genept_llm"].isna().tolist() == [False, False, True, True, True]
+    assert np.isnan(adata.obsm["genept_llm_proba"].loc["cell4"]).all()
+    assert adata.obs["genept_llm_reply"].iloc[4] == ""
+
+    # cost cap: each request costs 100 in + 5 out tokens at $1/M -> ~1e-4 $ per cell
+    with pytest.warns(UserWarning, match="cost cap"):
+        out = annotate_llm(
+            sentences_adata(), candidates=CANDS, api_key=KEY, base_url=server.url,
+            model="local-model", price_per_million=(1.0, 1.0), max_cost_usd=2.5e-4, copy=True,
+        )
+    assert 1 <= out.obs["genept_llm"].notna().sum() < 5
+    with pytest.raises(ValueError, match="price_per_million"):
+        annotate_llm(sentences_adata(), candidates=CANDS, model="local-model", max_cost_usd=1.0)
+
+
+def test_llm_two_stage_top3(llm_cache):
+    seen: list[str] = []
+
+    def respond(prompt: str) -> str:
+        seen.append(prompt)
+        if prompt.startswith("Given the following reasoning"):
+            return "Monocyte"
+        return "REASONING: CD14 and LYZ point to monocytes."
+
+    s = ChatServer(respond)
+    try:
+        adata = sentences_adata()[:2].copy()
+        classes = ["B cell", "Monocyte", "NK cell", "T cell"]
+        adata.obsm["prev_proba"] = pd.DataFrame(
+            [[0.1, 0.5, 0.15, 0.25], [0.4, 0.3, 0.0, 0.3]], index=adata.obs_names, columns=classes
+        )
+        annotate_llm(adata, top_k_from="prev", api_key=KEY, base_url=s.url)
+    finally:
+        s.close()
+    assert len(s.requests) == 4  # reasoning + answer per cell
+    first, second = seen[0], seen[1]
+    assert "['Monocyte', 'T cell', 'NK cell']" in first and "B cell" not in first
+    assert "MS4A1 CD79B HLA-DRA" in first and "go with the first option" in first
+    assert "REASONING: CD14 and LYZ" in second and "['Monocyte', 'T cell', 'NK cell']" in second
+    # cell 1: top-3 is B cell, then the tie Monocyte/T cell in column order
+    assert "['B cell', 'Monocyte', 'T cell']" in seen[2]
+    assert adata.obs["genept_llm"].astype(str).tolist() == ["Monocyte", "Monocyte"]
+    assert adata.obs["genept_llm_candidates"].iloc[0] == "Monocyte | T cell | NK cell"
+    assert adata.obs["genept_llm_reasoning"].iloc[0].startswith("REASONING")
+    assert list(adata.obsm["genept_llm_proba"].columns) == classes
+
+
+def test_llm_error_redacts_key(llm_cache):
+    s = ChatServer(lambda p: "B cell")
+    s.status = 401
+    adata = sentences_adata()
+    try:
+        with pytest.raises(RuntimeError) as info:
+            annotate_llm(adata, candidates=CANDS, api_key=KEY, base_url=s.url, max_retries=0)
+    finally:
+        s.close()
+    assert KEY not in str(info.value)
+    assert "genept_llm" not in adata.obs and "genept_llm" not in adata.uns
