@@ -304,7 +304,7 @@ def _matrices(draw):
     return X
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     X=_matrices(),
     seed=st.sampled_from([None, 0, 11]),
@@ -385,7 +385,7 @@ def test_anndata_series_copy_layer_raw():
     assert isinstance(out, ad.AnnData) and "cs" in out.obs and "cs" not in adata.obs
     adata.layers["counts"] = X_HAND[:, ::-1].copy()
     s = cell_sentences(adata, layer="counts", seed=None, inplace=False, show_progress=False)
-    assert s.iloc[0] == "ENSG3 ENSG1 ENSG2"
+    assert s.iloc[1] == "ENSG2 ENSG3 ENSG4 ENSG0"  # row 1 reversed: [1, 0, 3, 3, 3]
     adata.raw = adata.copy()
     adata2 = adata[:, :3].copy()
     s = cell_sentences(adata2, use_raw=True, gene_symbols="symbol", seed=None, inplace=False,

@@ -81,6 +81,7 @@ def gene_umap(
             from ..datasets import gene_cards
 
             cards = gene_cards("human")
+            cards = cards[~cards.index.duplicated(keep="first")]
             sym_col = "genept_gene" if "genept_gene" in adata.var else None
             syms = (adata.var[sym_col].astype(str) if sym_col else adata.var_names.to_series()).to_numpy()[has]
             labels = cards["gene_type"].reindex(syms).fillna("unknown").to_numpy()
