@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anndata as ad
@@ -73,6 +72,7 @@ def annotated(pbmc, tmp_path_factory):
     """A query annotated once by kNN, the ensemble and a small scMPT (saved)."""
     ref, query = pbmc
     query = query.copy()
+    progress, gpt.settings.progress = gpt.settings.progress, False
     annotate_knn(query, ref, use_rep="X_pca", label_key=LABEL)
     annotate_knn_ensemble(query, ref, use_rep=["X_pca", "X_pca_raw"], label_key=LABEL)
     path = tmp_path_factory.mktemp("scmpt") / "model"
@@ -89,6 +89,7 @@ def annotated(pbmc, tmp_path_factory):
         device="cpu",
         save=path,
     )
+    gpt.settings.progress = progress
     return query, path
 
 
@@ -132,7 +133,9 @@ def test_knn_ensemble_pools_votes_by_hand():
     labels = ["a", "a", "b", "b", "c", "c"]
     rep_a = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
     rep_b = np.array([[20.0], [21.0], [0.0], [1.0], [2.0], [30.0]])
-    ref = ad.AnnData(np.zeros((6, 1)), obs=pd.DataFrame({"cell_type": labels}, index=list("012345")))
+    ref = ad.AnnData(
+        np.zeros((6, 1)), obs=pd.DataFrame({"cell_type": labels}, index=list("012345"))
+    )
     ref.obsm["A"], ref.obsm["B"] = rep_a, rep_b
     query = ad.AnnData(np.zeros((1, 1)), obs=pd.DataFrame(index=["q"]))
     query.obsm["A"], query.obsm["B"] = np.array([[0.5]]), np.array([[0.9]])
@@ -140,7 +143,9 @@ def test_knn_ensemble_pools_votes_by_hand():
     annotate_knn_ensemble(query, ref, use_rep=["A", "B"], n_neighbors=3, metric="euclidean")
     # 6 votes: a,a,b + b,b,c -> b wins with 3/6
     assert query.obs["genept_knn_ensemble"].iloc[0] == "b"
-    np.testing.assert_allclose(query.obsm["genept_knn_ensemble_proba"].loc["q"], [2 / 6, 3 / 6, 1 / 6])
+    np.testing.assert_allclose(
+        query.obsm["genept_knn_ensemble_proba"].loc["q"], [2 / 6, 3 / 6, 1 / 6]
+    )
     assert query.obs["genept_knn_ensemble_confidence"].iloc[0] == pytest.approx(0.5)
     # rep A alone says "a"
     annotate_knn(query, ref, use_rep="A", n_neighbors=3, metric="euclidean")
@@ -148,7 +153,9 @@ def test_knn_ensemble_pools_votes_by_hand():
     # a tie (a:1 b:1 c:1 per rep C) goes to the first class, as scikit-learn does
     ref.obsm["C"] = np.array([[0.0], [9.0], [1.0], [9.5], [2.0], [9.9]])
     query.obsm["C"] = np.array([[1.0]])
-    annotate_knn_ensemble(query, ref, use_rep=["C"], n_neighbors=3, metric="euclidean", key_added="t")
+    annotate_knn_ensemble(
+        query, ref, use_rep=["C"], n_neighbors=3, metric="euclidean", key_added="t"
+    )
     assert query.obs["t"].iloc[0] == "a"
 
 
@@ -175,8 +182,12 @@ def test_classification_metrics_equal_sklearn():
     m = classification_metrics(yt, yp)
     assert m["labels"] == ["w", "x", "y", "z"]
     assert m["accuracy"] == pytest.approx(accuracy_score(yt, yp))
-    assert m["precision_macro"] == pytest.approx(precision_score(yt, yp, average="macro", zero_division=0))
-    assert m["recall_macro"] == pytest.approx(recall_score(yt, yp, average="macro", zero_division=0))
+    assert m["precision_macro"] == pytest.approx(
+        precision_score(yt, yp, average="macro", zero_division=0)
+    )
+    assert m["recall_macro"] == pytest.approx(
+        recall_score(yt, yp, average="macro", zero_division=0)
+    )
     assert m["f1_macro"] == pytest.approx(f1_score(yt, yp, average="macro", zero_division=0))
     assert m["confusion_matrix"] == sk_confusion(yt, yp, labels=m["labels"]).tolist()
     assert m["n_cells"] == 200
@@ -229,7 +240,9 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     q2 = query0.copy()
     annotate_scmpt(q2, model=model, label_key=LABEL, device="cpu")
     np.testing.assert_allclose(
-        q2.obsm["genept_scmpt_proba"].to_numpy(), query.obsm["genept_scmpt_proba"].to_numpy(), atol=1e-6
+        q2.obsm["genept_scmpt_proba"].to_numpy(),
+        query.obsm["genept_scmpt_proba"].to_numpy(),
+        atol=1e-6,
     )
     assert (q2.obs["genept_scmpt"] == query.obs["genept_scmpt"]).all()
     assert q2.uns["genept_scmpt"]["params"]["pretrained"] is True
@@ -239,17 +252,49 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     pd.testing.assert_frame_equal(q3.obsm["again_proba"], model.predict_proba(query0, device="cpu"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_scmpt_cuda_matches_cpu_inference(pbmc):
+    ref, query = pbmc
+    model = ScMPTModel.fit(
+        ref,
+        label_key=LABEL,
+        reps=["X_pca", "X_pca_raw"],
+        hidden=512,
+        epochs_grid=(10,),
+        lr_grid=(1e-3,),
+        n_seeds=2,
+        device="cuda",
+    )
+    on_gpu = model.predict_proba(query, device="cuda")
+    on_cpu = model.predict_proba(query, device="cpu")
+    np.testing.assert_allclose(on_gpu.to_numpy(), on_cpu.to_numpy(), atol=1e-4)
+    out = annotate_scmpt(query, model=model, label_key=LABEL, device="cuda", copy=True)
+    assert out.uns["genept_scmpt"]["params"]["device"] == "cuda"
+    assert out.uns["genept_scmpt"]["metrics"]["accuracy"] > 0.6
+
+
 def test_scmpt_three_branches_and_class_weight():
     rng = np.random.default_rng(1)
     n = 120
     y = np.repeat(["p", "q", "r"], [60, 40, 20])
     centers = {"p": 0.0, "q": 3.0, "r": -3.0}
-    ref = ad.AnnData(np.zeros((n, 1)), obs=pd.DataFrame({"cell_type": y}, index=[f"c{i}" for i in range(n)]))
+    ref = ad.AnnData(
+        np.zeros((n, 1)), obs=pd.DataFrame({"cell_type": y}, index=[f"c{i}" for i in range(n)])
+    )
     for key, d in [("A", 4), ("B", 3), ("C", 2)]:
         ref.obsm[key] = np.array([centers[c] for c in y])[:, None] + rng.normal(size=(n, d))
     out = annotate_scmpt(
-        ref, ref, reps=["A", "B", "C"], hidden=16, epochs_grid=(20,), lr_grid=(1e-2,),
-        n_seeds=1, class_weight="balanced", device="cpu", copy=True,
+        ref,
+        ref,
+        reps=["A", "B", "C"],
+        hidden=16,
+        epochs_grid=(20,),
+        lr_grid=(1e-2,),
+        n_seeds=1,
+        class_weight="balanced",
+        device="cpu",
+        copy=True,
     )
     assert out.uns["genept_scmpt"]["metrics"]["accuracy"] > 0.9
     assert "genept_scmpt" not in ref.obs
@@ -263,7 +308,14 @@ def test_scmpt_small_reference_falls_back():
     ref.obsm["B"] = rng.normal(size=(6, 2))
     with pytest.warns(UserWarning, match="too small for a stratified validation split"):
         out = annotate_scmpt(
-            ref, ref, reps=["A", "B"], hidden=8, epochs_grid=(3,), n_seeds=1, device="cpu", copy=True
+            ref,
+            ref,
+            reps=["A", "B"],
+            hidden=8,
+            epochs_grid=(3,),
+            n_seeds=1,
+            device="cpu",
+            copy=True,
         )
     val = out.uns["genept_scmpt"]["validation"]
     assert np.isnan(val["accuracy_mean"]) and val["n_val"] == 0
@@ -320,11 +372,13 @@ def test_h5ad_round_trip(annotated, tmp_path):
         assert m1["accuracy"] == m0["accuracy"]
         np.testing.assert_array_equal(m1["confusion_matrix"], m0["confusion_matrix"])
         assert list(m1["labels"]) == m0["labels"]
-    assert back.uns["genept_scmpt"]["hyperparameters"] == query.uns["genept_scmpt"]["hyperparameters"]
+    assert (
+        back.uns["genept_scmpt"]["hyperparameters"] == query.uns["genept_scmpt"]["hyperparameters"]
+    )
 
 
 # ------------------------------------------------------------------------------ plot
-def test_confusion_plot(annotated, tmp_path, monkeypatch):
+def test_confusion_plot(annotated, tmp_path):
     query, _ = annotated
     ax = plot_confusion(query, "genept_knn", show=False)
     img = np.asarray(ax.images[0].get_array())
@@ -336,8 +390,12 @@ def test_confusion_plot(annotated, tmp_path, monkeypatch):
     expected = cm.loc[rows, cols].to_numpy(float)
     np.testing.assert_allclose(img, expected / expected.sum(1, keepdims=True))
     assert ax.get_ylabel() == f"true ({LABEL})"
-    monkeypatch.setattr(sc.settings, "figdir", tmp_path)
-    ax = plot_confusion(query, "genept_scmpt", normalize=False, show=False, save="_s.png")
+    figdir = sc.settings.figdir
+    sc.settings.figdir = tmp_path
+    try:
+        ax = plot_confusion(query, "genept_scmpt", normalize=False, show=False, save="_s.png")
+    finally:
+        sc.settings.figdir = figdir
     assert ax.images[0].get_array().sum() == query.n_obs  # counts
     assert (tmp_path / "confusion_matrix_s.png").is_file()
     with pytest.raises(KeyError, match="annotator"):
@@ -371,11 +429,22 @@ class ChatServer:
                 else:
                     text = server.respond(body["messages"][-1]["content"])
                     out = {
-                        "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
                         "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 100,
+                            "completion_tokens": 5,
+                            "total_tokens": 105,
+                        },
                     }
                 raw = json.dumps(out).encode()
                 self.send_response(server.status)
@@ -429,8 +498,11 @@ def sentences_adata() -> ad.AnnData:
     obs = pd.DataFrame(
         {
             "genept_sentence": [
-                "MS4A1 CD79B HLA-DRA", "CD3E CD3D IL7R", "CD68 LYZ CST3",
-                "NKG7 GNLY PRF1", "CD79A CD3E CD74",
+                "MS4A1 CD79B HLA-DRA",
+                "CD3E CD3D IL7R",
+                "CD68 LYZ CST3",
+                "NKG7 GNLY PRF1",
+                "CD79A CD3E CD74",
             ],
             "truth": ["B cell", "T cell", "T cell", "NK cell", "B cell"],
         },
@@ -507,8 +579,14 @@ def test_llm_max_cells_and_cost(server, llm_cache):
     # cost cap: each request costs 100 in + 5 out tokens at $1/M -> ~1e-4 $ per cell
     with pytest.warns(UserWarning, match="cost cap"):
         out = annotate_llm(
-            sentences_adata(), candidates=CANDS, api_key=KEY, base_url=server.url,
-            model="local-model", price_per_million=(1.0, 1.0), max_cost_usd=2.5e-4, copy=True,
+            sentences_adata(),
+            candidates=CANDS,
+            api_key=KEY,
+            base_url=server.url,
+            model="local-model",
+            price_per_million=(1.0, 1.0),
+            max_cost_usd=2.5e-4,
+            copy=True,
         )
     assert 1 <= out.obs["genept_llm"].notna().sum() < 5
     with pytest.raises(ValueError, match="price_per_million"):

@@ -32,6 +32,15 @@ TINY = Path(__file__).parent / "data" / "scgpt_tiny"
 ATOL = 1e-5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny model is faster on one thread (and CI machines are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def expected():
     return dict(np.load(TINY / "expected.npz"))

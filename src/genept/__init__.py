@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, encoders, pl, pp, tl
+from . import datasets, encoders, models, pl, pp, tl
 from ._gene_embeddings import GeneEmbeddings, read_gene_embeddings
 from ._settings import settings
 
@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "datasets",
     "encoders",
+    "models",
     "pl",
     "pp",
     "read_gene_embeddings",

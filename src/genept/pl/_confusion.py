@@ -48,7 +48,9 @@ def _confusion_table(
     elif normalize == "all":
         table = table / table.to_numpy().sum()
     elif normalize not in (False, None):
-        raise ValueError(f"normalize must be True/'true', 'pred', 'all' or False, got {normalize!r}")
+        raise ValueError(
+            f"normalize must be True/'true', 'pred', 'all' or False, got {normalize!r}"
+        )
     return table, accuracy
 
 
@@ -65,10 +67,12 @@ def _savefig_or_show(name: str, fig, *, show: bool | None, save: bool | str | No
         else:
             save = os.fspath(save)
             ext = Path(save).suffix.lower()
-            fname = name + save if ext in _FIG_EXTS else f"{name}{save}.{sc.settings.file_format_figs}"
+            fname = (
+                name + save if ext in _FIG_EXTS else f"{name}{save}.{sc.settings.file_format_figs}"
+            )
         path = Path(sc.settings.figdir) / fname
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=sc.settings.dpi_save, bbox_inches="tight")
+        fig.savefig(path, bbox_inches="tight")
         sc.logging.warning(f"saving figure to file {path}")
     if show:
         plt.show()
@@ -135,7 +139,9 @@ def confusion_matrix(
             f"first (annotation columns present: {[c for c in adata.obs.columns if c + '_confidence' in adata.obs]})"
         )
     if label_key is None:
-        params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+        params = (
+            adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+        )
         label_key = params.get("label_key")
         if label_key is None:
             raise ValueError(f"uns[{key!r}] records no label_key; pass label_key=...")

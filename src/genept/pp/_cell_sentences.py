@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numba
@@ -172,7 +173,8 @@ def _splitmix64(x):  # pragma: no cover - jit
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _shuffle_rows(indptr, idx, seed, row_offset):  # pragma: no cover - jit
-    """Permute each row's entries in place by keys hashed from ``(seed, global row, j)``.
+    """Permute each row's entries in place, Fisher-Yates with draws hashed from
+    ``(seed, global row, j)``.
 
     The permutation of a cell depends on the seed and the cell's row number only, not on
     the block size or the number of threads.
@@ -184,13 +186,11 @@ def _shuffle_rows(indptr, idx, seed, row_offset):  # pragma: no cover - jit
         if m < 2:
             continue
         base = _splitmix64(np.uint64(seed) ^ _splitmix64(np.uint64(row_offset + r)))
-        keys = np.empty(m, np.uint64)
-        for j in range(m):
-            keys[j] = _splitmix64(base + np.uint64(j))
-        order = np.argsort(keys)
-        seg = idx[s:e].copy()
-        for j in range(m):
-            idx[s + j] = seg[order[j]]
+        for j in range(m - 1, 0, -1):  # Fisher-Yates
+            i = s + np.int64(_splitmix64(base + np.uint64(j)) % np.uint64(j + 1))
+            tmp = idx[s + j]
+            idx[s + j] = idx[i]
+            idx[i] = tmp
 
 
 #: bytes of a gene name copied in one fixed-size move (longer names: byte by byte)
@@ -284,7 +284,7 @@ def _iter_row_blocks(X, block_rows: int | None) -> Iterator[tuple[int, int, spar
             bounds = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(int)
         else:
             bounds = np.r_[np.arange(0, n_obs, block_rows), n_obs]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in pairwise(bounds.tolist()):
             if b > a:
                 yield int(a), int(b), _to_csr(X[a:b].compute())
         return
@@ -591,7 +591,7 @@ class _Names:
         view = memoryview(out)
         bounds = out_off.tolist()
         codec = "ascii" if self.ascii and prefix.isascii() else "utf-8"
-        return [str(view[a:b], codec) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [str(view[a:b], codec) for a, b in pairwise(bounds)]
 
 
 def build_sentences(
@@ -655,10 +655,9 @@ def build_sentences(
         token_counts = np.asarray(token_counts, dtype=np.int64)
         if token_counts.shape != (n_vars,):
             raise ValueError(f"token_counts must have one entry per gene ({n_vars})")
-        min_cost = int(token_counts.min()) if n_vars else 1
-        if min_cost >= 1:  # no cell can keep more than budget genes: rank no further
-            cut = min(cut or budget + 1, budget + 1)
-            cut = max(cut, 1)
+        # no cell keeps more genes than the cheapest genes fill: rank no further
+        fit = int(np.searchsorted(np.cumsum(np.sort(token_counts)), budget, side="right"))
+        cut = max(1, min(cut or fit, fit))
     text = _Names(words)
     priority, gene_of = _tie_priority(n_vars, seed)
     shuffle_seed = (

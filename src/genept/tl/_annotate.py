@@ -179,7 +179,9 @@ def _paired_reps(
 def _as_key_list(use_rep: str | Sequence[str], what: str = "use_rep") -> list[str]:
     keys = [use_rep] if isinstance(use_rep, str) else list(use_rep)
     if not keys or not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"`{what}` must be an obsm key or a non-empty list of keys, got {use_rep!r}")
+        raise ValueError(
+            f"`{what}` must be an obsm key or a non-empty list of keys, got {use_rep!r}"
+        )
     if len(set(keys)) != len(keys):
         raise ValueError(f"`{what}` lists a key twice: {keys}")
     return keys
@@ -352,9 +354,7 @@ def _annotate_knn(
     xq, xr = _paired_reps(adata, reference, keys)
     votes = np.zeros((adata.n_obs, classes.size))
     for q, r in zip(xq, xr, strict=True):
-        votes += _knn_votes(
-            r[keep], codes, q, classes.size, n_neighbors=n_neighbors, metric=metric
-        )
+        votes += _knn_votes(r[keep], codes, q, classes.size, n_neighbors=n_neighbors, metric=metric)
     proba = votes / votes.sum(axis=1, keepdims=True)
     pred = classes.astype(object)[votes.argmax(axis=1)]  # ties: first class (as sklearn)
     uns: dict[str, Any] = {
@@ -496,7 +496,9 @@ def annotate_knn_ensemble(
 # --------------------------------------------------------------------------------------
 # neural annotators: MLP probe and scMPT fusion
 # --------------------------------------------------------------------------------------
-def _make_net(in_dims: Sequence[int], hidden: Sequence[int], n_classes: int, seed: int | None = None):
+def _make_net(
+    in_dims: Sequence[int], hidden: Sequence[int], n_classes: int, seed: int | None = None
+):
     """One dense ReLU stack per input, concatenated, then a linear output layer.
 
     With one input this is an MLP; with two it is scMPT's figure 1. The softmax of the
@@ -538,7 +540,12 @@ class _Hyper:
     decay: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size, "decay": self.decay}
+        return {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "decay": self.decay,
+        }
 
 
 def _predict(model, xs, device: str, batch_size: int = 4096) -> np.ndarray:
@@ -658,9 +665,7 @@ def _stratified_split(
     if ok_classes.size < 2 or n_val < ok_classes.size or idx.size - n_val < ok_classes.size:
         return None
     try:
-        tr, va = train_test_split(
-            idx, test_size=val_size, stratify=codes[idx], random_state=seed
-        )
+        tr, va = train_test_split(idx, test_size=val_size, stratify=codes[idx], random_state=seed)
     except ValueError:
         return None
     single = np.flatnonzero(~eligible)
@@ -773,7 +778,9 @@ class ScMPTModel:
 
         check_adata(reference, "reference")
         keys = _as_key_list(reps, "reps")
-        hidden_t = [int(hidden)] if isinstance(hidden, int | np.integer) else [int(h) for h in hidden]
+        hidden_t = (
+            [int(hidden)] if isinstance(hidden, int | np.integer) else [int(h) for h in hidden]
+        )
         if not hidden_t or min(hidden_t) < 1:
             raise ValueError(f"hidden must be positive widths, got {hidden!r}")
         grids = {
@@ -790,7 +797,9 @@ class ScMPTModel:
         if int(n_seeds) < 1:
             raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
         if selection_metric not in {"accuracy", "f1_macro", "loss"}:
-            raise ValueError(f"selection_metric must be 'accuracy', 'f1_macro' or 'loss', got {selection_metric!r}")
+            raise ValueError(
+                f"selection_metric must be 'accuracy', 'f1_macro' or 'loss', got {selection_metric!r}"
+            )
         if not 0 <= val_size < 1:
             raise ValueError(f"val_size must be in [0, 1), got {val_size}")
         dev = _resolve_device(device)
@@ -869,7 +878,13 @@ class ScMPTModel:
 
             def run(hp: _Hyper, seed: int):
                 return _train_one(
-                    xs_tr, y_tr, xs_va, y_va, hp=hp, early_stopping=early_stopping, seed=seed,
+                    xs_tr,
+                    y_tr,
+                    xs_va,
+                    y_va,
+                    hp=hp,
+                    early_stopping=early_stopping,
+                    seed=seed,
                     **common,
                 )
 
@@ -957,7 +972,9 @@ class ScMPTModel:
             net.load_state_dict(st)
             proba += _predict(net, xs, dev, batch_size).reshape(adata.n_obs, -1)
         proba /= len(self.state_dicts)
-        return pd.DataFrame(proba, index=adata.obs_names.copy(), columns=pd.Index(self.classes, dtype=object))
+        return pd.DataFrame(
+            proba, index=adata.obs_names.copy(), columns=pd.Index(self.classes, dtype=object)
+        )
 
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
@@ -1007,10 +1024,14 @@ class ScMPTModel:
         path = Path(path)
         cfg_file, w_file = path / "config.json", path / "weights.pt"
         if not cfg_file.is_file() or not w_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved ScMPTModel (needs config.json and weights.pt)")
+            raise FileNotFoundError(
+                f"{path} is not a saved ScMPTModel (needs config.json and weights.pt)"
+            )
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("format") != cls._FORMAT:
-            raise ValueError(f"{cfg_file} is not an scMPT model config (format={cfg.get('format')!r})")
+            raise ValueError(
+                f"{cfg_file} is not an scMPT model config (format={cfg.get('format')!r})"
+            )
         if int(cfg.get("version", 0)) > cls._VERSION:
             raise ValueError(f"{path} was written by a newer genept (version {cfg['version']})")
         w = torch.load(w_file, map_location="cpu", weights_only=True)
@@ -1053,7 +1074,9 @@ def _class_weights(class_weight, classes: np.ndarray, codes: np.ndarray):
         return None
     if isinstance(class_weight, str):
         if class_weight != "balanced":
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {class_weight!r}")
+            raise ValueError(
+                f"class_weight must be None, 'balanced' or a dict, got {class_weight!r}"
+            )
         counts = np.bincount(codes, minlength=classes.size).astype(np.float64)
         w = codes.size / (classes.size * np.maximum(counts, 1))
     elif isinstance(class_weight, Mapping):
@@ -1062,7 +1085,9 @@ def _class_weights(class_weight, classes: np.ndarray, codes: np.ndarray):
             raise ValueError(f"class_weight names unknown classes {sorted(unknown)}")
         w = np.array([float(class_weight.get(c, 1.0)) for c in classes])
     else:
-        raise TypeError(f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}")
+        raise TypeError(
+            f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}"
+        )
     return torch.tensor(w, dtype=torch.float32)
 
 
@@ -1081,7 +1106,7 @@ def _summarise_validation(infos, split, codes, n_classes) -> dict[str, Any]:
         }
     acc = np.array([i["val_accuracy"] for i in infos])
     f1 = np.array([i["val_f1_macro"] for i in infos])
-    sd = (lambda a: float(a.std(ddof=1)) if a.size > 1 else 0.0)  # noqa: E731
+    sd = lambda a: float(a.std(ddof=1)) if a.size > 1 else 0.0  # noqa: E731
     yv = codes[split[1]]
     ens = np.mean([i["val_proba"] for i in infos], axis=0).argmax(1)
     return {
@@ -1188,7 +1213,9 @@ def annotate_mlp(
     """
     check_adata(adata)
     if not isinstance(use_rep, str):
-        raise TypeError(f"annotate_mlp takes one obsm key, got {use_rep!r}; use annotate_scmpt to fuse several")
+        raise TypeError(
+            f"annotate_mlp takes one obsm key, got {use_rep!r}; use annotate_scmpt to fuse several"
+        )
     _paired_reps(adata, reference, [use_rep])  # width check before training
     model = ScMPTModel.fit(
         reference,
@@ -1221,14 +1248,22 @@ def annotate_mlp(
         "val_size": val_size,
         "early_stopping": early_stopping,
         "patience": patience,
-        "class_weight": class_weight if isinstance(class_weight, str | None) else dict(class_weight),
+        "class_weight": class_weight
+        if isinstance(class_weight, str | None)
+        else dict(class_weight),
         "standardize": standardize,
         "random_state": random_state,
         "device": _resolve_device(device),
     }
     return _write_model_results(
-        adata, model, method="mlp", params=params, label_key=label_key, key_added=key_added,
-        device=device, copy=copy,
+        adata,
+        model,
+        method="mlp",
+        params=params,
+        label_key=label_key,
+        key_added=key_added,
+        device=device,
+        copy=copy,
     )
 
 
@@ -1353,7 +1388,9 @@ def annotate_scmpt(
     check_adata(adata)
     if model is not None:
         if reference is not None:
-            raise ValueError("pass either `reference` (to train) or `model` (a trained one), not both")
+            raise ValueError(
+                "pass either `reference` (to train) or `model` (a trained one), not both"
+            )
         if not isinstance(model, ScMPTModel):
             model = ScMPTModel.load(model)
         params = {
@@ -1365,8 +1402,14 @@ def annotate_scmpt(
             "device": _resolve_device(device),
         }
         out = _write_model_results(
-            adata, model, method="scmpt", params=params, label_key=label_key,
-            key_added=key_added, device=device, copy=copy,
+            adata,
+            model,
+            method="scmpt",
+            params=params,
+            label_key=label_key,
+            key_added=key_added,
+            device=device,
+            copy=copy,
         )
         return out
     if reference is None:
@@ -1406,7 +1449,9 @@ def annotate_scmpt(
         "n_seeds": n_seeds,
         "early_stopping": early_stopping,
         "patience": patience,
-        "class_weight": class_weight if isinstance(class_weight, str | None) else dict(class_weight),
+        "class_weight": class_weight
+        if isinstance(class_weight, str | None)
+        else dict(class_weight),
         "standardize": standardize,
         "selection_metric": selection_metric,
         "random_state": random_state,
@@ -1416,8 +1461,14 @@ def annotate_scmpt(
     if save is not None:
         params["saved_to"] = str(fitted.save(save))
     return _write_model_results(
-        adata, fitted, method="scmpt", params=params, label_key=label_key,
-        key_added=key_added, device=device, copy=copy,
+        adata,
+        fitted,
+        method="scmpt",
+        params=params,
+        label_key=label_key,
+        key_added=key_added,
+        device=device,
+        copy=copy,
     )
 
 
@@ -1554,7 +1605,9 @@ class _ReplyCache:
 
     @staticmethod
     def key(model: str, messages: list[dict], options: Mapping[str, Any]) -> str:
-        blob = json.dumps({"model": model, "messages": messages, "options": dict(options)}, sort_keys=True)
+        blob = json.dumps(
+            {"model": model, "messages": messages, "options": dict(options)}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> str | None:
@@ -1570,7 +1623,9 @@ class _ReplyCache:
 class _Chat:
     """Chat completions through the ``openai`` client, with cache, usage and redaction."""
 
-    def __init__(self, *, model, api_key, base_url, temperature, max_tokens, timeout, max_retries, cache):
+    def __init__(
+        self, *, model, api_key, base_url, temperature, max_tokens, timeout, max_retries, cache
+    ):
         self.model = model
         self._api_key = api_key
         self.base_url = base_url
@@ -1615,7 +1670,9 @@ class _Chat:
         import openai
 
         try:
-            resp = self._client.chat.completions.create(model=self.model, messages=messages, **self.options)
+            resp = self._client.chat.completions.create(
+                model=self.model, messages=messages, **self.options
+            )
         except openai.OpenAIError as e:
             msg = self._redact(getattr(e, "message", "") or str(e))
             raise RuntimeError(
@@ -1769,14 +1826,16 @@ def annotate_llm(
     if sentence_key not in adata.obs:
         raise KeyError(
             f"sentence_key={sentence_key!r} is not a column of adata.obs (columns: "
-            f"{list(adata.obs.columns)}); store each cell's sentence (gene names by "
-            "descending expression) there first"
+            f"{list(adata.obs.columns)}); build the cell sentences first with "
+            "gpt.pp.cell_sentences(adata)"
         )
     two_stage = top_k_from is not None
     use_reasoning = two_stage if reasoning is None else bool(reasoning)
     if top_k_from is None:
         if candidates is None or isinstance(candidates, str):
-            raise ValueError("pass `candidates` (a list of labels) or `top_k_from` (an annotator's key)")
+            raise ValueError(
+                "pass `candidates` (a list of labels) or `top_k_from` (an annotator's key)"
+            )
         classes = list(dict.fromkeys(str(c) for c in candidates))
         if len(classes) < 2:
             raise ValueError(f"give at least two candidates, got {classes}")
@@ -1798,7 +1857,9 @@ def annotate_llm(
             pmat = np.asarray(pdf, dtype=np.float64)
         if int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        order = np.argsort(-np.nan_to_num(pmat, nan=-np.inf), axis=1, kind="stable")[:, : int(top_k)]
+        order = np.argsort(-np.nan_to_num(pmat, nan=-np.inf), axis=1, kind="stable")[
+            :, : int(top_k)
+        ]
         per_cell = [
             None if np.isnan(pmat[i]).all() else [classes[j] for j in order[i]]
             for i in range(adata.n_obs)
@@ -1817,7 +1878,9 @@ def annotate_llm(
 
     # cells to annotate
     sentences = adata.obs[sentence_key]
-    has_sentence = sentences.notna().to_numpy() & (sentences.astype(str).str.strip() != "").to_numpy()
+    has_sentence = (
+        sentences.notna().to_numpy() & (sentences.astype(str).str.strip() != "").to_numpy()
+    )
     if per_cell is not None:
         has_sentence &= np.array([c is not None for c in per_cell])
     eligible = np.flatnonzero(has_sentence)
@@ -1850,8 +1913,14 @@ def annotate_llm(
     elif cache:
         store = _ReplyCache(Path(cache))
     chat = _Chat(
-        model=model, api_key=api_key, base_url=base_url, temperature=temperature,
-        max_tokens=max_tokens, timeout=timeout, max_retries=max_retries, cache=store,
+        model=model,
+        api_key=api_key,
+        base_url=base_url,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=max_retries,
+        cache=store,
     )
 
     def cost(n_in: int, n_out: int) -> float:
@@ -1873,8 +1942,10 @@ def annotate_llm(
         p1 = first_tpl.format(**fields, reasoning="")
         if max_cost_usd is not None:
             est = cost(
-                _est_tokens(p1) + (_est_tokens(second_tpl) + _EST_REASONING_TOKENS if use_reasoning else 0),
-                (_EST_REASONING_TOKENS if use_reasoning else 0) + (max_tokens or _EST_ANSWER_TOKENS),
+                _est_tokens(p1)
+                + (_est_tokens(second_tpl) + _EST_REASONING_TOKENS if use_reasoning else 0),
+                (_EST_REASONING_TOKENS if use_reasoning else 0)
+                + (max_tokens or _EST_ANSWER_TOKENS),
             )
             if spent_est + est > max_cost_usd:
                 stopped_at = i
@@ -1918,9 +1989,13 @@ def annotate_llm(
     n_unparsed = int((done & ~parsed).sum())
     if n_unparsed:
         logg.warning(f"{n_unparsed} replies name no single candidate; recorded as {UNPARSED!r}")
-    extra_obs: dict[str, Any] = {f"{key_added}_reply": pd.Series(replies, index=adata.obs_names, dtype=str).to_numpy()}
+    extra_obs: dict[str, Any] = {
+        f"{key_added}_reply": pd.Series(replies, index=adata.obs_names, dtype=str).to_numpy()
+    }
     if use_reasoning:
-        extra_obs[f"{key_added}_reasoning"] = pd.Series(reasonings, index=adata.obs_names, dtype=str).to_numpy()
+        extra_obs[f"{key_added}_reasoning"] = pd.Series(
+            reasonings, index=adata.obs_names, dtype=str
+        ).to_numpy()
     if per_cell is not None:
         extra_obs[f"{key_added}_candidates"] = np.array(
             [" | ".join(c) if c is not None else "" for c in per_cell], dtype=object
@@ -1960,8 +2035,15 @@ def annotate_llm(
     if metrics is not None:
         uns["metrics"] = metrics
     writes = _annotation_writes(
-        adata, key_added, classes, proba, uns, pred=labels, confidence=confidence,
-        categories=[*classes, UNPARSED], extra_obs=extra_obs,
+        adata,
+        key_added,
+        classes,
+        proba,
+        uns,
+        pred=labels,
+        confidence=confidence,
+        categories=[*classes, UNPARSED],
+        extra_obs=extra_obs,
     )
     out = write_results(adata, writes, copy=copy)
     logg.info("    finished", time=start)
