@@ -25,7 +25,14 @@ from scipy import sparse
 
 from genept.pp._cell_sentences import build_sentences, sentence_words, token_budget
 
-GENE_TABLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gene_tasks" / "gene_info_table.csv"
+GENE_TABLE = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "gene_tasks"
+    / "gene_info_table.csv"
+)
 
 
 def gene_names(n_vars: int) -> np.ndarray:

@@ -190,7 +190,11 @@ def test_token_budget_minilm_exact(minilm, prefix, max_tokens):
     adata = ad.AnnData(X, var=pd.DataFrame(index=SYMBOLS))
     full = cell_sentences(adata, prefix=prefix, inplace=False, show_progress=False)
     cut = cell_sentences(
-        adata, prefix=prefix, encoder=minilm, max_tokens=max_tokens, inplace=False,
+        adata,
+        prefix=prefix,
+        encoder=minilm,
+        max_tokens=max_tokens,
+        inplace=False,
         show_progress=False,
     )
     n_cut = 0
@@ -220,7 +224,11 @@ def test_token_budget_with_hashed_names(minilm):
     X = rng.poisson(3.0, size=(10, len(SYMBOLS))).astype(np.float32)
     adata = ad.AnnData(X, var=pd.DataFrame(index=SYMBOLS))
     s = cell_sentences(
-        adata, encoder=minilm, max_tokens=20, hash_names=True, inplace=False,
+        adata,
+        encoder=minilm,
+        max_tokens=20,
+        hash_names=True,
+        inplace=False,
         show_progress=False,
     )
     assert (minilm.count_tokens(list(s)) <= 20).all()
@@ -388,8 +396,9 @@ def test_anndata_series_copy_layer_raw():
     assert s.iloc[1] == "ENSG2 ENSG3 ENSG4 ENSG0"  # row 1 reversed: [1, 0, 3, 3, 3]
     adata.raw = adata.copy()
     adata2 = adata[:, :3].copy()
-    s = cell_sentences(adata2, use_raw=True, gene_symbols="symbol", seed=None, inplace=False,
-                       show_progress=False)
+    s = cell_sentences(
+        adata2, use_raw=True, gene_symbols="symbol", seed=None, inplace=False, show_progress=False
+    )
     assert s.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
 
@@ -404,8 +413,7 @@ def test_h5ad_round_trip_and_backed(tmp_path):
     X, names = _long_matrix()
     adata = ad.AnnData(sparse.csr_matrix(X), var=pd.DataFrame(index=names))
     adata.obs_names = [f"c{i}" for i in range(X.shape[0])]
-    cell_sentences(adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, seed=4,
-                   show_progress=False)
+    cell_sentences(adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, seed=4, show_progress=False)
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -414,8 +422,16 @@ def test_h5ad_round_trip_and_backed(tmp_path):
     assert set(p0) == set(p1)
     assert all(np.asarray(p0[k] == p1[k]).all() for k in p0)
     backed = ad.read_h5ad(path, backed="r")
-    s = cell_sentences(backed, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, seed=4,
-                       block_rows=7, inplace=False, show_progress=False)
+    s = cell_sentences(
+        backed,
+        prefix=PAPER_PREFIX,
+        n_genes=8,
+        shuffle=True,
+        seed=4,
+        block_rows=7,
+        inplace=False,
+        show_progress=False,
+    )
     assert s.tolist() == adata.obs["genept_sentence"].tolist()
     backed.file.close()
 

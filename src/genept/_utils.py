@@ -81,14 +81,13 @@ def write_results(
     computation never leaves ``adata`` half-written. With ``copy=True`` a modified copy
     is returned and ``adata`` stays untouched.
     """
-    target = adata.copy() if copy else adata
+    if copy:  # a backed AnnData copies only to a file; load it into memory instead
+        target = adata.to_memory() if adata.isbacked else adata.copy()
+    else:
+        target = adata
     done = []
     for attr, key, value in writes:
-        where = getattr(target, attr)
-        if attr in {"obs", "var"} and isinstance(value, np.ndarray | pd.Series | pd.Categorical | list):
-            where[key] = value
-        else:
-            where[key] = value
+        getattr(target, attr)[key] = value
         done.append(f"{attr}[{key!r}]")
     if log is not None and done:
         log("    added\n" + "\n".join(f"    {d}" for d in done))

@@ -232,6 +232,7 @@ def sample_negative_pairs(
     mode: str = "uniform",
     universe: Sequence[str] | None = None,
     exclude: pd.DataFrame | None = None,
+    calibrate: int = 5,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Sample gene pairs that are not known positives.
@@ -253,6 +254,11 @@ def sample_negative_pairs(
         sampling draws from the genes of ``positives`` only.
     exclude
         More pairs that must not be drawn (e.g. positives of another split).
+    calibrate
+        Degree-matched only: rounds of re-weighting the genes so that each gene's count
+        among the negatives matches its degree among the positives (rejecting known
+        positives otherwise under-samples hubs, whose partners are mostly positives).
+        ``0``: plain degree-proportional draws.
     seed
         Random seed.
 
@@ -292,23 +298,36 @@ def sample_negative_pairs(
     max_pairs = G * (G - 1) // 2 - len(known_keys)
     if n > max_pairs:
         raise ValueError(f"cannot sample {n} negatives: only {max_pairs} non-positive pairs exist")
-    chosen = np.zeros(0, np.int64)
-    for _ in range(100):
-        need = n - len(chosen)
-        if need <= 0:
-            break
-        m = int(need * 1.3) + 16
-        a = rng.choice(G, size=m, p=p)
-        b = rng.choice(G, size=m, p=p)
-        ok = a != b
-        keys = _pair_keys(a[ok], b[ok], G)
-        keys = keys[~np.isin(keys, known_keys)]
-        keys = keys[~np.isin(keys, chosen)]
-        _, first = np.unique(keys, return_index=True)
-        keys = keys[np.sort(first)]  # unique, in draw order
-        chosen = np.concatenate([chosen, keys[:need]])
-    if len(chosen) < n:
-        raise RuntimeError(f"sampled only {len(chosen)} of {n} negatives; the pair space is too dense")
+    def draw(p, rng):
+        chosen = np.zeros(0, np.int64)
+        for _ in range(100):
+            need = n - len(chosen)
+            if need <= 0:
+                break
+            m = int(need * 1.3) + 16
+            a = rng.choice(G, size=m, p=p)
+            b = rng.choice(G, size=m, p=p)
+            ok = a != b
+            keys = _pair_keys(a[ok], b[ok], G)
+            keys = keys[~np.isin(keys, known_keys)]
+            keys = keys[~np.isin(keys, chosen)]
+            _, first = np.unique(keys, return_index=True)
+            keys = keys[np.sort(first)]  # unique, in draw order
+            chosen = np.concatenate([chosen, keys[:need]])
+        if len(chosen) < n:
+            raise RuntimeError(f"sampled only {len(chosen)} of {n} negatives; the pair space is too dense")
+        return chosen
+
+    if mode == "degree_matched":
+        # Hubs' partners are mostly positives already, so rejection under-samples hubs.
+        # Calibrate the gene weights until the negatives' degrees match the positives'.
+        target = deg * (n / len(pos))
+        for r in range(calibrate):
+            keys = draw(p, np.random.default_rng([seed, r + 1]))
+            got = np.bincount(np.concatenate([keys // G, keys % G]), minlength=G).astype(float)
+            p = p * np.sqrt((target + 1.0) / (got + 1.0))
+            p /= p.sum()
+    chosen = draw(p, rng)
     lo, hi = chosen // G, chosen % G
     # random orientation, so gene1/gene2 carry no signal
     flip = rng.random(len(lo)) < 0.5

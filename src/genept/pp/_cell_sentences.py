@@ -80,7 +80,9 @@ def _row_nonzeros(indptr, vals, vbits):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _pack_keys(indptr, indices, vals, vbits, priority, pbits, nz_indptr, rmask, keys):  # pragma: no cover - jit
+def _pack_keys(
+    indptr, indices, vals, vbits, priority, pbits, nz_indptr, rmask, keys
+):  # pragma: no cover - jit
     """Keys ``(row & rmask, value desc, priority)`` of the non-zero entries, row-major."""
     vmax = (np.uint64(1) << np.uint64(vbits)) - np.uint64(1)
     rshift = np.uint64(vbits + pbits)
@@ -124,7 +126,9 @@ def _sift_down(heap, i, n):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _top_k(indptr, indices, vals, vbits, priority, pbits, gene_of, out_indptr, out_idx):  # pragma: no cover - jit
+def _top_k(
+    indptr, indices, vals, vbits, priority, pbits, gene_of, out_indptr, out_idx
+):  # pragma: no cover - jit
     """Each row's ``k`` smallest keys with a bounded max-heap: one pass, ``O(nnz + k log k)``.
 
     Used when the cut ``k`` is much shorter than the rows (``n_genes``, token budget).
@@ -215,7 +219,9 @@ def _row_bytes(indptr, idx, name_len, prefix_len):  # pragma: no cover - jit
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _render(indptr, idx, slots, name_len, name_buf, name_off, prefix, out_off, out):  # pragma: no cover - jit
+def _render(
+    indptr, idx, slots, name_len, name_buf, name_off, prefix, out_off, out
+):  # pragma: no cover - jit
     """Write ``prefix + " ".join(names)`` of every row into ``out`` at ``out_off``.
 
     Names of at most ``_SLOT`` bytes are copied as one fixed-size move from ``slots``

@@ -428,6 +428,11 @@ def annotate_knn(
     * ``uns[key_added]`` -- ``params``, ``classes`` and, when ``adata.obs[label_key]``
       exists, ``metrics`` (see :func:`classification_metrics`).
 
+    Everything survives ``write_h5ad``/``read_h5ad`` (the probability DataFrame too).
+    Class names with ``/`` (``"CD4+/CD25 T Reg"``) become nested h5 names; they read
+    back correctly, but anndata 0.12 warns (``FutureWarning``) that it may refuse them
+    in a later release.
+
     Examples
     --------
     >>> gpt.tl.annotate_knn(query, reference, use_rep="X_pca", label_key="bulk_labels")  # doctest: +SKIP
