@@ -304,7 +304,7 @@ def sample_negative_pairs(
             need = n - len(chosen)
             if need <= 0:
                 break
-            m = int(need * 1.3) + 16
+            m = max(2 * need, 4096)
             a = rng.choice(G, size=m, p=p)
             b = rng.choice(G, size=m, p=p)
             ok = a != b
