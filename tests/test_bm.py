@@ -46,17 +46,17 @@ def _planted_embedding(n=200, dim=16, seed=0):
 
 
 def test_gene_property_auc_planted_vs_random():
-    emb, y = _planted_embedding()
-    res = gene_property_auc(emb, y, n_splits=5)
+    emb, y = _planted_embedding(n=120)
+    res = gene_property_auc(emb, y, n_splits=3)
     assert set(res.columns) >= {"embedding", "model", "fold", "auc"}
-    assert len(res) == 2 * 2 * 5
+    assert len(res) == 2 * 2 * 3
     s = summarize(res).set_index(["embedding", "model"])
     assert s.loc[("genept", "lr"), "mean"] > 0.9 and s.loc[("genept", "rf"), "mean"] > 0.9
     for m in ("lr", "rf"):
         assert 0.3 < s.loc[("random", m), "mean"] < 0.7
     # accepts GeneEmbeddings and AnnData varm
     ge = GeneEmbeddings(emb.index.to_numpy(), emb.to_numpy())
-    r2 = gene_property_auc(ge, y, models=("lr",), include_random=False)
+    r2 = gene_property_auc(ge, y, models=("lr",), n_splits=3, include_random=False)
     pd.testing.assert_frame_equal(r2, res[(res.embedding == "genept") & (res.model == "lr")].reset_index(drop=True))
     a = ad.AnnData(np.zeros((2, len(emb)), np.float32))
     a.var_names = emb.index
@@ -71,7 +71,7 @@ def test_gene_function_accuracy():
     E = rng.standard_normal((n, 8)).astype(np.float32)
     E[np.arange(n), cls] += 4
     labels = pd.Series([f"c{c}" for c in cls], index=_genes(n))
-    res = gene_function_accuracy(pd.DataFrame(E, index=_genes(n)), labels)
+    res = gene_function_accuracy(pd.DataFrame(E, index=_genes(n)), labels, n_splits=3)
     s = summarize(res, "accuracy").set_index("embedding")["mean"]
     assert s["genept"] > 0.9 and s["random"] < 0.5
 
@@ -86,7 +86,7 @@ def test_random_control_is_seeded_unit():
 # ----------------------------------------------------------------------------- pairs
 
 
-def _hub_positives(n_genes=120, n_pos=600, seed=0):
+def _hub_positives(n_genes=400, n_pos=600, seed=0):
     """Positives with a skewed degree distribution (a few hubs)."""
     rng = np.random.default_rng(seed)
     w = 1.0 / np.arange(1, n_genes + 1) ** 1.1
@@ -147,9 +147,9 @@ def test_pair_auc_equals_sklearn_labelled():
 
 
 def test_pair_auc_positive_only_both_negative_modes():
-    pos = _hub_positives(n_genes=150, n_pos=900)
+    pos = _hub_positives(n_genes=300, n_pos=1500)
     rng = np.random.default_rng(0)
-    emb = pd.DataFrame(rng.standard_normal((150, 32)).astype(np.float32), index=_genes(150))
+    emb = pd.DataFrame(rng.standard_normal((300, 64)).astype(np.float32), index=_genes(300))
     res = pair_auc(emb, pos, include_random=True)
     assert set(res.negatives) == {"uniform", "degree_matched"}
     auc = res.set_index(["embedding", "negatives"])["auc"]

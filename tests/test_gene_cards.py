@@ -85,7 +85,14 @@ def test_text_levels(cards):
     assert full["CD3E"] == "CD3E (CD3 epsilon subunit of T-cell receptor complex)"
     card = card_text(cards, genes)  # default level "card"
     text = card["TP53"]
-    assert text.startswith("Gene TP53 (tumor protein p53) is a protein-coding gene.")
+    assert text.startswith(
+        "Gene TP53 (tumor protein p53), also known as BCC7, BMFS5, LFS1, P53, TRP53, "
+        "is a protein-coding gene. Molecular functions: "
+    )
+    # no aliases: no "also known as"
+    assert card["CD3E"].startswith(
+        "Gene CD3E (CD3 epsilon subunit of T-cell receptor complex), also known as"
+    ) == isinstance(cards.loc["CD3E", "aliases"], str)
     for section in ["Molecular functions: ", "Biological processes: ", "Cellular components: "]:
         assert section in text
     assert text.endswith(".")
@@ -94,7 +101,7 @@ def test_text_levels(cards):
 
 def test_card_without_go_terms(cards):
     gene = cards[cards["go_mf"].isna() & cards["go_bp"].isna() & cards["go_cc"].isna()]
-    gene = gene[gene["gene_type"] == "pseudo"].index[0]
+    gene = gene[(gene["gene_type"] == "pseudo") & gene["aliases"].isna()].index[0]
     text = card_text(cards, [gene])[gene]
     assert text == f"Gene {gene} ({cards.loc[gene, 'name']}) is a pseudo gene."
 
@@ -119,8 +126,18 @@ def test_max_terms(cards, max_terms):
 
 def test_max_terms_zero_gives_header_only(cards):
     assert card_text(cards, ["TP53"], max_terms=0)["TP53"] == (
-        "Gene TP53 (tumor protein p53) is a protein-coding gene."
+        "Gene TP53 (tumor protein p53), also known as BCC7, BMFS5, LFS1, P53, TRP53, "
+        "is a protein-coding gene."
     )
+
+
+def test_aliases_capped_in_card(cards):
+    n = cards["aliases"].str.count(r"\|") + 1
+    gene = n.idxmax()
+    assert n[gene] > 10
+    text = card_text(cards, [gene], level="card")[gene]
+    named = text.split("also known as ")[1].split(", is a ")[0].split(", ")
+    assert named == cards.loc[gene, "aliases"].split("|")[:10]
 
 
 def test_missing_genes_are_nan(cards):

@@ -9,6 +9,7 @@ from ._annotate import (
     annotate_scmpt,
     classification_metrics,
 )
+from ._embed_cells import embed_cells
 from ._embed_genes import embed_genes
 from ._embed_scgpt import embed_scgpt
 
@@ -20,6 +21,7 @@ __all__ = [
     "annotate_mlp",
     "annotate_scmpt",
     "classification_metrics",
+    "embed_cells",
     "embed_genes",
     "embed_scgpt",
 ]

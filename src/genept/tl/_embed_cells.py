@@ -1,0 +1,319 @@
+"""``gpt.tl.embed_cells``: GenePT-w and GenePT-s cell embeddings."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._utils import check_adata, get_matrix, get_var_names, is_dask, write_results
+from ..encoders import TextEncoder, get_encoder
+
+__all__ = ["embed_cells"]
+
+
+def _sample_rows(X, n: int = 2000):
+    """The first ``n`` rows of any container, as numpy or CSR (for cheap input checks)."""
+    block = X[: min(n, X.shape[0])]
+    if is_dask(block):
+        block = block.compute()
+    if hasattr(block, "to_memory"):
+        block = block.to_memory()
+    if sparse.issparse(block):
+        return sparse.csr_matrix(block)
+    return np.asarray(block)
+
+
+def _looks_like_counts(X) -> bool:
+    """Whether a sample of rows holds only non-negative integers with large totals."""
+    s = _sample_rows(X)
+    data = s.data if sparse.issparse(s) else np.asarray(s).ravel()
+    if data.size == 0 or not np.isfinite(data).all():
+        return False
+    integral = np.all(np.mod(data, 1) == 0)
+    return bool(integral and data.max() > 30)
+
+
+def _check_counts(X, allow_counts: bool) -> None:
+    if not allow_counts and _looks_like_counts(X):
+        warnings.warn(
+            "the expression matrix looks like raw integer counts; GenePT expects normalised "
+            "log expression: run sc.pp.normalize_total(adata, target_sum=1e4) and "
+            "sc.pp.log1p(adata) first, or pass allow_counts=True to use counts as weights",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
+    """``varm[gene_key]`` aligned to the genes of the matrix in use (``raw`` or ``X``)."""
+    if gene_key not in adata.varm:
+        raise KeyError(
+            f"adata.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run "
+            f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
+            f"{list(adata.varm.keys())})"
+        )
+    E = np.asarray(adata.varm[gene_key], dtype=np.float32)
+    if E.ndim != 2 or E.shape[0] != adata.n_vars:
+        raise ValueError(f"adata.varm[{gene_key!r}] has shape {E.shape}; expected ({adata.n_vars}, dim)")
+    if not np.isfinite(E).all():
+        raise ValueError(f"adata.varm[{gene_key!r}] contains NaN or inf; re-run embed_genes")
+    if not use_raw:
+        return E
+    # raw may hold more genes than var: genes missing from var have no embedding
+    pos = adata.var_names.get_indexer(adata.raw.var_names)
+    out = np.zeros((adata.raw.n_vars, E.shape[1]), dtype=np.float32)
+    out[pos >= 0] = E[pos[pos >= 0]]
+    n_missing = int((pos < 0).sum())
+    if n_missing:
+        logg.info(f"    {n_missing} genes of adata.raw are not in adata.var and have no embedding")
+    return out
+
+
+def embed_cells(
+    adata: AnnData,
+    method: Literal["w", "s"] = "w",
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    key_added: str | None = None,
+    # GenePT-w
+    gene_key: str = "X_genept",
+    normalize: Literal["l2", "notebook"] = "l2",
+    device: str = "auto",
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32",
+    block_rows: int | None = None,
+    out: Literal["numpy", "dask"] = "numpy",
+    # GenePT-s
+    model: str | TextEncoder | None = None,
+    n_genes: int | None = None,
+    prefix: str = "",
+    gene_symbols: str | None = None,
+    hash_names: bool = False,
+    shuffle: bool = False,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    cache: bool = True,
+    # both
+    allow_counts: bool = False,
+    show_progress: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """GenePT cell embeddings: GenePT-w (weighted gene embeddings) or GenePT-s (cell sentences).
+
+    **GenePT-w** (``method="w"``) is the average of the gene embeddings
+    ``varm[gene_key]`` weighted by each cell's normalised expression, over the genes
+    that have an embedding, scaled to unit L2 norm: ``normalize(X @ E)`` (the division
+    by the sum of weights of a weighted average does not change the direction).
+
+    How it differs from GenePT's notebook: the notebook computes ``X @ E / n_genes``
+    (a sum divided by the *number of genes* of the dataset, the same for every cell)
+    and does not normalise, so cells with more total expression get longer vectors and
+    cosine/Euclidean geometry mixes depth with composition. ``normalize="notebook"``
+    reproduces it exactly; ``"l2"`` (default) follows the paper's text (section 3.1).
+
+    **GenePT-s** (``method="s"``) embeds each cell's *sentence*, the gene symbols by
+    descending expression with zeros omitted (see :func:`genept.pp.cell_sentences`),
+    with a text encoder, then L2-normalises. Sentences are cut to what the encoder
+    reads (its token limit), so nothing is built that the model would ignore.
+
+    Parameters
+    ----------
+    adata
+        Annotated data, normalised and log-transformed (``sc.pp.normalize_total`` +
+        ``sc.pp.log1p``). ``X`` may be numpy, scipy sparse, dask or backed.
+    method
+        ``"w"`` (GenePT-w) or ``"s"`` (GenePT-s).
+    layer
+        Use ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Use ``adata.raw.X`` (genes of ``raw`` missing from ``var`` have no embedding
+        for GenePT-w).
+    key_added
+        ``obsm`` key; default ``"X_genept_w"`` / ``"X_genept_s"``. ``uns`` and the
+        ``obs`` flag use it without ``X_``.
+    gene_key
+        (w) ``varm`` key of the gene embeddings (see :func:`genept.tl.embed_genes`).
+    normalize
+        (w) ``"l2"``: unit-norm rows (default); ``"notebook"``: GenePT notebook's
+        ``X @ E / n_genes``, not normalised.
+    device
+        (w, s) ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    precision
+        (w, GPU) ``"fp32"`` (default), ``"tf32"`` or ``"bf16"`` tensor-core GEMMs:
+        faster, with relative errors of about 1e-3 (tf32) / 1e-2 (bf16) per entry.
+    block_rows
+        (w) Rows per block (default: chosen from the data).
+    out
+        (w) For dask input: ``"numpy"`` computes the result, ``"dask"`` stores a lazy
+        dask array in ``obsm``.
+    model
+        (s) Text encoder (default: the packaged all-MiniLM-L6-v2; any
+        sentence-transformers model such as ``"llmrails/ember-v1"``; or
+        ``"openai:text-embedding-3-large"``).
+    n_genes
+        (s) Keep at most this many top genes per cell.
+    prefix
+        (s) Text before the genes, e.g. :data:`genept.pp.PAPER_PREFIX`.
+    gene_symbols
+        (s) Column of ``var`` with the symbols to write in sentences.
+    hash_names, shuffle
+        (s) scMPT's ablations: gene names replaced by SHA-256 hashes (10 hex
+        characters), gene order shuffled within each cell.
+    seed
+        (s) Seed of the tie order and of ``shuffle``.
+    batch_size
+        (s) Sentences per encoder batch.
+    cache
+        (s) Use the persistent text-embedding cache, so an interrupted run resumes.
+    allow_counts
+        Do not warn when the matrix looks like raw counts.
+    show_progress
+        Progress bars (default ``genept.settings.progress``).
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` if ``copy=True``. Sets
+
+    ``adata.obsm['X_genept_w']`` / ``['X_genept_s']``
+        ``float32 (n_obs, dim)``, L2-normalised rows; zero rows for cells without any
+        expressed embedded gene.
+    ``adata.obs['genept_w_empty']`` / ``['genept_s_empty']``
+        Cells that got a zero row.
+    ``adata.uns['genept_w']`` / ``['genept_s']``
+        ``params`` of the call.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
+    >>> gpt.tl.embed_cells(adata, method="w", use_raw=True)  # doctest: +SKIP
+    >>> sc.pp.neighbors(adata, use_rep="X_genept_w")  # doctest: +SKIP
+    """
+    check_adata(adata)
+    if method not in ("w", "s"):
+        raise ValueError(f"method must be 'w' (GenePT-w) or 's' (GenePT-s), got {method!r}")
+    if normalize not in ("l2", "notebook"):
+        raise ValueError(f"normalize must be 'l2' or 'notebook', got {normalize!r}")
+    if out not in ("numpy", "dask"):
+        raise ValueError(f"out must be 'numpy' or 'dask', got {out!r}")
+    key_added = key_added or f"X_genept_{method}"
+    prefix_key = key_added[2:] if key_added.startswith("X_") else key_added
+    X = get_matrix(adata, layer=layer, use_raw=use_raw)
+    if X.shape[0] == 0:
+        raise ValueError("adata has no cells (adata.n_obs == 0)")
+    _check_counts(X, allow_counts)
+    start = logg.info(f"computing GenePT-{method} cell embeddings")
+    params: dict[str, Any] = {
+        "method": method,
+        "layer": layer or "X",
+        "use_raw": bool(use_raw),
+    }
+    if method == "w":
+        from .._weighted import weighted_embedding
+
+        E = _gene_embedding_matrix(adata, gene_key, use_raw)
+        if X.shape[1] != E.shape[0]:
+            raise ValueError(
+                f"the matrix has {X.shape[1]} genes but the gene embeddings have {E.shape[0]} rows"
+            )
+        emb, weight = weighted_embedding(
+            X,
+            E,
+            normalize=normalize,
+            device=device,
+            precision=precision,
+            block_rows=block_rows,
+            check=True,
+            out=out,
+            show_progress=show_progress,
+        )
+        empty = np.asarray(weight) <= 0
+        gparams = dict(adata.uns.get(gene_key[2:] if gene_key.startswith("X_") else gene_key, {})
+                       .get("params", {}))
+        params.update(
+            gene_key=gene_key,
+            normalize=normalize,
+            device=device,
+            precision=precision,
+            dim=int(E.shape[1]),
+            n_genes_embedded=int((np.abs(E).sum(1) > 0).sum()),
+            gene_source=str(gparams.get("source", "unknown")),
+            gene_model=str(gparams.get("model", "unknown")),
+        )
+    else:
+        from ..pp._cell_sentences import build_sentences, sentence_words, token_budget
+
+        if out == "dask":
+            raise ValueError("out='dask' is for GenePT-w; GenePT-s returns a numpy array")
+        names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
+        encoder = get_encoder(model)
+        words = sentence_words(names, hash_names=hash_names)
+        counts, budget = None, None
+        if encoder.max_tokens:  # cut sentences to what the model reads
+            counts, budget = token_budget(encoder, words, prefix=prefix)
+        sentences = build_sentences(
+            X,
+            names,
+            n_genes=n_genes,
+            prefix=prefix,
+            token_counts=counts,
+            budget=budget,
+            hash_names=hash_names,
+            shuffle=shuffle,
+            seed=seed,
+            block_rows=block_rows,
+            show_progress=show_progress,
+        )
+        empty = np.array([len(s) <= len(prefix) for s in sentences])
+        emb = np.zeros((len(sentences), encoder.dim or 0), dtype=np.float32)
+        todo = np.flatnonzero(~empty)
+        if todo.size:
+            vec = encoder.encode(
+                [sentences[i] for i in todo],
+                batch_size=batch_size,
+                cache=cache,
+                show_progress=show_progress,
+                desc="embedding cell sentences",
+            )
+            emb = np.zeros((len(sentences), vec.shape[1]), dtype=np.float32)
+            norms = np.linalg.norm(vec, axis=1, keepdims=True)
+            emb[todo] = vec / np.where(norms > 0, norms, 1)
+        n_words = np.array([0 if e else s.count(" ") + 1 - prefix.count(" ") for s, e in
+                            zip(sentences, empty, strict=True)])
+        params.update(
+            model=str(getattr(encoder, "model_name", None) or encoder.cache_id),
+            dim=int(emb.shape[1]),
+            max_tokens=int(encoder.max_tokens) if encoder.max_tokens else 0,
+            n_genes=int(n_genes) if n_genes else 0,
+            prefix=prefix,
+            hash_names=hash_names,
+            shuffle=shuffle,
+            seed=-1 if seed is None else int(seed),
+            mean_genes_per_sentence=float(n_words[~empty].mean()) if (~empty).any() else 0.0,
+        )
+    n_empty = int(empty.sum())
+    params["n_cells_empty"] = n_empty
+    if n_empty:
+        logg.warning(
+            f"{n_empty} cells have no expressed gene{' with an embedding' if method == 'w' else ''}; "
+            f"they get a zero row (flagged in obs[{prefix_key + '_empty'!r}])"
+        )
+    return write_results(
+        adata,
+        [
+            ("obsm", key_added, emb if is_dask(emb) else np.asarray(emb, dtype=np.float32)),
+            ("obs", f"{prefix_key}_empty", pd.Series(empty, index=adata.obs_names)),
+            ("uns", prefix_key, {"params": params}),
+        ],
+        copy=copy,
+        log=lambda msg: logg.info("    finished", time=start, deep=msg),
+    )

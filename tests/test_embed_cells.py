@@ -1,0 +1,202 @@
+"""gpt.tl.embed_cells: GenePT-w and GenePT-s on AnnData (numerics are tested in
+test_weighted.py and test_cell_sentences.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from anndata import AnnData, read_h5ad
+from scipy import sparse
+
+import genept as gpt
+from genept.encoders import TextEncoder
+
+
+class BagEncoder(TextEncoder):
+    """Fake encoder: a bag-of-words count vector over a fixed vocabulary (order-free)."""
+
+    cache_id = "bag:v1"
+
+    def __init__(self, vocab):
+        self.vocab = {w: i for i, w in enumerate(vocab)}
+        self.dim = len(vocab) + 1
+        self.seen: list[str] = []
+
+    def _encode(self, texts):
+        self.seen += texts
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for r, t in enumerate(texts):
+            for w in t.split():
+                out[r, self.vocab.get(w, self.dim - 1)] += 1
+        return out
+
+
+def toy(n_obs=30, n_vars=12, seed=0, fmt="csr"):
+    rng = np.random.default_rng(seed)
+    X = sparse.random(n_obs, n_vars, density=0.4, random_state=seed, format="csr",
+                      data_rvs=lambda k: rng.uniform(0.1, 3, k)).astype(np.float32)
+    X = X.tocsr()
+    X[3] = 0  # an empty cell
+    X.eliminate_zeros()
+    names = [f"G{i}" for i in range(n_vars)]
+    adata = AnnData(X if fmt == "csr" else X.toarray(), var=pd.DataFrame(index=names))
+    E = rng.standard_normal((n_vars, 5)).astype(np.float32)
+    E[2] = 0  # a gene without embedding
+    adata.varm["X_genept"] = E
+    adata.uns["genept"] = {"params": {"source": "test", "model": "none"}}
+    return adata
+
+
+def reference_w(X, E):
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    P = X.astype(np.float64) @ E.astype(np.float64)
+    n = np.linalg.norm(P, axis=1, keepdims=True)
+    return np.where(n > 0, P / np.where(n > 0, n, 1), 0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+def test_w_matches_dense_reference(fmt):
+    adata = toy(fmt=fmt)
+    gpt.tl.embed_cells(adata, method="w")
+    ref = reference_w(adata.X, adata.varm["X_genept"])
+    emb = adata.obsm["X_genept_w"]
+    assert emb.dtype == np.float32 and emb.shape == (30, 5)
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert adata.obs["genept_w_empty"].tolist()[3] is True
+    assert adata.obs["genept_w_empty"].sum() == 1
+    assert not np.isnan(emb).any()
+    p = adata.uns["genept_w"]["params"]
+    assert p["n_cells_empty"] == 1 and p["dim"] == 5 and p["n_genes_embedded"] == 11
+
+
+def test_w_notebook_form():
+    adata = toy()
+    gpt.tl.embed_cells(adata, method="w", normalize="notebook", key_added="X_nb")
+    X = adata.X.toarray().astype(np.float64)
+    np.testing.assert_allclose(adata.obsm["X_nb"], X @ adata.varm["X_genept"] / X.shape[1],
+                               rtol=1e-5, atol=1e-6)
+    assert "nb" in adata.uns and "nb_empty" in adata.obs
+
+
+def test_w_use_raw_aligns_genes():
+    adata = toy()
+    raw = adata.copy()
+    adata = adata[:, 2:].copy()  # var lacks G0, G1: their raw expression has no embedding
+    adata.raw = raw
+    gpt.tl.embed_cells(adata, method="w", use_raw=True)
+    E = np.zeros((12, 5), dtype=np.float32)
+    E[2:] = adata.varm["X_genept"]
+    np.testing.assert_allclose(adata.obsm["X_genept_w"], reference_w(raw.X, E), atol=1e-5)
+
+
+def test_w_missing_gene_embeddings_error():
+    adata = toy()
+    del adata.varm["X_genept"]
+    with pytest.raises(KeyError, match=r"gpt.tl.embed_genes\(adata\)"):
+        gpt.tl.embed_cells(adata, method="w")
+    assert "X_genept_w" not in adata.obsm
+
+
+def test_negative_values_error_leaves_adata_untouched():
+    adata = sc.datasets.pbmc68k_reduced()  # X is scaled: negative values
+    adata.varm["X_genept"] = np.ones((adata.n_vars, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="negative"):
+        gpt.tl.embed_cells(adata, method="w")
+    assert "X_genept_w" not in adata.obsm and "genept_w" not in adata.uns
+    assert "genept_w_empty" not in adata.obs
+
+
+def test_nan_error():
+    adata = toy(fmt="dense")
+    adata.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        gpt.tl.embed_cells(adata, method="w")
+
+
+def test_counts_warning():
+    adata = toy(fmt="dense")
+    adata.X = np.round(adata.X * 40)
+    with pytest.warns(UserWarning, match="raw integer counts"):
+        gpt.tl.embed_cells(adata, method="w")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpt.tl.embed_cells(adata, method="w", allow_counts=True)
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="method must be"):
+        gpt.tl.embed_cells(toy(), method="x")
+
+
+def test_s_embeds_sentences():
+    adata = toy(n_vars=6)
+    enc = BagEncoder([f"G{i}" for i in range(6)])
+    gpt.tl.embed_cells(adata, method="s", model=enc)
+    emb = adata.obsm["X_genept_s"]
+    assert emb.shape == (30, 7) and emb.dtype == np.float32
+    X = adata.X.toarray()
+    # bag of words of the sentence = indicator of expressed genes, L2-normalised
+    ind = (X > 0).astype(np.float64)
+    n = np.linalg.norm(ind, axis=1, keepdims=True)
+    ref = np.hstack([np.where(n > 0, ind / np.where(n > 0, n, 1), 0), np.zeros((30, 1))])
+    np.testing.assert_allclose(emb, ref, atol=1e-6)
+    empty = X.sum(1) == 0
+    assert adata.obs["genept_s_empty"].tolist() == empty.tolist()
+    assert "" not in enc.seen and len(enc.seen) <= (~empty).sum()  # empty cells not sent
+    # the first sentence is the genes of cell 0 by descending expression
+    order = np.argsort(-X[0], kind="stable")
+    expected = " ".join(f"G{j}" for j in order if X[0, j] > 0)
+    assert expected in enc.seen
+    p = adata.uns["genept_s"]["params"]
+    assert p["method"] == "s" and p["n_cells_empty"] == empty.sum()
+
+
+def test_s_hashed_names():
+    adata = toy(n_vars=6)
+    enc = BagEncoder([])
+    gpt.tl.embed_cells(adata, method="s", model=enc, hash_names=True, n_genes=2)
+    import hashlib
+
+    h = {hashlib.sha256(f"G{i}".encode()).hexdigest()[:10] for i in range(6)}
+    words = {w for s in enc.seen for w in s.split()}
+    assert words <= h
+    assert all(len(s.split()) <= 2 for s in enc.seen)
+
+
+def test_h5ad_round_trip_and_neighbors(tmp_path):
+    adata = toy(n_obs=40)
+    gpt.tl.embed_cells(adata, method="w")
+    sc.pp.neighbors(adata, use_rep="X_genept_w", n_neighbors=5)
+    sc.tl.umap(adata)
+    assert adata.obsm["X_umap"].shape == (40, 2)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = read_h5ad(tmp_path / "a.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_genept_w"], adata.obsm["X_genept_w"])
+    assert back.uns["genept_w"]["params"] == adata.uns["genept_w"]["params"]
+    assert back.obs["genept_w_empty"].tolist() == adata.obs["genept_w_empty"].tolist()
+
+
+def test_copy():
+    adata = toy()
+    out = gpt.tl.embed_cells(adata, method="w", copy=True)
+    assert "X_genept_w" in out.obsm and "X_genept_w" not in adata.obsm
+
+
+def test_pbmc68k_knn_quality(minilm):
+    """Real end-to-end: gene cards + MiniLM, GenePT-w on raw; 10-NN beats chance by far."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+
+    adata = sc.datasets.pbmc68k_reduced()
+    gpt.tl.embed_genes(adata, model=minilm)
+    gpt.tl.embed_cells(adata, method="w", use_raw=True)
+    y = adata.obs["bulk_labels"].astype(str).to_numpy()
+    tr, te = train_test_split(np.arange(adata.n_obs), test_size=0.2, stratify=y, random_state=0)
+    Z = adata.obsm["X_genept_w"]
+    knn = KNeighborsClassifier(10, metric="cosine").fit(Z[tr], y[tr])
+    acc = (knn.predict(Z[te]) == y[te]).mean()
+    assert acc > 0.6  # 10 classes; majority class is ~0.2
