@@ -42,6 +42,47 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-pickle", action="store_true",
                    help="allow reading a pickle --source (only for files you trust)")
     _add_common(g)
+
+    c = sub.add_parser("embed-cells", help="GenePT-w / GenePT-s cell embeddings into obsm")
+    c.add_argument("input", help="input .h5ad (normalised, log1p)")
+    c.add_argument("output", help="output .h5ad")
+    c.add_argument("--method", choices=["w", "s"], default="w")
+    c.add_argument("--layer", default=None)
+    c.add_argument("--use-raw", action="store_true", help="use adata.raw.X")
+    c.add_argument("--key-added", default=None)
+    c.add_argument("--embed-genes", action="store_true",
+                   help="(w) run embed-genes first with --gene-source")
+    c.add_argument("--gene-source", default="cards", help="(w) source for --embed-genes")
+    c.add_argument("--normalize", choices=["l2", "notebook"], default="l2")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    c.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    c.add_argument("--backed", action="store_true",
+                   help="(w) read the input backed (out of core); the result is still written")
+    c.add_argument("--model", default=None, help="(s) text encoder")
+    c.add_argument("--n-genes", type=int, default=None, help="(s) top genes per sentence")
+    c.add_argument("--prefix", default="", help="(s) text before the genes")
+    c.add_argument("--gene-symbols", default=None, help="(s) var column with symbols")
+    c.add_argument("--hash-names", action="store_true", help="(s) ablation: hashed gene names")
+    c.add_argument("--shuffle", action="store_true", help="(s) ablation: shuffled order")
+    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--allow-counts", action="store_true")
+    _add_common(c)
+
+    a = sub.add_parser("annotate", help="annotate a query from a labelled reference")
+    a.add_argument("query", help="query .h5ad with the representations in obsm")
+    a.add_argument("output", help="output .h5ad")
+    a.add_argument("--reference", help="labelled reference .h5ad (not needed with --load-model)")
+    a.add_argument("--method", choices=["knn", "knn-ensemble", "mlp", "scmpt"], default="scmpt")
+    a.add_argument("--label-key", default="cell_type")
+    a.add_argument("--use-rep", action="append", default=None,
+                   help="obsm key(s): one for knn/mlp, several for knn-ensemble/scmpt "
+                        "(scmpt default: X_scGPT and X_genept_s)")
+    a.add_argument("--key-added", default=None)
+    a.add_argument("--save-model", default=None, help="(scmpt) folder to save the model to")
+    a.add_argument("--load-model", default=None, help="(scmpt) annotate with a saved model")
+    a.add_argument("--n-seeds", type=int, default=3)
+    a.add_argument("--device", default="auto")
+    _add_common(a)
     return ap
 
 
@@ -89,10 +130,94 @@ def main(argv: Sequence[str] | None = None) -> int:
             p = adata.uns[args.key_added.removeprefix("X_")]["params"]
             print(f"{p['n_genes_matched']}/{p['n_genes_total']} genes embedded "
                   f"({p['dim']}-d, {p['model']}) -> {args.output}")
+        elif args.command == "embed-cells":
+            _embed_cells(args)
+        elif args.command == "annotate":
+            _annotate(args)
     except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
         print(f"genept {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _embed_cells(args) -> None:
+    import anndata as ad
+
+    from .tl import embed_cells, embed_genes
+
+    adata = ad.read_h5ad(args.input, backed="r" if args.backed else None)
+    if args.method == "w" and (args.embed_genes or "X_genept" not in adata.varm):
+        if not args.embed_genes:
+            raise KeyError(
+                f"{args.input} has no varm['X_genept']: run `genept embed-genes` first or add "
+                "--embed-genes"
+            )
+        embed_genes(adata, source=args.gene_source)
+    embed_cells(
+        adata,
+        method=args.method,
+        layer=args.layer,
+        use_raw=args.use_raw or None,
+        key_added=args.key_added,
+        normalize=args.normalize,
+        device=args.device,
+        precision=args.precision,
+        model=args.model,
+        n_genes=args.n_genes,
+        prefix=args.prefix,
+        gene_symbols=args.gene_symbols,
+        hash_names=args.hash_names,
+        shuffle=args.shuffle,
+        batch_size=args.batch_size,
+        allow_counts=args.allow_counts,
+    )
+    key = args.key_added or f"X_genept_{args.method}"
+    if adata.isbacked:
+        adata = adata.to_memory()
+    adata.write_h5ad(args.output)
+    print(f"{adata.n_obs} cells embedded with GenePT-{args.method} "
+          f"({adata.obsm[key].shape[1]}-d) -> {args.output} obsm[{key!r}]")
+
+
+def _annotate(args) -> None:
+    import anndata as ad
+
+    from . import tl
+
+    query = ad.read_h5ad(args.query)
+    reps = args.use_rep
+    key = args.key_added or f"genept_{args.method.replace('-', '_')}"
+    if args.method == "scmpt":
+        if args.load_model:
+            tl.annotate_scmpt(query, label_key=args.label_key, model=args.load_model,
+                              key_added=key, device=args.device)
+        else:
+            if not args.reference:
+                raise ValueError("--reference is needed unless --load-model is given")
+            ref = ad.read_h5ad(args.reference)
+            kw = {"reps": reps} if reps and len(reps) != 2 else {}
+            if reps and len(reps) == 2:
+                kw = {"expr_rep": reps[0], "text_rep": reps[1]}
+            tl.annotate_scmpt(query, ref, label_key=args.label_key, key_added=key,
+                              n_seeds=args.n_seeds, save=args.save_model, device=args.device,
+                              **kw)
+    else:
+        if not args.reference:
+            raise ValueError(f"--reference is needed for --method {args.method}")
+        ref = ad.read_h5ad(args.reference)
+        if args.method == "knn-ensemble":
+            tl.annotate_knn_ensemble(query, ref, use_rep=reps or ["X_genept_w", "X_genept_s"],
+                                     label_key=args.label_key, key_added=key)
+        else:
+            rep = (reps or ["X_genept_w"])[0]
+            fn = tl.annotate_knn if args.method == "knn" else tl.annotate_mlp
+            fn(query, ref, use_rep=rep, label_key=args.label_key, key_added=key)
+    query.write_h5ad(args.output)
+    m = query.uns[key].get("metrics")
+    msg = f"{query.n_obs} cells annotated ({args.method}) -> {args.output} obs[{key!r}]"
+    if m:
+        msg += f"; accuracy {m['accuracy']:.3f}, macro-F1 {m['f1_macro']:.3f}"
+    print(msg)
 
 
 if __name__ == "__main__":  # pragma: no cover

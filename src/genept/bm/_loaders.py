@@ -228,9 +228,10 @@ def huri(
         sym = _ensembl_to_symbol()
         df = pd.DataFrame({"gene1": df["gene1"].map(sym), "gene2": df["gene2"].map(sym)}).dropna()
     df = df[df["gene1"] != df["gene2"]]
-    lo = np.minimum(df["gene1"].to_numpy(dtype=str), df["gene2"].to_numpy(dtype=str))
-    hi = np.maximum(df["gene1"].to_numpy(dtype=str), df["gene2"].to_numpy(dtype=str))
-    out = pd.DataFrame({"gene1": lo, "gene2": hi}).drop_duplicates(ignore_index=True)
+    swap = (df["gene1"] > df["gene2"]).to_numpy()
+    g1, g2 = df["gene1"].to_numpy(dtype=object), df["gene2"].to_numpy(dtype=object)
+    out = pd.DataFrame({"gene1": np.where(swap, g2, g1), "gene2": np.where(swap, g1, g2)})
+    out = out.drop_duplicates(ignore_index=True)
     return out
 
 
