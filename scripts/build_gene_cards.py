@@ -59,7 +59,8 @@ for ``apt-get download``; run ``apt-get update`` first if the lists are missing)
     python scripts/build_gene_cards.py --deb-dir /path/to/debs --workdir /tmp/gene_cards
 
 It needs only the standard library and pandas. The output is written with a fixed
-gzip timestamp, so re-running on the same packages gives the same bytes.
+gzip timestamp, so re-running on the same packages gives the same bytes (the gzip
+header also stores the file name: other names give the same decompressed table).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ PRECOMPUTED_SOURCES = ("genept",)
 #: the paper's three levels of gene text (appendix A)
 TEXT_LEVELS = ("name", "summary", "card")
 #: the first sentence of a gene card: "Gene SYM (full name) is a protein-coding gene."
-_CARD_HEAD = r"^Gene (\S+ \(.*?\)) is an? [^.]*? gene\."
+_CARD_HEAD = r"^Gene (\S+ \(.*?\))(?:, also known as .*?,)? is an? [\w -]+ gene\."
 #: models of the precomputed GenePT embeddings
 GENEPT_MODELS = {
     "ada-002": "ada-002",

@@ -298,6 +298,7 @@ def sample_negative_pairs(
     max_pairs = G * (G - 1) // 2 - len(known_keys)
     if n > max_pairs:
         raise ValueError(f"cannot sample {n} negatives: only {max_pairs} non-positive pairs exist")
+
     def draw(p, rng):
         chosen = np.zeros(0, np.int64)
         for _ in range(100):
@@ -322,10 +323,16 @@ def sample_negative_pairs(
         # Hubs' partners are mostly positives already, so rejection under-samples hubs.
         # Calibrate the gene weights until the negatives' degrees match the positives'.
         target = deg * (n / len(pos))
+        last = p
         for r in range(calibrate):
-            keys = draw(p, np.random.default_rng([seed, r + 1]))
+            try:
+                keys = draw(p, np.random.default_rng([seed, r + 1]))
+            except RuntimeError:  # too dense to push further: keep the last weights
+                p = last
+                break
             got = np.bincount(np.concatenate([keys // G, keys % G]), minlength=G).astype(float)
-            p = p * np.sqrt((target + 1.0) / (got + 1.0))
+            last = p
+            p = p * np.clip(np.sqrt((target + 1.0) / (got + 1.0)), 0.5, 2.0)
             p /= p.sum()
     chosen = draw(p, rng)
     lo, hi = chosen // G, chosen % G
@@ -382,11 +389,12 @@ def pair_auc(
         Without ``label`` all pairs are positives and negatives are sampled.
     pairs_test
         Test pairs, same format. ``None``: a random ``test_size`` split of ``pairs_train``
-        (made before sampling negatives, so a positive is never on both sides).
+        (for positive-only pairs: negatives are sampled for all positives, then positives
+        and negatives are split alike).
     negatives
         For positive-only pairs: ``"uniform"``, ``"degree_matched"`` or both (default
         ``None`` = both, one result each); see :func:`sample_negative_pairs`. Negatives
-        never coincide with any known positive (train or test).
+        never coincide with a known positive (train or test).
     universe
         Genes uniform negatives are drawn from (default: genes of the positives).
     test_size
@@ -412,11 +420,15 @@ def pair_auc(
     labelled = "label" in train.columns
     if test is not None and (("label" in test.columns) != labelled):
         raise ValueError("pairs_train and pairs_test must both have a label column, or neither")
-    if test is None:
-        rng = np.random.default_rng(seed)
-        is_test = rng.random(len(train)) < test_size
-        train, test = train[~is_test].reset_index(drop=True), train[is_test].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+
+    def split(df):
+        is_test = rng.random(len(df)) < test_size
+        return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
     if labelled:
+        if test is None:
+            train, test = split(train)
         if negatives is not None:
             raise ValueError("negatives= is for positive-only pairs; the pairs have labels")
         designs = {"given": (train, test)}
@@ -425,6 +437,15 @@ def pair_auc(
         uni = None if universe is None else pd.Index(np.asarray(universe, dtype=object).astype(str)).intersection(genes)
         designs = {}
         for k, mode in enumerate(modes):
+            if test is None:
+                # negatives for all positives at once, then the same random split of both
+                neg = sample_negative_pairs(train, mode=mode, universe=uni, seed=seed + 2 * k)
+                rng = np.random.default_rng(seed)
+                pos_tr, pos_te = split(train.assign(label=1))
+                neg_tr, neg_te = split(neg)
+                designs[mode] = (pd.concat([pos_tr, neg_tr], ignore_index=True),
+                                 pd.concat([pos_te, neg_te], ignore_index=True))
+                continue
             neg_tr = sample_negative_pairs(train, mode=mode, universe=uni, exclude=test, seed=seed + 2 * k)
             neg_te = sample_negative_pairs(test, mode=mode, universe=uni,
                                            exclude=pd.concat([train, neg_tr[["gene1", "gene2"]]]),
