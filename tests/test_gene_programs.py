@@ -162,7 +162,7 @@ def test_gene_selection_and_errors():
     assert a.uns["genept_programs"]["params"]["n_programs"] == 1
     with pytest.raises(KeyError, match="varm"):
         gene_programs(a, key="X_nope")
-    with pytest.raises(KeyError, match="not in adata.var_names"):
+    with pytest.raises(KeyError, match=r"not in adata\.var_names"):
         gene_programs(a, genes=["nope"])
     # nothing half-written on error
     b, _ = _planted()

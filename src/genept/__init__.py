@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, encoders, models, pl, pp, tl
+from . import bm, datasets, encoders, models, pl, pp, tl
 from ._gene_embeddings import GeneEmbeddings, read_gene_embeddings
 from ._settings import settings
 
@@ -25,6 +25,7 @@ except PackageNotFoundError:  # pragma: no cover
 __all__ = [
     "GeneEmbeddings",
     "__version__",
+    "bm",
     "datasets",
     "encoders",
     "models",

@@ -1,1 +1,41 @@
-"""Benchmarks and evaluations of the GenePT and scMPT papers."""
+"""Benchmarks and evaluations of the GenePT and scMPT papers, for your embeddings.
+
+Gene level: :func:`gene_property_auc`, :func:`gene_function_accuracy`,
+:func:`pair_auc`; cell level: :func:`knn_metrics`, :func:`cluster_metrics`,
+:func:`batch_metrics`; text-model probes: :func:`ablation_embeddings`,
+:func:`marker_similarity`; loaders of the papers' data: :func:`dosage_sensitive_tfs`,
+:func:`gene2vec_ggi`, :func:`huri`, :func:`panglao_markers`.
+"""
+
+from ._cell_tasks import batch_metrics, cluster_metrics, knn_metrics
+from ._common import as_embedding_frame, random_like, summarize
+from ._gene_tasks import (
+    gene_function_accuracy,
+    gene_property_auc,
+    pair_auc,
+    pair_features,
+    sample_negative_pairs,
+)
+from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
+from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
+
+__all__ = [
+    "ABLATION_MODES",
+    "ablation_embeddings",
+    "as_embedding_frame",
+    "batch_metrics",
+    "cluster_metrics",
+    "dosage_sensitive_tfs",
+    "gene2vec_ggi",
+    "gene_function_accuracy",
+    "gene_property_auc",
+    "huri",
+    "knn_metrics",
+    "marker_similarity",
+    "pair_auc",
+    "pair_features",
+    "panglao_markers",
+    "random_like",
+    "sample_negative_pairs",
+    "summarize",
+]

@@ -389,8 +389,7 @@ def pair_auc(
         Without ``label`` all pairs are positives and negatives are sampled.
     pairs_test
         Test pairs, same format. ``None``: a random ``test_size`` split of ``pairs_train``
-        (for positive-only pairs: negatives are sampled for all positives, then positives
-        and negatives are split alike).
+        (for positive-only pairs each split then gets its own sampled negatives).
     negatives
         For positive-only pairs: ``"uniform"``, ``"degree_matched"`` or both (default
         ``None`` = both, one result each); see :func:`sample_negative_pairs`. Negatives
@@ -436,23 +435,19 @@ def pair_auc(
         modes = NEGATIVE_MODES if negatives is None else ([negatives] if isinstance(negatives, str) else list(negatives))
         uni = None if universe is None else pd.Index(np.asarray(universe, dtype=object).astype(str)).intersection(genes)
         designs = {}
+        train_pos, test_pos = split(train) if test is None else (train, test)
         for k, mode in enumerate(modes):
-            if test is None:
-                # negatives for all positives at once, then the same random split of both
-                neg = sample_negative_pairs(train, mode=mode, universe=uni, seed=seed + 2 * k)
-                rng = np.random.default_rng(seed)
-                pos_tr, pos_te = split(train.assign(label=1))
-                neg_tr, neg_te = split(neg)
-                designs[mode] = (pd.concat([pos_tr, neg_tr], ignore_index=True),
-                                 pd.concat([pos_te, neg_te], ignore_index=True))
-                continue
-            neg_tr = sample_negative_pairs(train, mode=mode, universe=uni, exclude=test, seed=seed + 2 * k)
-            neg_te = sample_negative_pairs(test, mode=mode, universe=uni,
-                                           exclude=pd.concat([train, neg_tr[["gene1", "gene2"]]]),
+            # each split gets its own negatives, matched to its own positives: matching the
+            # degrees of all positives at once would tie a gene's excess of positives in the
+            # train split to a deficit in the test split (AUC below 0.5 for any embedding)
+            neg_tr = sample_negative_pairs(train_pos, mode=mode, universe=uni, exclude=test_pos,
+                                           seed=seed + 2 * k)
+            neg_te = sample_negative_pairs(test_pos, mode=mode, universe=uni,
+                                           exclude=pd.concat([train_pos, neg_tr[["gene1", "gene2"]]]),
                                            seed=seed + 2 * k + 1)
             designs[mode] = (
-                pd.concat([train.assign(label=1), neg_tr], ignore_index=True),
-                pd.concat([test.assign(label=1), neg_te], ignore_index=True),
+                pd.concat([train_pos.assign(label=1), neg_tr], ignore_index=True),
+                pd.concat([test_pos.assign(label=1), neg_te], ignore_index=True),
             )
     rows = []
     for neg_name, (tr, te) in designs.items():

@@ -129,7 +129,7 @@ def dosage_sensitive_tfs(
                 "you trust it, or use the CSV"
             )
         with open(path, "rb") as fh:
-            d = pickle.load(fh)  # noqa: S301 - explicitly allowed by the caller
+            d = pickle.load(fh)
         sens = [str(g) for g in d["Dosage-sensitive TFs"] if isinstance(g, str)]
         insens = [str(g) for g in d["Dosage-insensitive TFs"] if isinstance(g, str)]
         ids = pd.Series([1] * len(sens) + [0] * len(insens), index=sens + insens)

@@ -12,6 +12,7 @@ from ._annotate import (
 from ._embed_cells import embed_cells
 from ._embed_genes import embed_genes
 from ._embed_scgpt import embed_scgpt
+from ._gene_programs import gene_programs
 
 __all__ = [
     "ScMPTModel",
@@ -24,4 +25,5 @@ __all__ = [
     "embed_cells",
     "embed_genes",
     "embed_scgpt",
+    "gene_programs",
 ]

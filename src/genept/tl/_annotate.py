@@ -94,10 +94,12 @@ def classification_metrics(
 
     Returns
     -------
-    ``{"accuracy", "precision_macro", "recall_macro", "f1_macro", "n_cells", "labels",
-    "confusion_matrix"}``; the confusion matrix is a nested list, rows are true classes,
-    columns predicted classes, both in the order of ``labels``. Classes without true or
-    predicted cells count as 0 in the macro averages (``zero_division=0``).
+    dict
+        Keys ``accuracy``, ``precision_macro``, ``recall_macro``, ``f1_macro``,
+        ``n_cells``, ``labels`` and ``confusion_matrix``;
+        the confusion matrix is a nested list, rows are true classes,
+        columns predicted classes, both in the order of ``labels``. Classes without true or
+        predicted cells count as 0 in the macro averages (``zero_division=0``).
 
     Examples
     --------
