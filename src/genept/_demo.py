@@ -102,21 +102,10 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
         metric(f"genept_{method}", "seconds", round(dt, 2))
 
     reps = {"X_pca": "expression PCA", "X_genept_w": "GenePT-w", "X_genept_s": "GenePT-s"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, (rep, title) in zip(axes, reps.items(), strict=True):
-        a = sc.AnnData(np.asarray(adata.obsm[rep], dtype=np.float32), obs=adata.obs[[label]].copy())
-        sc.pp.neighbors(a, use_rep="X", metric="cosine", random_state=0)
-        sc.tl.umap(a, random_state=0)
-        sc.pl.umap(a, color=label, ax=ax, show=False, title=title,
-                   legend_loc="on data" if rep == "X_genept_s" else "right margin",
-                   legend_fontsize=6, frameon=False)
-        if rep != "X_pca":  # the figure of each GenePT method on its own, as users expect
-            f1, ax1 = plt.subplots(figsize=(6, 5))
-            sc.pl.umap(a, color=label, ax=ax1, show=False, title=f"{title} ({label})", frameon=False)
-            f1.savefig(out / f"umap_{rep[2:]}.png", dpi=150, bbox_inches="tight")
-            plt.close(f1)
-    fig.savefig(out / "umap_representations.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    pl.embeddings(adata, reps=list(reps), color=[label], save=str(out / "umap_representations.png"))
+    for rep in ("X_genept_w", "X_genept_s"):  # each GenePT method on its own, as users expect
+        pl.embeddings(adata, reps=[rep], color=[label], save=str(out / f"umap_{rep[2:]}.png"))
+    plt.close("all")
     _say(f"    figures: {out / 'umap_genept_w.png'}, {out / 'umap_genept_s.png'}, "
          f"{out / 'umap_representations.png'}")
 
