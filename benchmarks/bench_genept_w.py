@@ -69,8 +69,10 @@ def speed(args):
     from genept._weighted import weighted_embedding
 
     X = synthetic_csr(args.cells, args.genes, args.nnz_per_cell, skew=args.skew)
-    print(f"X: {X.shape[0]} x {X.shape[1]}, {X.nnz / X.shape[0]:.0f} nnz/cell, "
-          f"skew={args.skew}, coverage={args.coverage}, threads={args.n_jobs or os.cpu_count()}")
+    print(
+        f"X: {X.shape[0]} x {X.shape[1]}, {X.nnz / X.shape[0]:.0f} nnz/cell, "
+        f"skew={args.skew}, coverage={args.coverage}, threads={args.n_jobs or os.cpu_count()}"
+    )
     rows = []
     for d in args.dims:
         E = embeddings(args.genes, d, coverage=args.coverage)
@@ -79,24 +81,40 @@ def speed(args):
         weighted_embedding(X[:300], E, normalize="none", device="cpu", show_progress=False)
         t_sp, t_gp = np.inf, np.inf
         for _ in range(args.repeat):
-            t, ref = best_of(lambda: X @ E, 1)
+            t, ref = best_of(lambda E=E: X @ E, 1)
             t_sp = min(t_sp, t)
-            t, (emb, _) = best_of(lambda: weighted_embedding(
-                X, E, normalize="none", device="cpu", n_jobs=args.n_jobs, show_progress=False), 1)
+            t, (emb, _) = best_of(
+                lambda E=E: weighted_embedding(
+                    X, E, normalize="none", device="cpu", n_jobs=args.n_jobs, show_progress=False
+                ),
+                1,
+            )
             t_gp = min(t_gp, t)
         diff = float(np.abs(emb - ref).max())
-        rows.append(("cpu", d, t_sp, t_gp, t_sp / t_gp, flop / t_gp / 1e9, diff,
-                     bool(np.array_equal(emb, ref))))
+        rows.append(
+            (
+                "cpu",
+                d,
+                t_sp,
+                t_gp,
+                t_sp / t_gp,
+                flop / t_gp / 1e9,
+                diff,
+                bool(np.array_equal(emb, ref)),
+            )
+        )
         if args.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 print("CUDA not available; skipping GPU rows")
             else:
-                parts = [torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
-                         for a in (X.indptr, X.indices, X.data)]
+                parts = [
+                    torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
+                    for a in (X.indptr, X.indices, X.data)
+                ]
 
-                def h2d():
+                def h2d(parts=parts):
                     out = [p.to("cuda", non_blocking=True) for p in parts]
                     torch.cuda.synchronize()
                     return out
@@ -104,16 +122,37 @@ def speed(args):
                 h2d()
                 t_copy, _ = best_of(h2d, args.repeat)
                 for prec in ("fp32", "tf32", "bf16"):
-                    weighted_embedding(X[:2000], E, device="cuda", precision=prec,
-                                       show_progress=False)
-                    t_gpu, (eg, _) = best_of(lambda prec=prec: weighted_embedding(
-                        X, E, normalize="none", device="cuda", precision=prec,
-                        show_progress=False), args.repeat)
-                    rows.append((f"cuda {prec}", d, t_copy, t_gpu, t_copy / t_gpu,
-                                 flop / t_gpu / 1e9, float(np.abs(eg - ref).max()), False))
+                    weighted_embedding(
+                        X[:2000], E, device="cuda", precision=prec, show_progress=False
+                    )
+                    t_gpu, (eg, _) = best_of(
+                        lambda prec=prec, E=E: weighted_embedding(
+                            X,
+                            E,
+                            normalize="none",
+                            device="cuda",
+                            precision=prec,
+                            show_progress=False,
+                        ),
+                        args.repeat,
+                    )
+                    rows.append(
+                        (
+                            f"cuda {prec}",
+                            d,
+                            t_copy,
+                            t_gpu,
+                            t_copy / t_gpu,
+                            flop / t_gpu / 1e9,
+                            float(np.abs(eg - ref).max()),
+                            False,
+                        )
+                    )
     print()
-    print("| path | d | baseline s (scipy X@E / pinned H2D copy) | genept s | baseline/genept | "
-          "useful GFLOP/s | max abs diff vs scipy | bitwise |")
+    print(
+        "| path | d | baseline s (scipy X@E / pinned H2D copy) | genept s | baseline/genept | "
+        "useful GFLOP/s | max abs diff vs scipy | bitwise |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for p, d, tb, tg, r, gf, diff, bw in rows:
         print(f"| {p} | {d} | {tb:.3f} | {tg:.3f} | {r:.2f} | {gf:.1f} | {diff:.2e} | {bw} |")
@@ -125,14 +164,17 @@ def write_backed(path, n, g, nnz, chunk=20000):
     import h5py
     import pandas as pd
 
-    ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(1)]),
-               var=pd.DataFrame(index=[f"g{i}" for i in range(g)])).write_h5ad(path)
+    ad.AnnData(
+        obs=pd.DataFrame(index=[str(i) for i in range(1)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(g)]),
+    ).write_h5ad(path)
     with h5py.File(path, "a") as f:
         if "X" in f:
             del f["X"]
         grp = f.create_group("X")
-        grp.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
-                          "shape": (n, g)})
+        grp.attrs.update(
+            {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n, g)}
+        )
         dset = grp.create_dataset("data", (0,), np.float32, maxshape=(None,), chunks=(1 << 20,))
         iset = grp.create_dataset("indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 20,))
         grp.create_dataset("indptr", data=np.arange(n + 1, dtype=np.int64) * nnz)
@@ -141,8 +183,13 @@ def write_backed(path, n, g, nnz, chunk=20000):
             rng = np.random.default_rng(a)  # fast: sorted random genes (repeats add up)
             idx = np.sort(rng.integers(0, g, ((b - a), nnz), dtype=np.int32), axis=1)
             Xc = sparse.csr_matrix(
-                (rng.random((b - a) * nnz, dtype=np.float32) * 3, idx.ravel(),
-                 np.arange(b - a + 1, dtype=np.int64) * nnz), shape=(b - a, g))
+                (
+                    rng.random((b - a) * nnz, dtype=np.float32) * 3,
+                    idx.ravel(),
+                    np.arange(b - a + 1, dtype=np.int64) * nnz,
+                ),
+                shape=(b - a, g),
+            )
             m = dset.shape[0]
             dset.resize((m + Xc.nnz,))
             iset.resize((m + Xc.nnz,))
@@ -166,8 +213,7 @@ def memory_child(path, d, block_rows):
         weighted_embedding(X[:100], E, device="cpu", show_progress=False)  # compile
         base = psutil.Process().memory_info().rss
         t0 = time.perf_counter()
-        emb, w = weighted_embedding(X, E, device="cpu", block_rows=block_rows,
-                                    show_progress=False)
+        emb, w = weighted_embedding(X, E, device="cpu", block_rows=block_rows, show_progress=False)
         dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out_b = emb.nbytes + w.nbytes
@@ -179,23 +225,39 @@ def memory(args):
     path = os.path.join(tmp, "backed.h5ad")
     t0 = time.perf_counter()
     write_backed(path, args.cells, args.genes, args.nnz_per_cell)
-    print(f"wrote {path} ({os.path.getsize(path) / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s")
-    print("| cells | d | baseline RSS MiB | peak RSS MiB | output MiB | peak - baseline - output MiB | time s |")
+    print(
+        f"wrote {path} ({os.path.getsize(path) / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s"
+    )
+    print(
+        "| cells | d | baseline RSS MiB | peak RSS MiB | output MiB | peak - baseline - output MiB | time s |"
+    )
     print("|---|---|---|---|---|---|---|")
     try:
         for d in args.dims:
             res = subprocess.run(
-                [sys.executable, __file__, "--memory-child", path, "--dims", str(d),
-                 "--block-rows", str(args.block_rows)],
-                capture_output=True, text=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    path,
+                    "--dims",
+                    str(d),
+                    "--block-rows",
+                    str(args.block_rows),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if res.returncode:
                 raise RuntimeError(res.stderr[-3000:])
-            line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")][0]
+            line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
             n, dd, base, peak, out_b, dt = line.split()[1:]
             mib = 2**20
             base, peak, out_b = int(base), int(peak), int(out_b)
-            print(f"| {n} | {dd} | {base / mib:.0f} | {peak / mib:.0f} | {out_b / mib:.0f} | "
-                  f"{(peak - base - out_b) / mib:.0f} | {float(dt):.1f} |")
+            print(
+                f"| {n} | {dd} | {base / mib:.0f} | {peak / mib:.0f} | {out_b / mib:.0f} | "
+                f"{(peak - base - out_b) / mib:.0f} | {float(dt):.1f} |"
+            )
     finally:
         os.remove(path)
         os.rmdir(tmp)
@@ -209,8 +271,9 @@ def main():
     p.add_argument("--dims", type=int, nargs="+", default=[1536, 384])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--skew", action="store_true", help="log-normal gene popularity")
-    p.add_argument("--coverage", type=float, default=0.9,
-                   help="fraction of genes with an embedding")
+    p.add_argument(
+        "--coverage", type=float, default=0.9, help="fraction of genes with an embedding"
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--n-jobs", type=int, default=None)
     p.add_argument("--block-rows", type=int, default=4096)

@@ -13,4 +13,6 @@ export GENEPT_NB_EXECUTE="${GENEPT_NB_EXECUTE:-force}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 unset MPLBACKEND        # the kernels need their inline backend for figures
 rm -rf docs/generated   # autosummary stubs are regenerated from the code
-exec python -m sphinx -W --keep-going -b html "$@" docs docs/_build/html
+fresh=()
+[ "$GENEPT_NB_EXECUTE" = force ] && fresh=(-E)   # re-read every page, so every notebook runs
+exec python -m sphinx -W --keep-going -b html "${fresh[@]}" "$@" docs docs/_build/html

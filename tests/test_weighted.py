@@ -131,9 +131,7 @@ def test_backed_h5ad(tmp_path):
         ad.AnnData(X=Xs).write_h5ad(path)
         backed = ad.read_h5ad(path, backed="r")
         try:
-            got = weighted_embedding(
-                backed.X, E, device="cpu", block_rows=16, show_progress=False
-            )
+            got = weighted_embedding(backed.X, E, device="cpu", block_rows=16, show_progress=False)
             _assert_close(got, X, E)
         finally:
             backed.file.close()
@@ -145,8 +143,9 @@ def test_backed_h5ad(tmp_path):
     except ImportError:  # pragma: no cover
         from anndata.experimental import sparse_dataset
     with h5py.File(tmp_path / "x_csr.h5ad", "r") as f:
-        got = weighted_embedding(sparse_dataset(f["X"]), E, device="cpu", block_rows=32,
-                                 show_progress=False)
+        got = weighted_embedding(
+            sparse_dataset(f["X"]), E, device="cpu", block_rows=32, show_progress=False
+        )
     _assert_close(got, X, E)
     with h5py.File(tmp_path / "x_dense.h5ad", "r") as f:
         got = weighted_embedding(f["X"], E, device="cpu", block_rows=7, show_progress=False)
@@ -168,8 +167,17 @@ def test_both_kernels_any_density(force, density, monkeypatch):
     monkeypatch.setattr(w, "_dense_threshold", lambda d: 0.0 if force == "dense" else 2.0)
     log: list = []
     for Xc in (X, X.toarray()):
-        got = _embed_cpu(Xc, _make_plan(E), normalize="l2", n_total=1, block_rows=300,
-                         n_jobs=2, check=True, show_progress=False, kernel_log=log)
+        got = _embed_cpu(
+            Xc,
+            _make_plan(E),
+            normalize="l2",
+            n_total=1,
+            block_rows=300,
+            n_jobs=2,
+            check=True,
+            show_progress=False,
+            kernel_log=log,
+        )
         _assert_close(got, X, E)
     assert set(log) == {force}
 
@@ -178,8 +186,17 @@ def test_rule_picks_kernel_by_density():
     log: list = []
     for density, expect in [(0.02, "sparse"), (0.9, "dense")]:
         X, E = _data(n=300, g=100, d=256, density=density)
-        _embed_cpu(X, _make_plan(E), normalize="none", n_total=1, block_rows=300, n_jobs=1,
-                   check=True, show_progress=False, kernel_log=log)
+        _embed_cpu(
+            X,
+            _make_plan(E),
+            normalize="none",
+            n_total=1,
+            block_rows=300,
+            n_jobs=1,
+            check=True,
+            show_progress=False,
+            kernel_log=log,
+        )
         assert log[-1] == expect
 
 
@@ -225,8 +242,9 @@ def test_zero_rows_and_all_zero():
 
 def test_notebook_n_genes_total():
     X, E = _data()
-    got = weighted_embedding(X, E, normalize="notebook", n_genes_total=1000, device="cpu",
-                             show_progress=False)
+    got = weighted_embedding(
+        X, E, normalize="notebook", n_genes_total=1000, device="cpu", show_progress=False
+    )
     _assert_close(got, X, E, "notebook", n_total=1000)
 
 
@@ -251,8 +269,9 @@ def test_dask_distributed():
     X, E = _data(n=80)
     ref = weighted_embedding(X, E, device="cpu", block_rows=25, show_progress=False)
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                 dashboard_address=None) as cluster,
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
         distributed.Client(cluster),
     ):
         Xd = da.from_array(X.toarray(), chunks=(25, -1))
@@ -267,8 +286,7 @@ def test_errors_negative_and_nan(container):
     Xn = X.copy()
     Xn.data[5] = -2.3
     with pytest.raises(ValueError, match=r"negative values \(min -2\.3\).*use_raw=True"):
-        emb, _ = weighted_embedding(CONTAINERS[container](Xn), E, device="cpu",
-                                    show_progress=False)
+        weighted_embedding(CONTAINERS[container](Xn), E, device="cpu", show_progress=False)
     Xn = X.copy()
     Xn.data[2] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
@@ -276,8 +294,7 @@ def test_errors_negative_and_nan(container):
     # check=False skips the check
     Xn = X.copy()
     Xn.data[5] = -2.3
-    weighted_embedding(CONTAINERS[container](Xn), E, device="cpu", check=False,
-                       show_progress=False)
+    weighted_embedding(CONTAINERS[container](Xn), E, device="cpu", check=False, show_progress=False)
 
 
 def test_bad_arguments():
@@ -307,12 +324,14 @@ def test_progress_bar(capsys):
 def test_gpu_equals_cpu_fp32(density):
     X, E = _data(n=3000, g=500, d=64, density=density, seed=1)
     cpu = weighted_embedding(X, E, device="cpu", normalize="none", show_progress=False)
-    gpu_ = weighted_embedding(X, E, device="cuda", normalize="none", block_rows=256,
-                              show_progress=False)
+    gpu_ = weighted_embedding(
+        X, E, device="cuda", normalize="none", block_rows=256, show_progress=False
+    )
     np.testing.assert_allclose(gpu_[0], cpu[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gpu_[1], cpu[1], rtol=1e-12)
-    _assert_close(weighted_embedding(X, E, device="cuda", block_rows=1000, show_progress=False),
-                  X, E)
+    _assert_close(
+        weighted_embedding(X, E, device="cuda", block_rows=1000, show_progress=False), X, E
+    )
 
 
 @gpu

@@ -219,7 +219,9 @@ class _Plan:
         with self._lock:
             if self._E_used is None:
                 self._E_used = (
-                    self.E if self.n_used == self.n_genes else np.ascontiguousarray(self.E[self.used])
+                    self.E
+                    if self.n_used == self.n_genes
+                    else np.ascontiguousarray(self.E[self.used])
                 )
             return self._E_used
 
@@ -252,7 +254,9 @@ def _make_plan(E: Any) -> _Plan:
         raise ValueError(f"E must be a 2-D genes x d matrix, got shape {E.shape}")
     E = np.ascontiguousarray(E, dtype=np.float32)
     if not np.isfinite(E).all():
-        raise ValueError("E has NaN or infinite values; genes without an embedding must be zero rows")
+        raise ValueError(
+            "E has NaN or infinite values; genes without an embedding must be zero rows"
+        )
     used = np.flatnonzero(np.any(E != 0, axis=1))
     colmap = np.full(E.shape[0], -1, np.int32)
     colmap[used] = np.arange(used.size, dtype=np.int32)
@@ -564,7 +568,7 @@ def weighted_embedding(
     if len(getattr(X, "shape", ())) != 2:
         raise ValueError(f"X must be a 2-D cells x genes matrix, got {type(X).__name__}")
     plan = _make_plan(E)
-    n, g = int(X.shape[0]), int(X.shape[1])
+    g = int(X.shape[1])
     if g != plan.n_genes:
         raise ValueError(
             f"X has {g} genes (columns) but E has {plan.n_genes} rows; align E to X's columns"
@@ -578,15 +582,30 @@ def weighted_embedding(
 
     if is_dask(X):
         return _embed_dask(
-            X, plan, normalize=normalize, n_total=n_total, device=dev, precision=precision,
-            block_rows=block_rows, n_jobs=n_jobs, check=check, out=out,
+            X,
+            plan,
+            normalize=normalize,
+            n_total=n_total,
+            device=dev,
+            precision=precision,
+            block_rows=block_rows,
+            n_jobs=n_jobs,
+            check=check,
+            out=out,
         )
     if out == "dask":
         import dask.array as da
 
         emb, ws = weighted_embedding(
-            X, E, normalize=normalize, n_genes_total=n_genes_total, device=device,
-            precision=precision, block_rows=block_rows, n_jobs=n_jobs, check=check,
+            X,
+            E,
+            normalize=normalize,
+            n_genes_total=n_genes_total,
+            device=device,
+            precision=precision,
+            block_rows=block_rows,
+            n_jobs=n_jobs,
+            check=check,
             show_progress=show_progress,
         )
         return da.from_array(emb), da.from_array(ws)
@@ -596,12 +615,25 @@ def weighted_embedding(
     block_rows = max(1, int(block_rows))
     if dev.startswith("cuda"):
         return _embed_cuda(
-            X, plan, normalize=normalize, n_total=n_total, device=dev, precision=precision,
-            block_rows=block_rows, check=check, show_progress=show_progress,
+            X,
+            plan,
+            normalize=normalize,
+            n_total=n_total,
+            device=dev,
+            precision=precision,
+            block_rows=block_rows,
+            check=check,
+            show_progress=show_progress,
         )
     return _embed_cpu(
-        X, plan, normalize=normalize, n_total=n_total, block_rows=block_rows,
-        n_jobs=_n_jobs(n_jobs), check=check, show_progress=show_progress,
+        X,
+        plan,
+        normalize=normalize,
+        n_total=n_total,
+        block_rows=block_rows,
+        n_jobs=_n_jobs(n_jobs),
+        check=check,
+        show_progress=show_progress,
     )
 
 
@@ -619,7 +651,9 @@ def _resolve_device(device: str) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} but torch.cuda.is_available() is False; use 'cpu'")
+            raise RuntimeError(
+                f"device={device!r} but torch.cuda.is_available() is False; use 'cpu'"
+            )
         return device
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
@@ -631,7 +665,15 @@ def _progress(total: int, show: bool, desc: str):
 
 
 def _embed_cpu(
-    X, plan: _Plan, *, normalize, n_total, block_rows, n_jobs, check, show_progress,
+    X,
+    plan: _Plan,
+    *,
+    normalize,
+    n_total,
+    block_rows,
+    n_jobs,
+    check,
+    show_progress,
     kernel_log: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = X.shape[0]
@@ -664,8 +706,15 @@ def _dask_chunk(block, plan: _Plan, normalize, n_total, n_jobs, check, device, p
     packed = np.empty((rows, plan.d + 2), np.float32)
     if device.startswith("cuda"):
         emb, ws = _embed_cuda(
-            block, plan, normalize=normalize, n_total=n_total, device=device,
-            precision=precision, block_rows=max(rows, 1), check=check, show_progress=False,
+            block,
+            plan,
+            normalize=normalize,
+            n_total=n_total,
+            device=device,
+            precision=precision,
+            block_rows=max(rows, 1),
+            check=check,
+            show_progress=False,
         )
         packed[:, : plan.d] = emb
     else:
@@ -700,8 +749,17 @@ def _embed_dask(X, plan, *, normalize, n_total, device, precision, block_rows, n
     nj = 1 if n_jobs is None else _n_jobs(n_jobs)
     plan_d = dask.delayed(plan, pure=True)
     packed = da.map_blocks(
-        _dask_chunk, X, plan_d, normalize, n_total, nj, check, device, precision,
-        chunks=(X.chunks[0], (plan.d + 2,)), dtype=np.float32,
+        _dask_chunk,
+        X,
+        plan_d,
+        normalize,
+        n_total,
+        nj,
+        check,
+        device,
+        precision,
+        chunks=(X.chunks[0], (plan.d + 2,)),
+        dtype=np.float32,
         meta=np.empty((0, 0), np.float32),
     )
     emb = packed[:, : plan.d]
@@ -719,8 +777,9 @@ def _embed_dask(X, plan, *, normalize, n_total, device, precision, block_rows, n
 _GPU_CUSPARSE_BELOW = 0.01  # density (over used genes) under which cuSPARSE SpMM is used
 
 
-def _embed_cuda(X, plan: _Plan, *, normalize, n_total, device, precision, block_rows, check,
-                show_progress) -> tuple[np.ndarray, np.ndarray]:
+def _embed_cuda(
+    X, plan: _Plan, *, normalize, n_total, device, precision, block_rows, check, show_progress
+) -> tuple[np.ndarray, np.ndarray]:
     """GPU path: CSR row blocks streamed through pinned memory, compute overlapped.
 
     Per block: the CSR slices (indptr, indices, data) are copied into a pinned host
@@ -765,13 +824,14 @@ def _embed_cuda(X, plan: _Plan, *, normalize, n_total, device, precision, block_
             slot[name] = t
         return t[:numel].view(*shape) if len(shape) > 1 else t[:numel]
 
-    prev_fp32 = None
-    if precision == "tf32":
-        prev_fp32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-    elif precision == "fp32":
-        prev_fp32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
+    # fp32 GEMM mode: IEEE for "fp32" (default), tensor-core TF32 for "tf32"; restored after
+    mm_backend = torch.backends.cuda.matmul
+    new_api = hasattr(mm_backend, "fp32_precision")
+    prev_fp32 = mm_backend.fp32_precision if new_api else mm_backend.allow_tf32
+    if new_api:
+        mm_backend.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    else:  # pragma: no cover - torch < 2.9
+        mm_backend.allow_tf32 = precision == "tf32"
 
     def finish(slot):
         """Wait for the slot's D2H copy and move results into the numpy output."""
@@ -823,12 +883,12 @@ def _embed_cuda(X, plan: _Plan, *, normalize, n_total, device, precision, block_
                 finite = torch.isfinite(d_data)
                 if nnz:
                     nbad_dev += (~finite).sum()
-                    vmin_dev = torch.minimum(
-                        vmin_dev, torch.where(finite, d_data, torch.inf).min()
-                    )
+                    vmin_dev = torch.minimum(vmin_dev, torch.where(finite, d_data, torch.inf).min())
                 vals = torch.where(finite, d_data, 0.0)
                 usedv = torch.where(cols < n_used, vals.double(), 0.0)
-                ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
+                ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(
+                    0, row_ids, usedv
+                )
                 density = nnz / max(1, rows * max(n_used, 1))
                 if density < _GPU_CUSPARSE_BELOW and precision == "fp32":
                     crow = d_indptr - d_indptr[0]
@@ -863,6 +923,8 @@ def _embed_cuda(X, plan: _Plan, *, normalize, n_total, device, precision, block_
         if check:
             _raise_if_bad(stats)
     finally:
-        if prev_fp32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = prev_fp32
+        if new_api:
+            mm_backend.fp32_precision = prev_fp32
+        else:  # pragma: no cover
+            mm_backend.allow_tf32 = prev_fp32
     return emb_out, wsum_out
