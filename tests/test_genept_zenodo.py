@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from genept.datasets._genept_zenodo import ZIP_NAME, genept_embeddings, ncbi_summaries
@@ -282,3 +283,44 @@ def test_missing_member_listed(tmp_path):
         zf.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match=r"readme\.txt"):
         genept_embeddings(url=str(zpath), cache_dir=tmp_path / "c")
+
+
+def test_embed_genes_from_genept_sources(served, archive, monkeypatch):
+    """gpt.tl.embed_genes(source="genept" / "ncbi") end to end, the zip served on 127.0.0.1."""
+    import anndata as ad
+
+    import genept as gpt
+    from genept.datasets import _genept_zenodo as z
+    from genept.encoders import TextEncoder
+
+    monkeypatch.setattr(z, "ZIP_URL", served.url)
+    monkeypatch.setattr(z, "ZIP_HASH", md5(archive))
+    adata = ad.AnnData(np.ones((2, 3), dtype=np.float32),
+                       var=pd.DataFrame(index=["GENE1", "gene2", "NOPE"]))
+    gpt.tl.embed_genes(adata, source="genept")
+    ada = _data()[0]
+    np.testing.assert_array_equal(adata.varm["X_genept"][0], np.float32(ada["GENE1"]))
+    np.testing.assert_array_equal(adata.varm["X_genept"][1], np.float32(ada["GENE2"]))
+    assert not adata.varm["X_genept"][2].any()
+    p = adata.uns["genept"]["params"]
+    assert (p["source"], p["model"], p["dim"]) == ("genept", "text-embedding-ada-002", 8)
+    gpt.tl.embed_genes(adata, source="genept", model="3-large", key_added="X_large")
+    assert adata.varm["X_large"].shape == (3, 12)
+
+    class Echo(TextEncoder):
+        cache_id = "echo:v1"
+        dim = 1
+
+        def __init__(self):
+            self.seen = []
+
+        def _encode(self, texts):
+            self.seen += texts
+            return np.ones((len(texts), 1), dtype=np.float32)
+
+    enc = Echo()
+    gpt.tl.embed_genes(adata, source="ncbi", model=enc, text_level="summary", key_added="X_n")
+    assert sorted(enc.seen) == [
+        "Gene GENE1. Gene Symbol GENE1 This gene encodes protein 1.",
+        "Gene GENE2. Gene Symbol GENE2 This gene encodes protein 2.",
+    ]
