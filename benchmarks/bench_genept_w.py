@@ -151,7 +151,7 @@ def speed(args):
     print()
     print(
         "| path | d | baseline s (scipy X@E / pinned H2D copy) | genept s | baseline/genept | "
-        "useful GFLOP/s | max abs diff vs scipy | bitwise |"
+        "GFLOP/s (2*nnz*d) | max abs diff vs scipy | bitwise |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for p, d, tb, tg, r, gf, diff, bw in rows:

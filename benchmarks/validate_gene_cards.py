@@ -60,7 +60,13 @@ def texts_for(level: str, lab, cards, symbols, max_terms: int) -> list[str]:
 
     found = symbols.notna().to_numpy()
     texts = lab["gene_name"].to_numpy(dtype=object).copy()  # fallback: the symbol
-    out = card_text(cards, symbols[found], level=level, max_terms=max_terms)
+    if level == "summary":  # gpt.tl.embed_genes(source="cards", text_level="summary")
+        from genept._gene_sources import resolve_source
+
+        src = resolve_source("cards", model=None, text_level="summary")
+        out = src.texts_of(pd.Index(symbols[found]))
+    else:
+        out = card_text(cards, symbols[found], level=level, max_terms=max_terms)
     texts[found] = out.to_numpy()
     return [t if isinstance(t, str) else g for t, g in zip(texts, lab["gene_name"], strict=True)]
 
@@ -88,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the CV split")
     parser.add_argument(
-        "--levels", nargs="+", default=["card", "name_full", "name", "random"],
-        help="text levels (card, name_full, name) and/or 'random' (Gaussian vectors)",
+        "--levels", nargs="+", default=["card", "summary", "name_full", "name", "random"],
+        help="text levels (card, summary, name_full, name) and/or 'random' (Gaussian vectors)",
     )  # fmt: skip
     args = parser.parse_args(argv)
 
