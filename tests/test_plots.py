@@ -88,3 +88,24 @@ def test_bm_results(tmp_path):
         plt.close("all")
     with pytest.raises(KeyError):
         bm_results(df, x="nope")
+
+
+def test_gene_umap_png_coloured_by_gene_type(tmp_path):
+    from genept.pl import gene_umap
+
+    a = ad.AnnData(np.ones((3, 40), dtype=np.float32))
+    cards = __import__("genept").datasets.gene_cards()
+    coding = cards.index[cards["gene_type"] == "protein-coding"][:30].tolist()
+    nc = cards.index[cards["gene_type"] == "ncRNA"][:10].tolist()
+    a.var_names = coding + nc
+    rng = np.random.default_rng(0)
+    E = rng.standard_normal((40, 8)).astype(np.float32)
+    E[30:] += 4  # ncRNAs apart
+    a.varm["X_genept"] = E
+    ax = gene_umap(a, color="gene_type", n_neighbors=5, save=str(tmp_path / "g.png"))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ncRNA (10)", "protein-coding (30)"]
+    _check_png(tmp_path / "g.png")
+    plt.close("all")
+    with pytest.raises(KeyError, match="embed_genes"):
+        gene_umap(a, key="X_nope")
