@@ -41,8 +41,23 @@ PAPER_THRESHOLDS: dict[str, float] = {
 }
 #: default quantile of the pairwise similarities used as threshold for other models
 DEFAULT_QUANTILE = 0.995
-#: default Leiden resolution (RBConfiguration)
+#: default Leiden resolution (RBConfiguration) for graphs of up to ``_GENES_PER_RESOLUTION``
+#: genes; larger graphs get a proportionally higher one (see :func:`default_resolution`)
 DEFAULT_RESOLUTION = 1.0
+_GENES_PER_RESOLUTION = 1500
+_MAX_RESOLUTION = 20.0  # the paper's value, reached at 30,000 genes
+
+
+def default_resolution(n_genes: int) -> float:
+    """Leiden resolution for a graph of ``n_genes`` genes: 1 up to 1,500 genes, then
+    growing linearly to the paper's 20 at 30,000 genes.
+
+    RBConfiguration's resolution is relative to the graph's size: at a fixed value,
+    programs of a fixed size merge as the graph grows (on 30,000 genes with 300 planted
+    programs, resolution 1 finds 53 programs, ARI 0.23; 20 finds 198, ARI 0.73), while
+    on a few hundred genes 20 splits programs below ``min_size``.
+    """
+    return float(np.clip(n_genes / _GENES_PER_RESOLUTION, DEFAULT_RESOLUTION, _MAX_RESOLUTION))
 #: rows of ``E`` per block of ``E @ E.T``
 _BLOCK_ROWS = 2048
 #: most edges kept before asking for a higher threshold or ``n_neighbors``
@@ -291,9 +306,9 @@ def gene_programs(
         wider than ada-002's, so a fixed 0.9 would join almost nothing). Exclusive with
         ``threshold``.
     resolution
-        Leiden resolution (RBConfiguration), default 1.0. The paper's 20 was chosen for a
-        graph of thousands of immune genes at ada-002 threshold 0.9; high resolutions
-        split programs of small graphs into pieces below ``min_size``.
+        Leiden resolution (RBConfiguration); default :func:`default_resolution` of the
+        number of genes: 1.0 up to 1,500 genes, growing to the paper's 20 at 30,000 genes
+        (high resolutions split programs of small graphs into pieces below ``min_size``).
     min_size
         Keep programs with at least this many genes (paper: 10).
     genes
@@ -367,7 +382,7 @@ def gene_programs(
         quantile = DEFAULT_QUANTILE if quantile is None else float(quantile)
         thr = similarity_quantile(E, quantile, seed=seed)
         how = f"quantile {quantile:g} of pairwise similarities"
-    res = DEFAULT_RESOLUTION if resolution is None else float(resolution)
+    res = default_resolution(len(idx)) if resolution is None else float(resolution)
     i, j, _ = similarity_edges(E, thr, n_neighbors=n_neighbors)
     logg.info(f"    {len(idx)} genes, {len(i)} pairs with cosine similarity > {thr:.4f} ({how})")
     labels = leiden_programs(len(idx), i, j, resolution=res, min_size=min_size, seed=seed)
