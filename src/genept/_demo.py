@@ -86,7 +86,6 @@ def run_demo(out: str | os.PathLike = "genept_demo", *, model: str | None = None
 def _cells_and_annotation(adata, out: Path, metric, model) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
-    import scanpy as sc
     from sklearn.model_selection import train_test_split
 
     from . import pl, tl

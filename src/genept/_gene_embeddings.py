@@ -162,7 +162,7 @@ def read_gene_embeddings(
                 "if you trust it (downloads from genept.datasets are hash-checked instead)"
             )
         with open(path, "rb") as f:
-            obj = pickle.load(f)  # noqa: S301 - explicit user opt-in
+            obj = pickle.load(f)
         return as_gene_embeddings(obj, **kw)
     raise ValueError(
         f"unknown gene embedding file type {path.suffix!r}; use .npz, .parquet, .csv, .tsv or .pickle"
@@ -170,7 +170,7 @@ def read_gene_embeddings(
 
 
 def _first_col_index(df: pd.DataFrame) -> pd.DataFrame:
-    if df.index.dtype == object or isinstance(df.index, pd.Index) and not isinstance(df.index, pd.RangeIndex):
+    if df.index.dtype == object or (isinstance(df.index, pd.Index) and not isinstance(df.index, pd.RangeIndex)):
         return df
     return df.set_index(df.columns[0])
 

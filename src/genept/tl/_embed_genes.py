@@ -144,7 +144,6 @@ def embed_genes(
     aliases, ensembl = _alias_maps()
     match = match_genes(list(names), list(src.genes), aliases=aliases, ensembl=ensembl)
     target = match.target.copy()
-    kind = match.kind.copy()
     if src.name == "name":  # any gene has a name: unmatched genes are embedded as written
         target = np.where(target == "", names.to_numpy(dtype=object), target)
     has = target != ""
