@@ -111,9 +111,13 @@ class GeneEmbeddings:
         """Write ``genes`` and ``matrix`` to a ``.npz`` file (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, genes=self.genes.astype(str), matrix=self.matrix)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, genes=self.genes.astype(str), matrix=self.matrix)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def read_gene_embeddings(

@@ -86,9 +86,25 @@ def write_results(
     else:
         target = adata
     done = []
-    for attr, key, value in writes:
-        getattr(target, attr)[key] = value
-        done.append(f"{attr}[{key!r}]")
+    undo: list[tuple[Any, str, bool, Any]] = []
+    try:
+        for attr, key, value in writes:
+            store = getattr(target, attr)
+            had = key in store
+            undo.append((store, key, had, store[key] if had else None))
+            store[key] = value
+            done.append(f"{attr}[{key!r}]")
+    except BaseException:
+        # a rejected value (wrong shape, index…) must not leave earlier writes behind
+        for store, key, had, old in reversed(undo):
+            try:
+                if had:
+                    store[key] = old
+                elif key in store:
+                    del store[key]
+            except Exception:  # pragma: no cover - best effort
+                pass
+        raise
     if log is not None and done:
         log("    added\n" + "\n".join(f"    {d}" for d in done))
     return target if copy else None

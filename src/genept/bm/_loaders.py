@@ -118,8 +118,18 @@ def dosage_sensitive_tfs(
     Series gene symbol -> 0/1 (Ensembl ids are mapped to symbols with the gene cards;
     ids without a symbol keep the id).
     """
-    if path is None:
+    downloaded = path is None
+    if downloaded:
         fname = url.rsplit("/", 1)[-1].split("?")[0]
+        if fname.endswith((".pickle", ".pkl")):
+            resolved = _HASHES.get(fname) if known_hash is _DEFAULT else known_hash
+            if resolved is None:
+                # a downloaded pickle is unpickled only after a hash check
+                raise ValueError(
+                    f"{url} is a pickle, which can run code when read; genept unpickles a "
+                    "download only after a hash check: pass known_hash='sha256:...', or "
+                    "download it yourself and pass path=... with allow_pickle=True"
+                )
         path = _fetch(url, fname, known_hash)
     path = Path(path)
     if path.suffix in {".pickle", ".pkl"}:

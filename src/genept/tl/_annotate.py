@@ -1661,7 +1661,10 @@ class _Chat:
 
     def _redact(self, text: str) -> str:
         secret = getattr(self, "_secret", None)
-        return text.replace(secret, "***") if secret else text
+        if secret:
+            text = text.replace(secret, "***")
+        # partially masked keys as the API echoes them ("sk-abc***xyz")
+        return re.sub(r"\bsk-[A-Za-z0-9_\-*]{4,}", "sk-***", text)
 
     def ask(self, prompt: str) -> tuple[str, bool]:
         """Reply to one user message; ``(text, from_cache)``."""
