@@ -636,3 +636,24 @@ def test_llm_error_redacts_key(llm_cache):
         s.close()
     assert KEY not in str(info.value)
     assert "genept_llm" not in adata.obs and "genept_llm" not in adata.uns
+
+
+def test_scmpt_save_detects_torn_pair(tmp_path):
+    """Weights of one save next to the config of another are refused, not mixed."""
+    import shutil
+
+    rng = np.random.default_rng(0)
+    ref = ad.AnnData(np.zeros((60, 2), dtype=np.float32),
+                     obs=pd.DataFrame({"y": np.repeat(["a", "b", "c"], 20)},
+                                      index=[f"c{i}" for i in range(60)]))
+    ref.obsm["X_a"] = rng.standard_normal((60, 4)).astype(np.float32)
+    ref.obsm["X_b"] = rng.standard_normal((60, 3)).astype(np.float32)
+    m = gpt.tl.ScMPTModel.fit(ref, label_key="y", reps=["X_a", "X_b"], hidden=8,
+                              epochs_grid=(2,), lr_grid=(1e-2,), n_seeds=1, device="cpu")
+    m.save(tmp_path / "one")
+    m.save(tmp_path / "two")
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["config.json", "weights.pt"]
+    gpt.tl.ScMPTModel.load(tmp_path / "one")
+    shutil.copy(tmp_path / "two" / "weights.pt", tmp_path / "one" / "weights.pt")
+    with pytest.raises(ValueError, match="different saves"):
+        gpt.tl.ScMPTModel.load(tmp_path / "one")

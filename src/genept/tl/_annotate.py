@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sqlite3
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -1016,11 +1017,20 @@ class ScMPTModel:
             "means": [torch.from_numpy(m) for m in self.means],
             "stds": [torch.from_numpy(s) for s in self.stds],
         }
-        tmp_w, tmp_c = path / "weights.pt.tmp", path / "config.json.tmp"
-        torch.save(weights, tmp_w)
-        tmp_c.write_text(json.dumps(self.config(), indent=2))
-        tmp_w.replace(path / "weights.pt")
-        tmp_c.replace(path / "config.json")
+        # both files carry the same id: a save interrupted between the two renames is
+        # detected by load() instead of pairing new weights with an old config
+        save_id = uuid.uuid4().hex
+        weights["save_id"] = save_id
+        config = {**self.config(), "save_id": save_id}
+        tmp_w, tmp_c = path / f".weights.pt.{save_id}.tmp", path / f".config.json.{save_id}.tmp"
+        try:
+            torch.save(weights, tmp_w)
+            tmp_c.write_text(json.dumps(config, indent=2))
+            tmp_w.replace(path / "weights.pt")
+            tmp_c.replace(path / "config.json")
+        finally:
+            for tmp in (tmp_w, tmp_c):
+                tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -1042,6 +1052,11 @@ class ScMPTModel:
         if int(cfg.get("version", 0)) > cls._VERSION:
             raise ValueError(f"{path} was written by a newer genept (version {cfg['version']})")
         w = torch.load(w_file, map_location="cpu", weights_only=True)
+        if cfg.get("save_id") != w.get("save_id"):
+            raise ValueError(
+                f"config.json and weights.pt in {path} come from different saves (an "
+                "interrupted save?); save the model again"
+            )
         model = cls(
             reps=cfg["reps"],
             widths=cfg["widths"],
