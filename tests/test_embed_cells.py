@@ -200,3 +200,36 @@ def test_pbmc68k_knn_quality(minilm):
     knn = KNeighborsClassifier(10, metric="cosine").fit(Z[tr], y[tr])
     acc = (knn.predict(Z[te]) == y[te]).mean()
     assert acc > 0.6  # 10 classes; majority class is ~0.2
+
+
+@pytest.mark.parametrize("out", ["numpy", "dask"])
+def test_w_dask_backed_x(out):
+    da = pytest.importorskip("dask.array")
+    adata = toy(n_obs=50)
+    ref = reference_w(adata.X, adata.varm["X_genept"])
+    adata.X = da.from_array(adata.X.toarray(), chunks=(16, -1))
+    gpt.tl.embed_cells(adata, method="w", out=out)
+    emb = adata.obsm["X_genept_w"]
+    assert (type(emb).__module__.startswith("dask")) == (out == "dask")
+    np.testing.assert_allclose(np.asarray(emb), ref, atol=1e-5)
+
+
+def test_w_backed_h5ad(tmp_path):
+    adata = toy(n_obs=50)
+    ref = reference_w(adata.X, adata.varm["X_genept"])
+    adata.write_h5ad(tmp_path / "b.h5ad")
+    backed = read_h5ad(tmp_path / "b.h5ad", backed="r")
+    gpt.tl.embed_cells(backed, method="w", block_rows=7)
+    np.testing.assert_allclose(backed.obsm["X_genept_w"], ref, atol=1e-5)
+    assert backed.obs["genept_w_empty"].sum() == 1
+
+
+def test_s_dask_equals_in_memory():
+    da = pytest.importorskip("dask.array")
+    adata = toy(n_vars=6)
+    enc = BagEncoder([f"G{i}" for i in range(6)])
+    gpt.tl.embed_cells(adata, method="s", model=enc)
+    lazy = adata.copy()
+    lazy.X = da.from_array(adata.X.toarray(), chunks=(8, -1))
+    gpt.tl.embed_cells(lazy, method="s", model=enc)
+    np.testing.assert_array_equal(lazy.obsm["X_genept_s"], adata.obsm["X_genept_s"])
