@@ -308,6 +308,16 @@ def _blas_gemm(A: np.ndarray, B: np.ndarray, n_jobs: int) -> np.ndarray:
         return A @ B
 
 
+def _choose_kernel(res, stats: _Stats, *, check: bool, n: int, plan: _Plan, force) -> str:
+    """Fold the scans' ``(min, n_bad, nnz_used)`` into ``stats``, check, pick the kernel."""
+    for vmin, n_bad, _ in res:
+        stats.update(vmin, n_bad)
+    if check:
+        _raise_if_bad(stats)
+    density = sum(r[2] for r in res) / (n * plan.n_used)
+    return force or ("dense" if density >= _dense_threshold(plan.d) else "sparse")
+
+
 def _cpu_block(
     block: Any,
     plan: _Plan,
@@ -325,7 +335,6 @@ def _cpu_block(
     Returns the kernel used (``"sparse"`` or ``"dense"``).
     """
     n = out.shape[0]
-    d = plan.d
     if n == 0:
         return "none"
     if plan.n_used == 0:
@@ -350,13 +359,7 @@ def _cpu_block(
             return _scan_dense(block[a:b], plan.used_mask, wsum[a:b])
 
         res = _pmap(pool, scan_dense, _sub_ranges(n, max(1, -(-n // max(n_jobs, 1)))))
-        for vmin, n_bad, _ in res:
-            stats.update(vmin, n_bad)
-        if check:
-            _raise_if_bad(stats)
-        nnz_used = sum(r[2] for r in res)
-        density = nnz_used / (n * plan.n_used)
-        kind = force or ("dense" if density >= _dense_threshold(d) else "sparse")
+        kind = _choose_kernel(res, stats, check=check, n=n, plan=plan, force=force)
         if kind == "dense":
             A = block if plan.n_used == plan.n_genes else block[:, plan.used]
             out[:] = _blas_gemm(np.asarray(A, dtype=np.float32), plan.E_used, n_jobs)
@@ -372,13 +375,7 @@ def _cpu_block(
         return _scan_csr(indptr[a : b + 1], indices, data, plan.colmap, wsum[a:b])
 
     res = _pmap(pool, scan, _sub_ranges(n, max(_SUB_ROWS, -(-n // max(n_jobs, 1)))))
-    for vmin, n_bad, _ in res:
-        stats.update(vmin, n_bad)
-    if check:
-        _raise_if_bad(stats)
-    nnz_used = sum(r[2] for r in res)
-    density = nnz_used / (n * plan.n_used)
-    kind = force or ("dense" if density >= _dense_threshold(d) else "sparse")
+    kind = _choose_kernel(res, stats, check=check, n=n, plan=plan, force=force)
     if kind == "dense":
         dense = np.empty((n, plan.n_used), np.float32)
 
