@@ -315,6 +315,107 @@ def test_progress_bar(capsys):
     assert "GenePT-w" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- torch pipeline on CPU
+# The GPU path is one torch pipeline (stager thread, slots, densify/cuSPARSE, GEMM,
+# normalisation, device-side checks); on a torch CPU device everything but the CUDA
+# streams, events and pinned memory runs, so CI checks its numbers without a GPU.
+
+
+def _torch_embed(X, E, **kw):
+    from genept._weighted import _embed_torch
+
+    kw = {
+        "normalize": "l2",
+        "n_total": X.shape[1],
+        "device": "cpu",
+        "precision": "fp32",
+        "block_rows": 64,
+        "check": True,
+        "show_progress": False,
+        **kw,
+    }
+    return _embed_torch(X, _make_plan(E), **kw)
+
+
+@pytest.mark.parametrize("density", [0.004, 0.2])
+@pytest.mark.parametrize("normalize", ["l2", "notebook", "none"])
+def test_torch_pipeline_cpu_matches_reference(density, normalize):
+    pytest.importorskip("torch")
+    X, E = _data(n=700, g=400, d=24, density=density, seed=5, zero_rows=(0, 65, 699))
+    emb, ws = _torch_embed(X, E, normalize=normalize, n_total=400, block_rows=64)
+    _assert_close((emb, ws), X, E, normalize, 400)
+    np.testing.assert_allclose(ws, _reference(X, E)[1], rtol=1e-12, atol=1e-12)
+    assert emb.dtype == np.float32 and ws.dtype == np.float64
+    assert np.all(emb[[0, 65, 699]] == 0)  # empty cells: zero rows, never NaN
+
+
+def test_torch_pipeline_cpu_uses_cusparse_below_threshold(monkeypatch):
+    torch = pytest.importorskip("torch")
+    calls = []
+    real = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda *a: calls.append(1) or real(*a))
+    X, E = _data(n=300, g=1000, d=16, density=0.003, seed=6)
+    got = _torch_embed(X, E, block_rows=100)
+    assert len(calls) == 3  # every block below 1 % density took the sparse product
+    _assert_close(got, X, E)
+    calls.clear()
+    X, E = _data(n=300, g=100, d=16, density=0.3, seed=6)
+    got = _torch_embed(X, E, block_rows=100)
+    assert not calls  # dense blocks: densify + GEMM
+    _assert_close(got, X, E)
+
+
+def test_torch_pipeline_cpu_dense_input_bf16_and_int64_indices():
+    pytest.importorskip("torch")
+    X, E = _data(n=400, g=120, d=32, density=0.25, seed=7)
+    ref, _ = _reference(X, E, "l2")
+    emb, _ = _torch_embed(X.toarray(), E, block_rows=97)
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+    X64 = X.copy()
+    X64.indices = X64.indices.astype(np.int64)
+    X64.indptr = X64.indptr.astype(np.int64)
+    emb, _ = _torch_embed(X64, E, block_rows=97)
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+    emb, _ = _torch_embed(X, E, precision="bf16")
+    assert 1e-5 < np.abs(emb - ref).max() < 3e-2  # bf16 inputs: visibly rounded, still close
+
+
+@pytest.mark.parametrize("bad,match", [(-0.5, "negative"), (np.nan, "NaN")])
+def test_torch_pipeline_cpu_checks(bad, match):
+    pytest.importorskip("torch")
+    X, E = _data(n=300, g=50, d=8, density=0.2, seed=8)
+    X.data[-3] = bad  # in the last block: checks span all blocks
+    with pytest.raises(ValueError, match=match):
+        _torch_embed(X, E, block_rows=64)
+    emb, _ = _torch_embed(X, E, block_rows=64, check=False)
+    assert emb.shape == (300, 8)
+
+
+def test_torch_pipeline_cpu_empty_and_no_used_genes():
+    pytest.importorskip("torch")
+    X, E = _data(n=50, g=30, d=8, density=0.2, seed=9)
+    emb, ws = _torch_embed(X[:0], E)
+    assert emb.shape == (0, 8) and ws.shape == (0,)
+    emb, ws = _torch_embed(X, np.zeros_like(E))
+    assert np.all(emb == 0) and np.all(ws == 0)
+
+
+def test_torch_pipeline_cpu_stager_error_propagates():
+    pytest.importorskip("torch")
+    X, E = _data(n=300, g=50, d=8, density=0.2, seed=10)
+
+    class Flaky:
+        shape = X.shape
+
+        def __getitem__(self, sl):
+            if sl.start >= 128:
+                raise OSError("disk read failed")
+            return X[sl].toarray()
+
+    with pytest.raises(OSError, match="disk read failed"):
+        _torch_embed(Flaky(), E, block_rows=64)
+
+
 # ---------------------------------------------------------------- GPU
 
 

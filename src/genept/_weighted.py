@@ -25,13 +25,14 @@ a 2-core AMD EPYC: GEMM ~40 GFLOP/s, sparse kernel ~8-15 GFLOP/s of useful work)
 scRNA-seq (2-10 % density) therefore takes the sparse kernel; dense numpy input and
 small dense panels take the GEMM.
 
-GPU kernel: see :func:`_embed_cuda`.
+GPU kernel: see :func:`_embed_torch`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -611,7 +612,7 @@ def weighted_embedding(
         block_rows = _default_block_rows(X, g)
     block_rows = max(1, int(block_rows))
     if dev.startswith("cuda"):
-        return _embed_cuda(
+        return _embed_torch(
             X,
             plan,
             normalize=normalize,
@@ -702,7 +703,7 @@ def _dask_chunk(block, plan: _Plan, normalize, n_total, n_jobs, check, device, p
     rows = block.shape[0]
     packed = np.empty((rows, plan.d + 2), np.float32)
     if device.startswith("cuda"):
-        emb, ws = _embed_cuda(
+        emb, ws = _embed_torch(
             block,
             plan,
             normalize=normalize,
@@ -769,159 +770,198 @@ def _embed_dask(X, plan, *, normalize, n_total, device, precision, block_rows, n
     return np.ascontiguousarray(emb_np, dtype=np.float32), np.asarray(wsum_np, dtype=np.float64)
 
 
-# --------------------------------------------------------------------------- CUDA
+# --------------------------------------------------------------------------- torch / CUDA
 
 _GPU_CUSPARSE_BELOW = 0.01  # density (over used genes) under which cuSPARSE SpMM is used
+_GPU_PINNED_OUT_BYTES = 4 * 2**30  # outputs up to this size are pinned: D2H goes straight in
+_STAGE_SPLIT_BYTES = 8 * 2**20  # host staging copies are split across threads above this
 
 
-def _embed_cuda(
+def _par_copy(
+    dst: np.ndarray, src: np.ndarray, pool: ThreadPoolExecutor | None, workers: int
+) -> None:
+    """``dst[:] = src`` split across ``pool`` (numpy releases the GIL for plain copies)."""
+    n = src.shape[0]
+    parts = 1 if pool is None else min(workers, max(1, src.nbytes // _STAGE_SPLIT_BYTES))
+    if parts <= 1:
+        dst[:] = src
+        return
+
+    def cp(rng):
+        a, b = rng
+        dst[a:b] = src[a:b]
+
+    list(pool.map(cp, _sub_ranges(n, -(-n // parts))))
+
+
+class _Slot:
+    """Host staging buffers of one in-flight block (pinned on CUDA), grown on demand."""
+
+    def __init__(self, pin: bool):
+        self.pin = pin
+        self.bufs: dict[str, Any] = {}
+        self.h2d_done = None  # CUDA event: the buffers may be overwritten after it
+
+    def host(self, name: str, n: int, dtype):
+        import torch
+
+        t = self.bufs.get(name)
+        if t is None or t.numel() < n or t.dtype != dtype:
+            t = torch.empty(max(n, 1), dtype=dtype, pin_memory=self.pin)
+            self.bufs[name] = t
+        return t[:n]
+
+
+_TORCH_INDEX = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+
+
+def _embed_torch(
     X, plan: _Plan, *, normalize, n_total, device, precision, block_rows, check, show_progress
 ) -> tuple[np.ndarray, np.ndarray]:
-    """GPU path: CSR row blocks streamed through pinned memory, compute overlapped.
+    """GPU path (torch; also runs on a torch CPU device, which is how CI tests its logic).
 
-    Per block: the CSR slices (indptr, indices, data) are copied into a pinned host
-    staging slot, sent to the GPU on a copy stream (double-buffered with events),
-    densified on the GPU to the used genes and multiplied by the resident ``E_used``
-    (fp32 / tf32 / bf16 tensor cores), or, below ``_GPU_CUSPARSE_BELOW`` density,
-    multiplied with cuSPARSE. The normalised block goes back asynchronously into a
-    pinned host slot, then into the numpy output. GPU memory is bounded by the block
-    size. Checks (min, non-finite) accumulate on the device and are read once at the end.
+    A stager thread reads the next row block (from memory, disk or dask), converts it to
+    CSR and copies indptr / indices (kept int32) / data into a slot of pinned host
+    buffers, the copy split across threads, while the GPU works on the current block.
+    Each slot is sent to the GPU on its own copy stream; the compute stream waits for it
+    (event), densifies the block over the used genes (``index_put_``) and multiplies it
+    by the resident ``E_used`` (fp32 IEEE, TF32 or bf16 tensor cores, fp32
+    accumulation), or below ``_GPU_CUSPARSE_BELOW`` density uses cuSPARSE SpMM (fp32).
+    Rows are normalised on the GPU and copied back asynchronously straight into the
+    pinned output (outputs over ``_GPU_PINNED_OUT_BYTES`` use pageable memory and a
+    synchronous copy instead). GPU memory is bounded by two blocks whatever the number
+    of cells. Checks (min, non-finite) accumulate on the device and are read at the end.
     """
     import torch
 
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
     n, d = X.shape[0], plan.d
-    emb_out = np.empty((n, d), np.float32)
-    wsum_out = np.empty(n, np.float64)
-    if n == 0:
-        return emb_out, wsum_out
     n_used = plan.n_used
+    pin_out = cuda and n * d * 4 <= _GPU_PINNED_OUT_BYTES
+    emb_t = torch.empty((n, d), dtype=torch.float32, pin_memory=pin_out)
+    ws_t = torch.empty(n, dtype=torch.float64, pin_memory=pin_out)
+    if n == 0:
+        return emb_t.numpy(), ws_t.numpy()
     mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # E_used resident, with an extra zero row: unused genes map to index n_used
     E_dev = torch.zeros((n_used + 1, d), dtype=torch.float32, device=dev)
     if n_used:
         E_dev[:n_used].copy_(torch.from_numpy(plan.E_used))
-    E_mm = E_dev.to(mm_dtype)
+    E_mm = E_dev if mm_dtype == torch.float32 else E_dev.to(mm_dtype)
     colmap = plan.colmap.astype(np.int64)
     colmap[colmap < 0] = n_used
     colmap_dev = torch.from_numpy(colmap).to(dev)
-
-    copy_stream = torch.cuda.Stream(dev)
-    comp_stream = torch.cuda.current_stream(dev)
-    n_slots = 2
-    slots: list[dict] = [{} for _ in range(n_slots)]
     vmin_dev = torch.full((), float("inf"), dtype=torch.float32, device=dev)
     nbad_dev = torch.zeros((), dtype=torch.int64, device=dev)
 
-    def pinned(slot, name, shape, dtype):
-        t = slot.get(name)
-        numel = int(np.prod(shape))
-        if t is None or t.numel() < numel:
-            t = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
-            slot[name] = t
-        return t[:numel].view(*shape) if len(shape) > 1 else t[:numel]
+    copy_stream = torch.cuda.Stream(dev) if cuda else None
+    comp_stream = torch.cuda.current_stream(dev) if cuda else None
+    slots = [_Slot(pin=cuda), _Slot(pin=cuda)]
+    copy_workers = min(8, _n_jobs(None))
+    copy_pool = ThreadPoolExecutor(copy_workers) if cuda and copy_workers > 1 else None
+    stager = ThreadPoolExecutor(1)
+    blocks = _row_blocks(X, block_rows)
+
+    def stage(slot: _Slot):
+        """Next block into the slot's host buffers; None at the end."""
+        item = next(blocks, None)
+        if item is None:
+            return None
+        a, b, blk = item
+        blk = _as_block(blk)
+        if not sparse.issparse(blk):
+            blk = sparse.csr_matrix(blk)
+        if slot.h2d_done is not None:
+            slot.h2d_done.synchronize()  # the slot's previous upload has left its buffers
+        idx_dtype = getattr(torch, _TORCH_INDEX.get(blk.indices.dtype, "int64"))
+        h = (
+            slot.host("indptr", b - a + 1, torch.int64),
+            slot.host("indices", blk.nnz, idx_dtype),
+            slot.host("data", blk.nnz, torch.float32),
+        )
+        for t, src in zip(h, (blk.indptr, blk.indices, blk.data), strict=True):
+            _par_copy(t.numpy(), src, copy_pool, copy_workers)
+        return a, b, h
+
+    def compute(d_indptr, d_idx, d_data, rows):
+        nonlocal vmin_dev, nbad_dev
+        nnz = d_idx.numel()
+        counts = d_indptr[1:] - d_indptr[:-1]
+        row_ids = torch.repeat_interleave(torch.arange(rows, device=dev), counts, output_size=nnz)
+        cols = colmap_dev[d_idx.long()]
+        finite = torch.isfinite(d_data)
+        if nnz:
+            nbad_dev = nbad_dev + (~finite).sum()
+            vmin_dev = torch.minimum(vmin_dev, torch.where(finite, d_data, torch.inf).min())
+        vals = torch.where(finite, d_data, 0.0)
+        usedv = torch.where(cols < n_used, vals.double(), 0.0)
+        ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
+        density = nnz / max(1, rows * max(n_used, 1))
+        if nnz == 0:
+            emb = torch.zeros((rows, d), dtype=torch.float32, device=dev)
+        elif density < _GPU_CUSPARSE_BELOW and precision == "fp32":
+            crow = d_indptr - d_indptr[0]
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+                A = torch.sparse_csr_tensor(
+                    crow, cols, vals, size=(rows, n_used + 1), check_invariants=False
+                )
+            emb = torch.sparse.mm(A, E_dev)
+        else:
+            dense = torch.zeros((rows, n_used + 1), dtype=torch.float32, device=dev)
+            dense.index_put_((row_ids, cols), vals, accumulate=True)
+            emb = (dense.to(mm_dtype) @ E_mm).float()
+        if normalize == "l2":
+            norms = torch.linalg.vector_norm(emb.double(), dim=1, keepdim=True)
+            emb = torch.where(norms > 0, emb / norms.clamp_min(1e-300).float(), emb)
+        elif normalize == "notebook":
+            emb = emb / float(n_total)
+        return emb, ws
 
     # fp32 GEMM mode: IEEE for "fp32" (default), tensor-core TF32 for "tf32"; restored after
     mm_backend = torch.backends.cuda.matmul
     new_api = hasattr(mm_backend, "fp32_precision")
-    prev_fp32 = mm_backend.fp32_precision if new_api else mm_backend.allow_tf32
-    if new_api:
+    prev = mm_backend.fp32_precision if new_api else mm_backend.allow_tf32
+    if cuda and new_api:
         mm_backend.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    else:  # pragma: no cover - torch < 2.9
+    elif cuda:  # pragma: no cover - torch < 2.9
         mm_backend.allow_tf32 = precision == "tf32"
-
-    def finish(slot):
-        """Wait for the slot's D2H copy and move results into the numpy output."""
-        if "pending" not in slot:
-            return
-        a, b = slot.pop("pending")
-        slot["d2h_done"].synchronize()
-        emb_out[a:b] = slot["emb_view"].numpy()
-        wsum_out[a:b] = slot["ws_view"].numpy()
-
     try:
-        with _progress(n, show_progress, "GenePT-w (cuda)") as bar:
-            for i, (a, b, blk) in enumerate(_row_blocks(X, block_rows)):
-                slot = slots[i % n_slots]
-                finish(slot)  # its pinned buffers are free again after this
-                rows = b - a
-                blk = _as_block(blk)
-                if not sparse.issparse(blk):
-                    blk = sparse.csr_matrix(blk)
-                nnz = blk.nnz
-                # ---- stage into pinned host memory
-                if "h2d_done" in slot:
-                    slot["h2d_done"].synchronize()  # previous H2D from this slot finished
-                h_indptr = pinned(slot, "indptr", (rows + 1,), torch.int64)
-                h_idx = pinned(slot, "indices", (nnz,), torch.int64)
-                h_data = pinned(slot, "data", (nnz,), torch.float32)
-                h_indptr.numpy()[:] = blk.indptr
-                h_idx.numpy()[:] = blk.indices
-                h_data.numpy()[:] = blk.data
-                # ---- async H2D on the copy stream, after compute freed the slot
-                with torch.cuda.stream(copy_stream):
-                    if "comp_done" in slot:
-                        copy_stream.wait_event(slot["comp_done"])
-                    d_indptr = h_indptr.to(dev, non_blocking=True)
-                    d_idx = h_idx.to(dev, non_blocking=True)
-                    d_data = h_data.to(dev, non_blocking=True)
-                    ev = torch.cuda.Event()
-                    ev.record(copy_stream)
-                    slot["h2d_done"] = ev
-                # ---- compute on the compute stream
-                comp_stream.wait_event(slot["h2d_done"])
-                for t in (d_indptr, d_idx, d_data):
-                    t.record_stream(comp_stream)
-                counts = d_indptr[1:] - d_indptr[:-1]
-                row_ids = torch.repeat_interleave(
-                    torch.arange(rows, device=dev), counts, output_size=nnz
-                )
-                cols = colmap_dev[d_idx]
-                finite = torch.isfinite(d_data)
-                if nnz:
-                    nbad_dev += (~finite).sum()
-                    vmin_dev = torch.minimum(vmin_dev, torch.where(finite, d_data, torch.inf).min())
-                vals = torch.where(finite, d_data, 0.0)
-                usedv = torch.where(cols < n_used, vals.double(), 0.0)
-                ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(
-                    0, row_ids, usedv
-                )
-                density = nnz / max(1, rows * max(n_used, 1))
-                if density < _GPU_CUSPARSE_BELOW and precision == "fp32":
-                    crow = d_indptr - d_indptr[0]
-                    A = torch.sparse_csr_tensor(crow, cols, vals, size=(rows, n_used + 1))
-                    emb = torch.sparse.mm(A, E_dev) if nnz else torch.zeros(rows, d, device=dev)
-                else:
-                    dense = torch.zeros((rows, n_used + 1), dtype=torch.float32, device=dev)
-                    dense.index_put_((row_ids, cols), vals, accumulate=True)
-                    A = dense.to(mm_dtype)
-                    emb = (A @ E_mm).float()
-                if normalize == "l2":
-                    norms = torch.linalg.vector_norm(emb.double(), dim=1, keepdim=True)
-                    emb = torch.where(norms > 0, emb / norms.clamp_min(1e-300).float(), emb)
-                elif normalize == "notebook":
-                    emb = emb / float(n_total)
-                # ---- async D2H into pinned host slots
-                h_emb = pinned(slot, "emb_host", (rows, d), torch.float32)
-                h_ws = pinned(slot, "ws_host", (rows,), torch.float64)
-                h_emb.copy_(emb, non_blocking=True)
-                h_ws.copy_(ws, non_blocking=True)
-                slot["emb_view"], slot["ws_view"] = h_emb, h_ws
-                done = torch.cuda.Event()
-                done.record(comp_stream)
-                slot["comp_done"] = done
-                slot["d2h_done"] = done
-                slot["pending"] = (a, b)
-                bar.update(rows)
-            for slot in slots:
-                finish(slot)
-        torch.cuda.synchronize(dev)
+        with _progress(n, show_progress, f"GenePT-w ({dev.type})") as bar:
+            i = 0
+            fut = stager.submit(stage, slots[0])
+            while (item := fut.result()) is not None:
+                a, b, h = item
+                slot = slots[i % 2]
+                if cuda:
+                    with torch.cuda.stream(copy_stream):
+                        dev_in = [t.to(dev, non_blocking=True) for t in h]
+                        slot.h2d_done = torch.cuda.Event()
+                        slot.h2d_done.record(copy_stream)
+                    fut = stager.submit(stage, slots[(i + 1) % 2])  # overlaps from here
+                    comp_stream.wait_event(slot.h2d_done)
+                    for t in dev_in:
+                        t.record_stream(comp_stream)
+                else:  # torch CPU: the stager fills the other slot meanwhile
+                    dev_in = list(h)
+                    fut = stager.submit(stage, slots[(i + 1) % 2])
+                emb, ws = compute(*dev_in, b - a)
+                emb_t[a:b].copy_(emb, non_blocking=pin_out)
+                ws_t[a:b].copy_(ws, non_blocking=pin_out)
+                bar.update(b - a)
+                i += 1
+        if cuda:
+            torch.cuda.synchronize(dev)
         stats = _Stats(vmin=float(vmin_dev.item()), n_bad=int(nbad_dev.item()))
         if check:
             _raise_if_bad(stats)
     finally:
-        if new_api:
-            mm_backend.fp32_precision = prev_fp32
-        else:  # pragma: no cover
-            mm_backend.allow_tf32 = prev_fp32
-    return emb_out, wsum_out
+        stager.shutdown(wait=True, cancel_futures=True)
+        if copy_pool is not None:
+            copy_pool.shutdown()
+        if cuda and new_api:
+            mm_backend.fp32_precision = prev
+        elif cuda:  # pragma: no cover
+            mm_backend.allow_tf32 = prev
+    return emb_t.numpy(), ws_t.numpy()
