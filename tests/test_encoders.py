@@ -110,3 +110,20 @@ def test_packaged_minilm(minilm, tmp_path):
     assert minilm.max_tokens == 256
     n = minilm.count_tokens(["CD3E CD8A", "hello"])
     assert n.tolist()[1] == 3  # [CLS] hello [SEP]
+
+
+def test_local_folder_model_knows_its_limits_before_first_use(tmp_path):
+    """A model from a folder (not the packaged name) reports max_tokens / dim before any
+    encode call: token budgets of cell sentences are computed before encoding."""
+    from genept.encoders._sentence_transformers import packaged_minilm_path
+    from genept.pp import token_budget
+
+    enc = SentenceTransformerEncoder(str(packaged_minilm_path()), device="cpu")
+    assert enc._model is None
+    assert enc.max_tokens == 256  # read from the folder's model, loaded on demand
+    assert enc.dim == 384
+    counts, budget = token_budget(
+        SentenceTransformerEncoder(str(packaged_minilm_path()), device="cpu"), ["CD3E", "MS4A1"]
+    )
+    assert budget == 254  # 256 minus [CLS] and [SEP]
+    assert counts.tolist() == enc.count_tokens(["CD3E", "MS4A1"]).__sub__(2).tolist()

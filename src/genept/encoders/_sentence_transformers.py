@@ -129,8 +129,27 @@ class SentenceTransformerEncoder(TextEncoder):
             )
             ident += "|" + hashlib.sha1(repr(sizes).encode()).hexdigest()[:12]
         self.cache_id = ident
-        self.dim = 384 if self.model_name.endswith("all-MiniLM-L6-v2") else None
-        self.max_tokens = max_tokens or (256 if self.model_name.endswith("all-MiniLM-L6-v2") else None)
+        minilm = self.model_name.endswith("all-MiniLM-L6-v2")
+        self._dim = 384 if minilm else None
+        self._max_tokens = max_tokens or (256 if minilm else None)
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens the model reads (its ``max_seq_length``); loads the model if unknown."""
+        if self._max_tokens is None and self._model is None:
+            self._model = self._load()
+        return self._max_tokens
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension; loads the model if unknown."""
+        if self._dim is None and self._model is None:
+            self._model = self._load()
+        return self._dim
+
+    @dim.setter
+    def dim(self, value: int | None) -> None:
+        self._dim = value
 
     @property
     def model(self):
@@ -172,9 +191,9 @@ class SentenceTransformerEncoder(TextEncoder):
         fp16 = self.fp16 if self.fp16 is not None else device.startswith("cuda")
         if fp16:
             st.half()
-        self.max_tokens = int(st.max_seq_length)
+        self._max_tokens = int(st.max_seq_length) if st.max_seq_length else None
         get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        self._dim = int(get_dim())
         return st
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
