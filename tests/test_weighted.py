@@ -365,6 +365,25 @@ def test_torch_pipeline_cpu_uses_cusparse_below_threshold(monkeypatch):
     _assert_close(got, X, E)
 
 
+def test_torch_pipeline_cpu_sparse_path_unsorted_and_bad_unused_gene():
+    pytest.importorskip("torch")
+    X, E = _data(n=200, g=1000, d=16, density=0.004, seed=11)
+    Xu = X.copy()
+    for r in range(Xu.shape[0]):  # reverse each row's column order: non-canonical CSR
+        a, b = Xu.indptr[r], Xu.indptr[r + 1]
+        Xu.indices[a:b] = Xu.indices[a:b][::-1].copy()
+        Xu.data[a:b] = Xu.data[a:b][::-1].copy()
+    Xu.has_sorted_indices = False
+    before = Xu.indices.copy()
+    _assert_close(_torch_embed(Xu, E, block_rows=50), X, E)
+    assert np.array_equal(Xu.indices, before)  # the user's matrix is not sorted in place
+    unused = np.flatnonzero(~np.any(E != 0, axis=1))
+    Xb = X.tolil()
+    Xb[5, unused[0]] = np.nan  # a NaN on a gene without embedding still fails the check
+    with pytest.raises(ValueError, match="NaN"):
+        _torch_embed(Xb.tocsr(), E, block_rows=50)
+
+
 def test_torch_pipeline_cpu_dense_input_bf16_and_int64_indices():
     pytest.importorskip("torch")
     X, E = _data(n=400, g=120, d=32, density=0.25, seed=7)
