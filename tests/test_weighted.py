@@ -315,6 +315,38 @@ def test_progress_bar(capsys):
     assert "GenePT-w" in capsys.readouterr().err
 
 
+def test_cpu_sparse_kernel_unsorted_and_duplicate_entries():
+    X, E = _data(n=600, g=300, d=40, density=0.03, seed=12)
+    rng = np.random.default_rng(0)
+    rows, cols, vals = [], [], []
+    for r in range(X.shape[0]):  # shuffled columns and a split (duplicated) entry per row
+        a, b = X.indptr[r], X.indptr[r + 1]
+        perm = rng.permutation(b - a)
+        c, v = X.indices[a:b][perm], X.data[a:b][perm]
+        if c.size:
+            c, v = np.append(c, c[0]), np.append(v, v[0] * 0.5)
+            v[0] *= 0.5
+        rows.append(np.full(c.size, r)), cols.append(c), vals.append(v)
+    indptr = np.concatenate([[0], np.cumsum([c.size for c in cols])])
+    Xn = sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=X.shape)
+    assert not Xn.has_canonical_format
+    kinds = []
+    plan = _make_plan(E)
+    got = _embed_cpu(
+        Xn,
+        plan,
+        normalize="l2",
+        n_total=300,
+        block_rows=256,
+        n_jobs=2,
+        check=True,
+        show_progress=False,
+        kernel_log=kinds,
+    )
+    assert set(kinds) == {"sparse"}
+    _assert_close(got, X, E)
+
+
 # ---------------------------------------------------------------- torch pipeline on CPU
 # The GPU path is one torch pipeline (stager thread, slots, densify/cuSPARSE, GEMM,
 # normalisation, device-side checks); on a torch CPU device everything but the CUDA

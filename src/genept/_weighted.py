@@ -6,16 +6,16 @@ container (numpy, scipy sparse, dask, h5py / anndata backed), then normalises ro
 
 CPU kernels (chosen per row block)
 ----------------------------------
-* **sparse**: the block's CSR is converted (in cache, per sub-block of
-  ``_SUB_ROWS`` rows) into a CSC restricted to the genes that have an embedding
-  (*column compaction*), then, for each tile of ``_TILE`` embedding dimensions, every
-  gene's embedding tile is read once and added into the rows of the sub-block that
-  express it. The output tile of the sub-block stays in L2, the embedding row in L1,
-  so memory traffic per non-zero is far below scipy's CSR @ dense (which streams a
-  whole embedding row from memory per non-zero). Numba, ``nogil``, sub-blocks run on
-  ``n_jobs`` threads. Summation per output element is over genes in increasing
-  order in float32, the same order as scipy's CSR kernel on sorted indices, so
-  results are bitwise equal to ``scipy X @ E`` (float32) on canonical CSR input.
+* **sparse**: each sub-block of ``_SUB_ROWS`` rows is compacted (in cache) to a CSR
+  over the genes that have an embedding, then processed gene chunk by gene chunk: a
+  chunk's slab of ``E`` (``_SLAB_BYTES``, L2-resident) is shared by all rows of the
+  sub-block, and each row adds its non-zeros of that chunk into an accumulator the size
+  of one output row that stays in L1. Per non-zero the kernel reads one embedding row
+  from L2 and writes nothing, where scipy's CSR @ dense streams that row from memory
+  (and an earlier column-wise version of ours read and wrote an output row in L2).
+  Numba, ``nogil``, sub-blocks run on ``n_jobs`` threads. Each output element is summed
+  over genes in increasing order in float32, the order of scipy's CSR kernel on sorted
+  indices, so results are bitwise equal to ``scipy X @ E`` (float32) on canonical CSR.
 * **dense**: the block is densified to the used genes only and multiplied with BLAS
   (float32 GEMM).
 
@@ -50,8 +50,8 @@ __all__ = ["weighted_embedding"]
 Normalize = Literal["l2", "notebook", "none"]
 Precision = Literal["fp32", "tf32", "bf16"]
 
-_SUB_ROWS = 256  # rows per sparse sub-block (output tile 256 x _TILE floats fits L2)
-_TILE = 384  # embedding dimensions per tile of the sparse kernel
+_SUB_ROWS = 256  # rows per sparse sub-block (one task of the thread pool)
+_SLAB_BYTES = 3 * 2**18  # gene chunk of E shared by a sub-block's rows: 768 KiB (~L2)
 _DEFAULT_BLOCK_ROWS = 4096
 _DENSE_BLOCK_BYTES = 256 * 2**20  # default row block of a dense X: about this many bytes
 
@@ -122,54 +122,61 @@ def _scan_dense(block, used_mask, wsum):  # pragma: no cover - numba
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
-def _csr_to_used_csc(indptr, indices, data, colmap, n_used):  # pragma: no cover - numba
-    """CSR (sub-)block -> CSC over the used genes only (counting sort, stable in rows)."""
+def _compact_csr(indptr, indices, data, colmap):  # pragma: no cover - numba
+    """CSR (sub-)block -> CSR over the used genes only (columns renumbered, order kept)."""
     n = indptr.size - 1
-    counts = np.zeros(n_used + 1, np.int64)
-    for k in range(indptr[0], indptr[n]):
-        c = colmap[indices[k]]
-        if c >= 0:
-            counts[c + 1] += 1
-    for c in range(n_used):
-        counts[c + 1] += counts[c]
-    nnz = counts[n_used]
-    rowidx = np.empty(nnz, np.int32)
-    vals = np.empty(nnz, np.float32)
-    pos = counts[:n_used].copy()
+    lo = indptr[0]
+    total = indptr[n] - lo
+    ip = np.empty(n + 1, np.int64)
+    ci = np.empty(total, np.int32)
+    cv = np.empty(total, np.float32)
+    m = 0
+    ip[0] = 0
     for r in range(n):
         for k in range(indptr[r], indptr[r + 1]):
             c = colmap[indices[k]]
             if c >= 0:
-                p = pos[c]
-                rowidx[p] = r
-                vals[p] = data[k]
-                pos[c] = p + 1
-    return counts, rowidx, vals
+                ci[m] = c
+                cv[m] = data[k]
+                m += 1
+        ip[r + 1] = m
+    return ip, ci, cv
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
-def _spmm_csc_tiled(colptr, rowidx, vals, Et, out, buf):  # pragma: no cover - numba
-    """out[:, tile] = X_sub @ E[:, tile] for every tile; ``Et`` is (n_tiles, n_used, T)."""
-    n_used = colptr.size - 1
-    n_tiles = Et.shape[0]
-    T = Et.shape[2]
-    d = out.shape[1]
-    n = out.shape[0]
-    for t in range(n_tiles):
-        Ett = Et[t]
-        buf[:] = 0.0
-        for c in range(n_used):
-            e = Ett[c]
-            for k in range(colptr[c], colptr[c + 1]):
-                o = buf[rowidx[k]]
-                v = vals[k]
-                for j in range(T):  # range from 0: vectorised by LLVM
-                    o[j] += v * e[j]
-        j0 = t * T
-        w = min(T, d - j0)
+def _spmm_gene_chunks(ip, ci, cv, Eu, out, chunk, ptr, acc):  # pragma: no cover - numba
+    """out = X_sub @ Eu for a compacted CSR sub-block, gene chunk by gene chunk.
+
+    ``ptr`` (rows) and ``acc`` (d) are scratch. Duplicates add up. Unsorted rows are
+    also right: a chunk stops at a row's first column beyond it, later chunks take the
+    rest, and the last chunk takes all that is left (only the summation order differs).
+    """
+    n = ip.size - 1
+    n_used = Eu.shape[0]
+    d = Eu.shape[1]
+    for r in range(n):
+        ptr[r] = ip[r]
+        for j in range(d):
+            out[r, j] = 0.0
+    for g0 in range(0, n_used, chunk):
+        g1 = g0 + chunk
         for r in range(n):
-            for j in range(w):
-                out[r, j0 + j] = buf[r, j]
+            k = ptr[r]
+            kend = ip[r + 1]
+            if k >= kend or ci[k] >= g1:
+                continue
+            o = out[r]
+            for j in range(d):
+                acc[j] = o[j]
+            while k < kend and ci[k] < g1:
+                e = Eu[ci[k]]
+                v = cv[k]
+                for j in range(d):
+                    acc[j] += v * e[j]
+                k += 1
+            ptr[r] = k
+            for j in range(d):
+                o[j] = acc[j]
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
@@ -197,7 +204,6 @@ class _Plan:
     colmap: np.ndarray  # (g,) int32, -1 for unused genes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _E_used: np.ndarray | None = field(default=None, repr=False)
-    _Et: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_genes(self) -> int:
@@ -225,22 +231,6 @@ class _Plan:
                     else np.ascontiguousarray(self.E[self.used])
                 )
             return self._E_used
-
-    @property
-    def Et(self) -> np.ndarray:
-        """Used embedding rows, tiled: (n_tiles, n_used, T) contiguous, zero-padded."""
-        with self._lock:
-            if self._Et is None:
-                d = self.d
-                T = min(_TILE, d)
-                n_tiles = -(-d // T)
-                Eu = self.E[self.used]
-                Et = np.zeros((n_tiles, self.n_used, T), np.float32)
-                for t in range(n_tiles):
-                    w = min(T, d - t * T)
-                    Et[t, :, :w] = Eu[:, t * T : t * T + w]
-                self._Et = Et
-            return self._Et
 
     def __getstate__(self):  # ship only E across processes; caches rebuild lazily
         return {"E": self.E, "used": self.used, "colmap": self.colmap}
@@ -393,15 +383,15 @@ def _cpu_block(
 
 def _sparse_kernel(block, plan: _Plan, out, pool, subs) -> None:
     indptr, indices, data = block.indptr, block.indices, block.data
-    Et = plan.Et
+    Eu = plan.E_used
+    chunk = max(16, _SLAB_BYTES // (4 * plan.d))
 
     def work(rng):
         a, b = rng
-        colptr, rowidx, vals = _csr_to_used_csc(
-            indptr[a : b + 1], indices, data, plan.colmap, plan.n_used
-        )
-        buf = np.empty((b - a, Et.shape[2]), np.float32)
-        _spmm_csc_tiled(colptr, rowidx, vals, Et, out[a:b], buf)
+        ip, ci, cv = _compact_csr(indptr[a : b + 1], indices, data, plan.colmap)
+        ptr = np.empty(b - a, np.int64)
+        acc = np.empty(plan.d, np.float32)
+        _spmm_gene_chunks(ip, ci, cv, Eu, out[a:b], chunk, ptr, acc)
 
     _pmap(pool, work, subs)
 
