@@ -42,6 +42,20 @@ def _data(n=60, g=40, d=12, density=0.2, seed=0, zero_rows=(3, 7), unused_every=
     return X, E
 
 
+def _cpu(X, E, **kw):
+    """``_embed_cpu`` with test defaults (kernel_log etc. passed through)."""
+    kw = {
+        "normalize": "l2",
+        "n_total": 1,
+        "block_rows": 300,
+        "n_jobs": 2,
+        "check": True,
+        "show_progress": False,
+        **kw,
+    }
+    return _embed_cpu(X, _make_plan(E), **kw)
+
+
 def _reference(X, E, normalize="l2", n_total=None):
     """Independent dense float64 reference."""
     Xd = X.toarray() if sparse.issparse(X) else np.asarray(X)
@@ -167,17 +181,7 @@ def test_both_kernels_any_density(force, density, monkeypatch):
     monkeypatch.setattr(w, "_dense_threshold", lambda d: 0.0 if force == "dense" else 2.0)
     log: list = []
     for Xc in (X, X.toarray()):
-        got = _embed_cpu(
-            Xc,
-            _make_plan(E),
-            normalize="l2",
-            n_total=1,
-            block_rows=300,
-            n_jobs=2,
-            check=True,
-            show_progress=False,
-            kernel_log=log,
-        )
+        got = _cpu(Xc, E, kernel_log=log)
         _assert_close(got, X, E)
     assert set(log) == {force}
 
@@ -186,17 +190,7 @@ def test_rule_picks_kernel_by_density():
     log: list = []
     for density, expect in [(0.02, "sparse"), (0.9, "dense")]:
         X, E = _data(n=300, g=100, d=256, density=density)
-        _embed_cpu(
-            X,
-            _make_plan(E),
-            normalize="none",
-            n_total=1,
-            block_rows=300,
-            n_jobs=1,
-            check=True,
-            show_progress=False,
-            kernel_log=log,
-        )
+        _cpu(X, E, normalize="none", n_jobs=1, kernel_log=log)
         assert log[-1] == expect
 
 
@@ -331,18 +325,7 @@ def test_cpu_sparse_kernel_unsorted_and_duplicate_entries():
     Xn = sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=X.shape)
     assert not Xn.has_canonical_format
     kinds = []
-    plan = _make_plan(E)
-    got = _embed_cpu(
-        Xn,
-        plan,
-        normalize="l2",
-        n_total=300,
-        block_rows=256,
-        n_jobs=2,
-        check=True,
-        show_progress=False,
-        kernel_log=kinds,
-    )
+    got = _cpu(Xn, E, n_total=300, block_rows=256, kernel_log=kinds)
     assert set(kinds) == {"sparse"}
     _assert_close(got, X, E)
 

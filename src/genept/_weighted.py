@@ -30,6 +30,7 @@ GPU kernel: see :func:`_embed_torch`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -848,20 +849,15 @@ def _embed_torch(
     import torch
 
     dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    if cuda:
-        with _GPU_LOCK:
-            return _embed_torch_run(
-                X, plan, torch, dev, normalize, n_total, precision, block_rows, check, show_progress
-            )
-    return _embed_torch_run(
-        X, plan, torch, dev, normalize, n_total, precision, block_rows, check, show_progress
-    )
+    with _GPU_LOCK if dev.type == "cuda" else contextlib.nullcontext():
+        return _embed_torch_run(
+            X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress
+        )
 
 
-def _embed_torch_run(
-    X, plan, torch, dev, normalize, n_total, precision, block_rows, check, show_progress
-):
+def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress):
+    import torch
+
     cuda = dev.type == "cuda"
     n, d = X.shape[0], plan.d
     n_used = plan.n_used
