@@ -1,0 +1,1 @@
+"""Plumbing written once: row blocks, devices, progress bars, result keys, stores, docs."""
