@@ -9,44 +9,28 @@ logs, error messages or any file.
 
 from __future__ import annotations
 
-import email.utils
-import math
-import os
-import random
-import re
-import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from .._core._openai import (
+    MalformedAnswer,
+    OpenAIRequestError,
+    call_with_retry,
+    make_client,
+    redact,
+    resolve_base_url,
+    server_identity,
+)
 from ._base import TextEncoder
 
 __all__ = ["OpenAIEncoder", "OpenAIRequestError"]
 
-#: host of the official API: other hosts get their own cache entries
-_OFFICIAL_HOST = "api.openai.com"
 #: the API accepts at most this many inputs per request
 _MAX_INPUTS = 2048
 #: input-token limit of every OpenAI embedding model (8192 minus the end token)
 _MAX_TOKENS = 8191
-#: status codes worth retrying (the same the official client retries)
-_RETRY_STATUS = {408, 409, 429}
-
-
-class OpenAIRequestError(RuntimeError):
-    """A request to the embeddings API failed for good.
-
-    Attributes
-    ----------
-    status_code
-        The HTTP status of the last answer (``None`` for connection errors and timeouts).
-    """
-
-    def __init__(self, message: str, status_code: int | None = None):
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def _openai_models() -> dict[str, int]:
@@ -126,7 +110,7 @@ class OpenAIEncoder(TextEncoder):
         self.max_request_tokens = int(max_request_tokens)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.base_url = resolve_base_url(base_url)
         self.dim = self.dimensions or _openai_models().get(model)
         self.cache_id = self._make_cache_id()
         self._tokenizer: Any = None  # None: not tried yet; False: unavailable
@@ -136,15 +120,7 @@ class OpenAIEncoder(TextEncoder):
 
     def _host(self) -> str | None:
         """``host[:port][/path]`` of a non-official server (no credentials), else ``None``."""
-        if not self.base_url:
-            return None
-        parts = urlsplit(self.base_url)
-        host = (parts.hostname or "").lower()
-        if host == _OFFICIAL_HOST or not host:
-            return None
-        port = f":{parts.port}" if parts.port else ""
-        path = parts.path.rstrip("/")
-        return f"{host}{port}{path}"
+        return server_identity(self.base_url)
 
     def _make_cache_id(self) -> str:
         ident = f"openai:{self.model}"
@@ -158,17 +134,7 @@ class OpenAIEncoder(TextEncoder):
     # -- client -----------------------------------------------------------------------
 
     def _make_client(self, api_key: str | None):
-        import openai
-
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise ValueError(
-                "no OpenAI API key: set the environment variable OPENAI_API_KEY or pass "
-                "api_key=... (or use a local sentence-transformers model instead)"
-            )
-        return openai.OpenAI(
-            api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout
-        )
+        return make_client(api_key, self.base_url, self.timeout)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -187,11 +153,7 @@ class OpenAIEncoder(TextEncoder):
         return self._client
 
     def _redact(self, text: str) -> str:
-        secret = getattr(self._client, "api_key", None)
-        if isinstance(secret, str) and secret:
-            text = text.replace(secret, "***")
-        # partially masked keys as the API echoes them ("sk-abc***xyz")
-        return re.sub(r"\bsk-[A-Za-z0-9_\-*]{4,}", "sk-***", text)
+        return redact(text, getattr(self._client, "api_key", None))
 
     # -- tokens -----------------------------------------------------------------------
 
@@ -257,74 +219,37 @@ class OpenAIEncoder(TextEncoder):
         parts = [self._request(prepared[a:b]) for a, b in self._requests(counts)]
         return np.concatenate(parts, axis=0)
 
-    def _wait(self, attempt: int, error: Exception) -> float:
-        """Seconds to wait before retry ``attempt`` (0-based)."""
-        retry_after = _retry_after(getattr(error, "response", None))
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.backoff_max)
-        delay = min(self.backoff_max, self.backoff_base * 2.0**attempt)
-        return delay * (0.5 + 0.5 * random.random())  # jitter
-
     def _request(self, texts: list[str]) -> np.ndarray:
-        import openai
-
         kwargs: dict[str, Any] = {"model": self.model, "input": texts}
         if self.dimensions is not None:
             kwargs["dimensions"] = self.dimensions
         where = f"the embeddings API at {self._host()}" if self._host() else "the OpenAI API"
-        attempt = 0
-        while True:
-            try:
-                resp = self.client.embeddings.create(**kwargs)
-                break
-            except openai.APIStatusError as e:
-                status = int(e.status_code)
-                if status not in _RETRY_STATUS and status < 500:
-                    raise self._fatal(e, status, where) from None
-                error: Exception = e
-                what = f"HTTP {status}"
-            except openai.APIConnectionError as e:  # includes APITimeoutError
-                error, status = e, None
-                what = (
-                    "a timeout" if isinstance(e, openai.APITimeoutError) else "a connection error"
-                )
-            if attempt >= self.max_retries:
-                msg = self._redact(getattr(error, "message", "") or str(error))
-                raise OpenAIRequestError(
-                    f"{where} failed with {what} after {attempt + 1} attempt(s) "
-                    f"({msg}); finished batches are cached, so rerunning resumes where "
-                    "this stopped",
-                    status,
-                ) from None
-            wait = self._wait(attempt, error)
-            from scanpy import logging as logg
+        client = self.client  # a missing key fails here, not inside the retries
+        return call_with_retry(
+            lambda: client.embeddings.create(**kwargs),
+            lambda resp: self._parse(resp, len(texts), where),
+            where=where,
+            model=self.model,
+            max_retries=self.max_retries,
+            secret=getattr(self._client, "api_key", None),
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            fatal_hint=self._fatal_hint,
+            resume_note="finished batches are cached, so rerunning resumes where this stopped",
+        )
 
-            logg.info(
-                f"{where} answered {what}; retry {attempt + 1}/{self.max_retries} in {wait:.2g} s"
-            )
-            time.sleep(wait)
-            attempt += 1
-        return self._parse(resp, len(texts), where)
-
-    def _fatal(self, e: Exception, status: int, where: str) -> OpenAIRequestError:
-        msg = self._redact(getattr(e, "message", "") or str(e))
-        if status == 401:
-            hint = "the API key was rejected: check OPENAI_API_KEY (or the api_key argument)"
-        elif status == 403:
-            hint = "the API key may not use this model or endpoint: check OPENAI_API_KEY's project"
-        elif status == 404:
-            hint = f"model {self.model!r} or the endpoint was not found: check the model name and base_url"
-        elif status == 400 and ("maximum context length" in msg or "too long" in msg.lower()):
-            hint = (
+    def _fatal_hint(self, status: int, msg: str) -> str | None:
+        if status == 400 and ("maximum context length" in msg or "too long" in msg.lower()):
+            return (
                 f"a text is longer than {self.model}'s {_MAX_TOKENS} tokens; install tiktoken "
                 "(pip install tiktoken) so genept cuts long texts, or shorten them"
             )
-        else:
-            hint = "the request was refused and retrying will not help"
-        return OpenAIRequestError(f"{where} answered HTTP {status}: {hint} ({msg})", status)
+        return None
 
     def _parse(self, resp: Any, n: int, where: str) -> np.ndarray:
-        data = list(getattr(resp, "data", None) or [])
+        if not hasattr(resp, "data"):
+            raise MalformedAnswer(f"expected an embeddings list, got {type(resp).__name__}")
+        data = list(resp.data or [])
         index = [int(d.index) for d in data]
         if sorted(index) != list(range(n)):
             raise OpenAIRequestError(
@@ -344,31 +269,3 @@ class OpenAIEncoder(TextEncoder):
                 f"{self.dim}-d ones; is base_url serving another model?"
             )
         return np.stack(rows)
-
-
-def _retry_after(response: Any) -> float | None:
-    """Seconds asked for by ``Retry-After`` / ``retry-after-ms`` headers, if any."""
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000
-            if math.isfinite(value):
-                return value
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if ra is None:
-        return None
-    try:
-        value = float(ra)
-        return value if math.isfinite(value) else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
