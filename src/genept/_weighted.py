@@ -30,31 +30,37 @@ GPU kernel: see :func:`_embed_torch`.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from numba import njit
 from scipy import sparse
 
+from ._kernels.weighted._plan import (
+    _DEFAULT_BLOCK_ROWS,
+    _SUB_ROWS,
+    Normalize,
+    Precision,
+    _as_block,
+    _default_block_rows,
+    _make_plan,
+    _n_jobs,
+    _normalize_rows,
+    _Plan,
+    _progress,
+    _raise_if_bad,
+    _row_blocks,
+    _Stats,
+    _sub_ranges,
+)
+from ._kernels.weighted._torch import _embed_torch
 from ._settings import settings
 from ._utils import is_dask
 
 __all__ = ["weighted_embedding"]
 
-Normalize = Literal["l2", "notebook", "none"]
-Precision = Literal["fp32", "tf32", "bf16"]
-
-_SUB_ROWS = 256  # rows per sparse sub-block (one task of the thread pool)
 _SLAB_BYTES = 3 * 2**18  # gene chunk of E shared by a sub-block's rows: 768 KiB (~L2)
-_DEFAULT_BLOCK_ROWS = 4096
-_DENSE_BLOCK_BYTES = 256 * 2**20  # default row block of a dense X: about this many bytes
 
 
 def _dense_threshold(d: int) -> float:
@@ -196,95 +202,6 @@ def _densify_used(indptr, indices, data, colmap, dense):  # pragma: no cover - n
 # --------------------------------------------------------------------------- plan
 
 
-@dataclass
-class _Plan:
-    """Everything about ``E`` that the kernels need, prepared once."""
-
-    E: np.ndarray  # (g, d) float32
-    used: np.ndarray  # int64 indices of genes with a non-zero embedding row
-    colmap: np.ndarray  # (g,) int32, -1 for unused genes
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _E_used: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def n_genes(self) -> int:
-        return self.E.shape[0]
-
-    @property
-    def d(self) -> int:
-        return self.E.shape[1]
-
-    @property
-    def n_used(self) -> int:
-        return self.used.size
-
-    @property
-    def used_mask(self) -> np.ndarray:
-        return self.colmap >= 0
-
-    @property
-    def E_used(self) -> np.ndarray:
-        with self._lock:
-            if self._E_used is None:
-                self._E_used = (
-                    self.E
-                    if self.n_used == self.n_genes
-                    else np.ascontiguousarray(self.E[self.used])
-                )
-            return self._E_used
-
-    def __getstate__(self):  # ship only E across processes; caches rebuild lazily
-        return {"E": self.E, "used": self.used, "colmap": self.colmap}
-
-    def __setstate__(self, state):
-        self.__init__(**state)
-
-
-def _make_plan(E: Any) -> _Plan:
-    E = np.asarray(E)
-    if E.ndim != 2:
-        raise ValueError(f"E must be a 2-D genes x d matrix, got shape {E.shape}")
-    E = np.ascontiguousarray(E, dtype=np.float32)
-    if not np.isfinite(E).all():
-        raise ValueError(
-            "E has NaN or infinite values; genes without an embedding must be zero rows"
-        )
-    used = np.flatnonzero(np.any(E != 0, axis=1))
-    colmap = np.full(E.shape[0], -1, np.int32)
-    colmap[used] = np.arange(used.size, dtype=np.int32)
-    return _Plan(E=E, used=used, colmap=colmap)
-
-
-# --------------------------------------------------------------------------- CPU block
-
-
-@dataclass
-class _Stats:
-    vmin: float = np.inf
-    n_bad: int = 0
-
-    def update(self, vmin: float, n_bad: int) -> None:
-        self.vmin = min(self.vmin, float(vmin))
-        self.n_bad += int(n_bad)
-
-
-def _raise_if_bad(stats: _Stats) -> None:
-    if stats.n_bad:
-        raise ValueError(
-            f"X has {stats.n_bad} NaN or infinite values: GenePT-w needs finite non-negative "
-            "normalised expression; clean the matrix or pass another `layer=`"
-        )
-    if stats.vmin < 0:
-        raise ValueError(
-            f"X has negative values (min {stats.vmin:.4g}): GenePT-w needs non-negative "
-            "normalised expression; did you pass scaled data? use layer=... or use_raw=True"
-        )
-
-
-def _sub_ranges(n: int, step: int) -> list[tuple[int, int]]:
-    return [(a, min(a + step, n)) for a in range(0, n, step)]
-
-
 def _pmap(pool: ThreadPoolExecutor | None, fn, items):
     if pool is None or len(items) <= 1:
         return [fn(it) for it in items]
@@ -395,82 +312,6 @@ def _sparse_kernel(block, plan: _Plan, out, pool, subs) -> None:
         _spmm_gene_chunks(ip, ci, cv, Eu, out[a:b], chunk, ptr, acc)
 
     _pmap(pool, work, subs)
-
-
-def _as_block(block: Any):
-    """A row block as canonical float32 CSR (int32/int64 indices) or C-contiguous float32."""
-    if sparse.issparse(block):
-        if block.format != "csr":
-            block = sparse.csr_matrix(block)
-        elif not isinstance(block, sparse.csr_matrix):
-            block = sparse.csr_matrix(block)
-        if block.data.dtype != np.float32:
-            block = block.astype(np.float32)
-        return block
-    if hasattr(block, "toarray") and not isinstance(block, np.ndarray):  # e.g. np.matrix-like
-        block = block.toarray()
-    return np.ascontiguousarray(np.asarray(block), dtype=np.float32)
-
-
-def _normalize_rows(emb: np.ndarray, normalize: Normalize, n_total: int) -> None:
-    """In place, float32 output; zero rows stay zero (never NaN)."""
-    if normalize == "l2":
-        norms = np.sqrt(np.einsum("ij,ij->i", emb, emb, dtype=np.float64))
-        nz = norms > 0
-        emb[nz] /= norms[nz, None].astype(np.float32)
-    elif normalize == "notebook":
-        emb /= np.float32(n_total)
-    elif normalize != "none":
-        raise ValueError(f"normalize must be 'l2', 'notebook' or 'none', got {normalize!r}")
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _n_jobs(n_jobs: int | None) -> int:
-    if n_jobs is None or n_jobs == 0:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover
-            return os.cpu_count() or 1
-    if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-    return n_jobs
-
-
-def _default_block_rows(X: Any, n_genes: int) -> int:
-    if sparse.issparse(X) or _is_backed_sparse(X):
-        return _DEFAULT_BLOCK_ROWS
-    return int(max(_SUB_ROWS, min(65536, _DENSE_BLOCK_BYTES // max(1, 4 * n_genes))))
-
-
-def _is_backed_sparse(X: Any) -> bool:
-    mod = type(X).__module__
-    return mod.startswith("anndata") and hasattr(X, "format") and hasattr(X, "shape")
-
-
-def _row_blocks(X: Any, block_rows: int) -> Iterator[tuple[int, int, Any]]:
-    """Row blocks of X as (start, stop, block); reads only that slice from disk."""
-    n = X.shape[0]
-    if sparse.issparse(X) and X.format != "csr":
-        X = sparse.csr_matrix(X)  # CSC etc.: one conversion, then O(1) row slices
-    if sparse.issparse(X):
-        indptr, indices, data = X.indptr, X.indices, X.data
-        for a in range(0, n, block_rows):
-            b = min(a + block_rows, n)
-            lo, hi = indptr[a], indptr[b]
-            # zero-copy CSR view of the rows
-            blk = sparse.csr_matrix(
-                (data[lo:hi], indices[lo:hi], indptr[a : b + 1] - lo), shape=(b - a, X.shape[1])
-            )
-            yield a, b, blk
-        return
-    for a in range(0, n, block_rows):
-        b = min(a + block_rows, n)
-        yield a, b, X[a:b]
-
-
-# --------------------------------------------------------------------------- public
 
 
 def weighted_embedding(
@@ -647,12 +488,6 @@ def _resolve_device(device: str) -> str:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def _progress(total: int, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not show, desc=desc, unit="rows")
-
-
 def _embed_cpu(
     X,
     plan: _Plan,
@@ -759,278 +594,3 @@ def _embed_dask(X, plan, *, normalize, n_total, device, precision, block_rows, n
         return emb, wsum
     emb_np, wsum_np = dask.compute(emb, wsum)
     return np.ascontiguousarray(emb_np, dtype=np.float32), np.asarray(wsum_np, dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- torch / CUDA
-
-_GPU_CUSPARSE_BELOW = 0.01  # density (over used genes) under which cuSPARSE SpMM is used
-_GPU_PINNED_OUT_BYTES = 4 * 2**30  # outputs up to this size are pinned: D2H goes straight in
-_STAGE_SPLIT_BYTES = 8 * 2**20  # host staging copies are split across threads above this
-
-
-def _par_copy(
-    dst: np.ndarray, src: np.ndarray, pool: ThreadPoolExecutor | None, workers: int
-) -> None:
-    """``dst[:] = src`` split across ``pool`` (numpy releases the GIL for plain copies)."""
-    n = src.shape[0]
-    parts = 1 if pool is None else min(workers, max(1, src.nbytes // _STAGE_SPLIT_BYTES))
-    if parts <= 1:
-        dst[:] = src
-        return
-
-    def cp(rng):
-        a, b = rng
-        dst[a:b] = src[a:b]
-
-    list(pool.map(cp, _sub_ranges(n, -(-n // parts))))
-
-
-class _Slot:
-    """Host staging buffers of one in-flight block (pinned on CUDA), grown on demand."""
-
-    def __init__(self, pin: bool):
-        self.pin = pin
-        self.bufs: dict[str, Any] = {}
-        self.h2d_done = None  # CUDA event: the input buffers may be overwritten after it
-        self.d2h_done = None  # CUDA event: the output buffers hold the results after it
-        self.pending = None  # (start, stop, emb buffer, weight-sum buffer) not yet copied
-
-    def host(self, name: str, n: int, dtype):
-        import torch
-
-        t = self.bufs.get(name)
-        if t is None or t.numel() < n or t.dtype != dtype:  # grow by 1.25x: fewer re-pins
-            t = torch.empty(max(int(n * 1.25), 1), dtype=dtype, pin_memory=self.pin)
-            self.bufs[name] = t
-        return t[:n]
-
-
-_TORCH_INDEX = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-
-_GPU_LOCK = threading.Lock()  # one GPU run at a time (dask threads; global matmul flags)
-
-
-def _set_fp32_matmul(precision: str):
-    """Set torch's fp32 matmul mode for ``precision``; returns a function restoring it."""
-    import torch
-
-    try:
-        prev = torch.get_float32_matmul_precision()
-    except RuntimeError:  # legacy and new flags were mixed by the caller
-        prev = None
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-
-    def restore():
-        torch.set_float32_matmul_precision(prev or "highest")
-
-    return restore
-
-
-def _embed_torch(
-    X, plan: _Plan, *, normalize, n_total, device, precision, block_rows, check, show_progress
-) -> tuple[np.ndarray, np.ndarray]:
-    """GPU path (torch; also runs on a torch CPU device, which is how CI tests its logic).
-
-    A stager thread reads the next row block (from memory, disk or dask), converts it to
-    CSR and copies indptr / indices (kept int32) / data into a slot of pinned host
-    buffers, the copy split across threads, while the GPU works on the current block.
-    Each slot goes to the GPU on a copy stream; the compute stream waits for it (event),
-    densifies the block over the used genes (one ``index_add_`` scatter; columns padded
-    to a multiple of 16 for aligned tensor-core GEMMs) and multiplies it by the resident
-    ``E_used``: fp32 IEEE, TF32 or bf16 (fp32 output where cuBLAS offers it). Below
-    ``_GPU_CUSPARSE_BELOW`` density the stager drops unembedded genes and remaps columns
-    on the host (cheap at that density) and cuSPARSE SpMM (fp32) is used. Normalised
-    rows go back on a third stream into the slot's pinned output buffers and are copied
-    into the numpy result when the slot comes round again. GPU memory is bounded by a
-    few blocks whatever the number of cells. Checks (min, non-finite) accumulate on the
-    device and are read at the end.
-    """
-    import torch
-
-    dev = torch.device(device)
-    with _GPU_LOCK if dev.type == "cuda" else contextlib.nullcontext():
-        return _embed_torch_run(
-            X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress
-        )
-
-
-def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress):
-    import torch
-
-    cuda = dev.type == "cuda"
-    n, d = X.shape[0], plan.d
-    n_used = plan.n_used
-    emb_out = np.empty((n, d), np.float32)
-    ws_out = np.empty(n, np.float64)
-    if n == 0:
-        return emb_out, ws_out
-    mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # E_used resident; unused genes map to the zero row n_used; K padded to 16 columns
-    K = -(-(n_used + 1) // 16) * 16
-    E_dev = torch.zeros((K, d), dtype=torch.float32, device=dev)
-    if n_used:
-        E_dev[:n_used].copy_(torch.from_numpy(plan.E_used))
-    E_mm = E_dev if mm_dtype == torch.float32 else E_dev.to(mm_dtype)
-    colmap = plan.colmap.astype(np.int64)
-    colmap[colmap < 0] = n_used
-    colmap_dev = torch.from_numpy(colmap).to(dev)
-    vmin_dev = torch.full((), float("inf"), dtype=torch.float32, device=dev)
-    nbad_dev = torch.zeros((), dtype=torch.int64, device=dev)
-
-    copy_stream = torch.cuda.Stream(dev) if cuda else None
-    d2h_stream = torch.cuda.Stream(dev) if cuda else None
-    comp_stream = torch.cuda.current_stream(dev) if cuda else None
-    slots = [_Slot(pin=cuda), _Slot(pin=cuda)]
-    copy_workers = min(8, _n_jobs(None))
-    copy_pool = ThreadPoolExecutor(copy_workers) if cuda and copy_workers > 1 else None
-    stager = ThreadPoolExecutor(1)
-    blocks = _row_blocks(X, block_rows)
-
-    def stage(slot: _Slot):
-        """Next block into the slot's host buffers; None at the end."""
-        item = next(blocks, None)
-        if item is None:
-            return None
-        a, b, blk = item
-        blk = _as_block(blk)
-        if not sparse.issparse(blk):
-            blk = sparse.csr_matrix(blk)
-        rows = b - a
-        use_sparse = precision == "fp32" and blk.nnz < _GPU_CUSPARSE_BELOW * rows * max(n_used, 1)
-        indptr, indices, data = blk.indptr, blk.indices, blk.data
-        if use_sparse and blk.nnz:
-            # cuSPARSE wants sorted, unique columns: drop unembedded genes, remap on the host
-            if not blk.has_sorted_indices:
-                blk = blk.sorted_indices()
-                indptr, indices, data = blk.indptr, blk.indices, blk.data
-            c = plan.colmap[indices]
-            keep = c >= 0
-            # unembedded genes still count for the checks: keep their bad values visible
-            bad = ~np.isfinite(data) | (data < 0)
-            keep |= bad
-            c = np.where(keep & (c < 0), n_used, c)
-            kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
-            indptr = kept_before[indptr - indptr[0]]
-            indices, data = c[keep].astype(np.int32), data[keep]
-        if slot.h2d_done is not None:
-            slot.h2d_done.synchronize()  # the slot's previous upload has left its buffers
-        idx_dtype = getattr(torch, _TORCH_INDEX.get(np.dtype(indices.dtype), "int64"))
-        h = (
-            slot.host("indptr", rows + 1, torch.int64),
-            slot.host("indices", indices.size, idx_dtype),
-            slot.host("data", data.size, torch.float32),
-        )
-        for t, src in zip(h, (indptr, indices, data), strict=True):
-            _par_copy(t.numpy(), src, copy_pool, copy_workers)
-        return a, b, h, use_sparse and blk.nnz > 0
-
-    def compute(d_indptr, d_idx, d_data, rows, use_sparse):
-        nonlocal vmin_dev, nbad_dev
-        nnz = d_idx.numel()
-        counts = d_indptr[1:] - d_indptr[:-1]
-        row_ids = torch.repeat_interleave(torch.arange(rows, device=dev), counts, output_size=nnz)
-        cols = d_idx.long() if use_sparse else colmap_dev[d_idx.long()]
-        finite = torch.isfinite(d_data)
-        if nnz:
-            nbad_dev = nbad_dev + (~finite).sum()
-            vmin_dev = torch.minimum(vmin_dev, torch.where(finite, d_data, torch.inf).min())
-        vals = torch.where(finite, d_data, 0.0)
-        usedv = torch.where(cols < n_used, vals.double(), 0.0)
-        ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
-        if nnz == 0:
-            emb = torch.zeros((rows, d), dtype=torch.float32, device=dev)
-        elif use_sparse:
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-                A = torch.sparse_csr_tensor(
-                    d_indptr, cols, vals, size=(rows, K), check_invariants=False
-                )
-            emb = torch.sparse.mm(A, E_dev)
-        else:
-            dense = torch.zeros((rows, K), dtype=torch.float32, device=dev)
-            dense.view(-1).index_add_(0, row_ids * K + cols, vals)
-            A = dense if mm_dtype == torch.float32 else dense.to(mm_dtype)
-            emb = None
-            if cuda and mm_dtype != torch.float32:
-                try:  # bf16 inputs, fp32 output (cuBLAS keeps the fp32 accumulator)
-                    emb = torch.mm(A, E_mm, out_dtype=torch.float32)
-                except (TypeError, RuntimeError):  # pragma: no cover - older torch
-                    emb = None
-            if emb is None:
-                emb = (A @ E_mm).float()
-        if normalize == "l2":
-            norms = torch.linalg.vector_norm(emb.double(), dim=1, keepdim=True)
-            emb = torch.where(norms > 0, emb / norms.clamp_min(1e-300).float(), emb)
-        elif normalize == "notebook":
-            emb = emb / float(n_total)
-        return emb, ws
-
-    def finish(slot: _Slot):
-        """The slot's last results, once their D2H copy is done, into the numpy output."""
-        if slot.pending is None:
-            return
-        a, b, h_emb, h_ws = slot.pending
-        slot.pending = None
-        slot.d2h_done.synchronize()
-        _par_copy(emb_out[a:b], h_emb.numpy(), copy_pool, copy_workers)
-        ws_out[a:b] = h_ws.numpy()
-
-    restore = _set_fp32_matmul(precision) if cuda else None
-    try:
-        with _progress(n, show_progress, f"GenePT-w ({dev.type})") as bar:
-            i = 0
-            fut = stager.submit(stage, slots[0])
-            while (item := fut.result()) is not None:
-                a, b, h, use_sparse = item
-                rows = b - a
-                slot = slots[i % 2]
-                finish(slot)  # block i - 2's results leave the slot's output buffers
-                if cuda:
-                    with torch.cuda.stream(copy_stream):
-                        dev_in = [t.to(dev, non_blocking=True) for t in h]
-                        slot.h2d_done = torch.cuda.Event()
-                        slot.h2d_done.record(copy_stream)
-                    fut = stager.submit(stage, slots[(i + 1) % 2])  # overlaps from here
-                    comp_stream.wait_event(slot.h2d_done)
-                    for t in dev_in:
-                        t.record_stream(comp_stream)
-                else:  # torch CPU: the stager fills the other slot meanwhile
-                    dev_in = list(h)
-                    fut = stager.submit(stage, slots[(i + 1) % 2])
-                emb, ws = compute(*dev_in, rows, use_sparse)
-                if cuda:
-                    done = torch.cuda.Event()
-                    done.record(comp_stream)
-                    with torch.cuda.stream(d2h_stream):
-                        d2h_stream.wait_event(done)
-                        h_emb = slot.host("emb", rows * d, torch.float32).view(rows, d)
-                        h_ws = slot.host("ws", rows, torch.float64)
-                        h_emb.copy_(emb, non_blocking=True)
-                        h_ws.copy_(ws, non_blocking=True)
-                        emb.record_stream(d2h_stream)
-                        ws.record_stream(d2h_stream)
-                        slot.d2h_done = torch.cuda.Event()
-                        slot.d2h_done.record(d2h_stream)
-                    slot.pending = (a, b, h_emb, h_ws)
-                else:
-                    emb_out[a:b] = emb.numpy()
-                    ws_out[a:b] = ws.numpy()
-                bar.update(rows)
-                i += 1
-            for slot in slots:
-                finish(slot)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        stats = _Stats(vmin=float(vmin_dev.item()), n_bad=int(nbad_dev.item()))
-        if check:
-            _raise_if_bad(stats)
-    finally:
-        stager.shutdown(wait=True, cancel_futures=True)
-        if cuda:
-            torch.cuda.synchronize(dev)  # no copy may still target a slot being freed
-        if copy_pool is not None:
-            copy_pool.shutdown()
-        if restore is not None:
-            restore()
-    return emb_out, ws_out

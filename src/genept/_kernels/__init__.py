@@ -1,0 +1,1 @@
+"""Array-level numerical kernels (GenePT-w weighted sums, GenePT-s cell sentences)."""

@@ -1,0 +1,1 @@
+"""GenePT-w kernels: expression-weighted sums of gene embeddings."""
