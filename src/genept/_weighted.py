@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit
 from scipy import sparse
 
+from ._core._device import resolve_device
 from ._kernels.weighted._plan import (
     _DEFAULT_BLOCK_ROWS,
     _SUB_ROWS,
@@ -408,7 +409,7 @@ def weighted_embedding(
         raise ValueError(f"n_genes_total must be positive, got {n_total}")
     if show_progress is None:
         show_progress = settings.progress
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
 
     if is_dask(X):
         return _embed_dask(
@@ -465,27 +466,6 @@ def weighted_embedding(
         check=check,
         show_progress=show_progress,
     )
-
-
-def _resolve_device(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    if device == "auto":
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover
-            return "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={device!r} but torch.cuda.is_available() is False; use 'cpu'"
-            )
-        return device
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
 def _embed_cpu(

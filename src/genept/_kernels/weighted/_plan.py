@@ -5,7 +5,6 @@ Imported by every GenePT-w kernel (CPU numba, dask adapter, torch pipeline).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +12,9 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import sparse
+
+from ..._core._blocks import default_block_rows, iter_row_blocks
+from ..._core._device import resolve_n_jobs
 
 Normalize = Literal["l2", "notebook", "none"]
 Precision = Literal["fp32", "tf32", "bf16"]
@@ -139,46 +141,17 @@ def _normalize_rows(emb: np.ndarray, normalize: Normalize, n_total: int) -> None
 
 
 def _n_jobs(n_jobs: int | None) -> int:
-    if n_jobs is None or n_jobs == 0:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover
-            return os.cpu_count() or 1
-    if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-    return n_jobs
+    """CPU threads (``None``: :attr:`genept.settings.n_jobs`, default all cores)."""
+    return resolve_n_jobs(n_jobs)
 
 
 def _default_block_rows(X: Any, n_genes: int) -> int:
-    if sparse.issparse(X) or _is_backed_sparse(X):
-        return _DEFAULT_BLOCK_ROWS
-    return int(max(_SUB_ROWS, min(65536, _DENSE_BLOCK_BYTES // max(1, 4 * n_genes))))
-
-
-def _is_backed_sparse(X: Any) -> bool:
-    mod = type(X).__module__
-    return mod.startswith("anndata") and hasattr(X, "format") and hasattr(X, "shape")
+    return default_block_rows(X)
 
 
 def _row_blocks(X: Any, block_rows: int) -> Iterator[tuple[int, int, Any]]:
     """Row blocks of X as (start, stop, block); reads only that slice from disk."""
-    n = X.shape[0]
-    if sparse.issparse(X) and X.format != "csr":
-        X = sparse.csr_matrix(X)  # CSC etc.: one conversion, then O(1) row slices
-    if sparse.issparse(X):
-        indptr, indices, data = X.indptr, X.indices, X.data
-        for a in range(0, n, block_rows):
-            b = min(a + block_rows, n)
-            lo, hi = indptr[a], indptr[b]
-            # zero-copy CSR view of the rows
-            blk = sparse.csr_matrix(
-                (data[lo:hi], indices[lo:hi], indptr[a : b + 1] - lo), shape=(b - a, X.shape[1])
-            )
-            yield a, b, blk
-        return
-    for a in range(0, n, block_rows):
-        b = min(a + block_rows, n)
-        yield a, b, X[a:b]
+    return iter_row_blocks(X, block_rows)
 
 
 def _progress(total: int, show: bool, desc: str):
