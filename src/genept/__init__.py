@@ -4,6 +4,9 @@ Gene and cell embeddings built from language models of the literature (GenePT-w,
 GenePT-s), cell-type annotation that fuses them with expression foundation models
 (scMPT), gene programs, plots and the papers' evaluations.
 
+Sub-packages load on first use, so ``import genept`` is cheap and does not import
+torch, sentence-transformers, openai or scikit-learn.
+
 >>> import scanpy as sc, genept as gpt
 >>> adata = sc.datasets.pbmc68k_reduced()  # doctest: +SKIP
 >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
@@ -12,26 +15,26 @@ GenePT-s), cell-type annotation that fuses them with expression foundation model
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from . import bm, datasets, encoders, models, pl, pp, tl
-from ._gene_embeddings import GeneEmbeddings, read_gene_embeddings
+from ._core._lazy import attach
 from ._settings import settings
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager names
+    from . import bm, datasets, encoders, models, pl, pp, tl
+    from ._gene_embeddings import GeneEmbeddings, read_gene_embeddings
 
 try:
     __version__ = version("genept")
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
-__all__ = [
-    "GeneEmbeddings",
-    "__version__",
-    "bm",
-    "datasets",
-    "encoders",
-    "models",
-    "pl",
-    "pp",
-    "read_gene_embeddings",
-    "settings",
-    "tl",
-]
+__getattr__, __dir__, _lazy = attach(
+    __name__,
+    submodules=["bm", "datasets", "encoders", "models", "pl", "pp", "tl"],
+    attrs={
+        "GeneEmbeddings": "._gene_embeddings",
+        "read_gene_embeddings": "._gene_embeddings",
+    },
+)
+__all__ = [*_lazy, "__version__", "settings"]

@@ -7,35 +7,46 @@ Gene level: :func:`gene_property_auc`, :func:`gene_function_accuracy`,
 :func:`gene2vec_ggi`, :func:`huri`, :func:`panglao_markers`.
 """
 
-from ._cell_tasks import batch_metrics, cluster_metrics, knn_metrics
-from ._common import as_embedding_frame, random_like, summarize
-from ._gene_tasks import (
-    gene_function_accuracy,
-    gene_property_auc,
-    pair_auc,
-    pair_features,
-    sample_negative_pairs,
-)
-from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
-from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
+from __future__ import annotations
 
-__all__ = [
-    "ABLATION_MODES",
-    "ablation_embeddings",
-    "as_embedding_frame",
-    "batch_metrics",
-    "cluster_metrics",
-    "dosage_sensitive_tfs",
-    "gene2vec_ggi",
-    "gene_function_accuracy",
-    "gene_property_auc",
-    "huri",
-    "knn_metrics",
-    "marker_similarity",
-    "pair_auc",
-    "pair_features",
-    "panglao_markers",
-    "random_like",
-    "sample_negative_pairs",
-    "summarize",
-]
+from typing import TYPE_CHECKING
+
+from .._core._lazy import attach
+
+if TYPE_CHECKING:
+    from ._cell_tasks import batch_metrics, cluster_metrics, knn_metrics
+    from ._common import as_embedding_frame, random_like, summarize
+    from ._gene_tasks import (
+        gene_function_accuracy,
+        gene_property_auc,
+        pair_auc,
+        pair_features,
+        sample_negative_pairs,
+    )
+    from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
+    from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
+
+# name -> module it lives in; imported on first access (one line per public name)
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    attrs={
+        "batch_metrics": "._cell_tasks",
+        "cluster_metrics": "._cell_tasks",
+        "knn_metrics": "._cell_tasks",
+        "as_embedding_frame": "._common",
+        "random_like": "._common",
+        "summarize": "._common",
+        "gene_function_accuracy": "._gene_tasks",
+        "gene_property_auc": "._gene_tasks",
+        "pair_auc": "._gene_tasks",
+        "pair_features": "._gene_tasks",
+        "sample_negative_pairs": "._gene_tasks",
+        "dosage_sensitive_tfs": "._loaders",
+        "gene2vec_ggi": "._loaders",
+        "huri": "._loaders",
+        "panglao_markers": "._loaders",
+        "ABLATION_MODES": "._probes",
+        "ablation_embeddings": "._probes",
+        "marker_similarity": "._probes",
+    },
+)
