@@ -38,6 +38,7 @@ def test_each_kind():
         "case": 2,
         "alias": 2,
         "ambiguous": 0,
+        "missing": 0,
         "none": 1,
     }
     assert m.n_matched == 7

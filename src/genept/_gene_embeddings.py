@@ -48,6 +48,11 @@ class GeneEmbeddings:
             )
         if m.shape[1] == 0:
             raise ValueError("gene embeddings have zero columns")
+        if np.issubdtype(m.dtype, np.complexfloating):
+            raise ValueError(
+                f"gene embeddings must be real numbers, got complex dtype {m.dtype}; pass "
+                "np.real(...) or np.abs(...) yourself if that is what you mean"
+            )
         if not np.issubdtype(m.dtype, np.number):
             raise ValueError(f"gene embeddings must be numeric, got dtype {m.dtype}")
         m = np.ascontiguousarray(m, dtype=np.float32)
@@ -89,10 +94,11 @@ class GeneEmbeddings:
         if not mapping:
             raise ValueError("the gene embedding mapping is empty")
         genes = list(mapping)
-        lens = {np.asarray(v).reshape(-1).shape[0] for v in mapping.values()}
+        vecs = [_one_vector(g, mapping[g]) for g in genes]
+        lens = {v.shape[0] for v in vecs}
         if len(lens) != 1:
             raise ValueError(f"gene embeddings have different lengths: {sorted(lens)[:10]}")
-        mat = np.stack([np.asarray(mapping[g], dtype=np.float32).reshape(-1) for g in genes])
+        mat = np.stack(vecs)  # keeps the dtype: complex values are refused by __init__
         return cls(np.array(genes, dtype=object), mat, **kw)
 
     @classmethod
@@ -120,6 +126,19 @@ class GeneEmbeddings:
                 tmp.unlink()
 
 
+def _one_vector(gene, value) -> np.ndarray:
+    """One gene's vector: 1-d, or ``(1, dim)``; anything else is refused, not flattened."""
+    v = np.asarray(value)
+    if v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 1:
+        raise ValueError(
+            f"the embedding of gene {gene!r} has shape {v.shape}; each gene needs one 1-d "
+            "vector (several vectors per gene are not flattened: average or pick one first)"
+        )
+    return v
+
+
 def read_gene_embeddings(
     path: str | os.PathLike, *, allow_pickle: bool = False, **kw
 ) -> GeneEmbeddings:
@@ -142,7 +161,7 @@ def read_gene_embeddings(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no gene embedding file at {path}")
+        raise FileNotFoundError(f"the gene embedding file {path} does not exist")
     name = path.name.lower().rstrip(".")
     kw.setdefault("source", f"file:{path.name}")
     if name.endswith(".npz"):

@@ -102,6 +102,17 @@ def summary_texts(
     return pd.Series(out, dtype=object)
 
 
+_FILE_SUFFIXES = (".npz", ".parquet", ".pq", ".csv", ".tsv", ".txt", ".gz", ".pickle", ".pkl")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A string meant as a file: it has a folder part or a table file suffix."""
+    import os
+
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return any(c in source for c in seps) or source.lower().rstrip(".").endswith(_FILE_SUFFIXES)
+
+
 def resolve_source(
     source: Any,
     *,
@@ -148,6 +159,12 @@ def resolve_source(
         if Path(source).exists():
             emb = as_gene_embeddings(source, allow_pickle=allow_pickle)
             return GeneSource(emb.source, pd.Index(emb.genes), embeddings=emb, model=emb.model)
+        if _looks_like_path(source):
+            raise FileNotFoundError(
+                f"the gene embedding file {source!r} does not exist (looked in "
+                f"{Path(source).expanduser().resolve().parent}); check the path, or use one of "
+                f"the sources {list(TEXT_SOURCES) + list(PRECOMPUTED_SOURCES)}"
+            )
         raise ValueError(
             f"unknown gene embedding source {source!r}; choose one of "
             f"{list(TEXT_SOURCES) + list(PRECOMPUTED_SOURCES)}, or pass your own embeddings "

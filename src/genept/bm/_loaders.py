@@ -79,12 +79,12 @@ def _fetch(url: str, fname: str, known_hash: Any) -> Path:
 
 
 def _ensembl_to_symbol() -> pd.Series:
+    from .._gene_matching import ensembl_symbols
     from ..datasets._gene_cards import gene_cards
 
-    cards = gene_cards("human")
-    ens = cards["ensembl"].dropna().astype(str).str.split("|").explode()
-    s = pd.Series(ens.index.to_numpy(), index=ens.to_numpy())
-    return s[~s.index.duplicated(keep="first")]
+    # an id of several genes goes to the named gene; true ties are left out
+    resolved = {e: s for e, s in ensembl_symbols(gene_cards("human")).items() if isinstance(s, str)}
+    return pd.Series(resolved, dtype=object)
 
 
 def dosage_sensitive_tfs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -10,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._gene_matching import build_alias_maps, match_genes
+from .._gene_matching import build_alias_maps, is_missing_name, match_genes, mouse_like
 from .._gene_sources import TEXT_LEVELS, resolve_source
 from .._utils import check_adata, get_var_names, write_results
 from ..encoders import TextEncoder, get_encoder
@@ -28,6 +29,36 @@ def _alias_maps():
     from ..datasets import gene_cards
 
     return build_alias_maps(gene_cards("human"))
+
+
+#: share of mouse-style names above which a dataset is taken for mouse
+_MOUSE_SHARE = 0.5
+
+
+def _gene_names(adata: AnnData, gene_symbols: str | None) -> tuple[pd.Index, np.ndarray]:
+    """Names to match and the mask of missing ones (NaN/None/"" or "nan"/"NA" text)."""
+    names = get_var_names(adata, gene_symbols=gene_symbols)
+    raw = adata.var[gene_symbols].to_numpy(dtype=object) if gene_symbols is not None else names
+    missing = np.fromiter((is_missing_name(v) for v in raw), dtype=bool, count=len(names))
+    return names, missing
+
+
+def _mouse_check(names: pd.Index, missing: np.ndarray) -> bool:
+    """Warn and return True when most names look like mouse symbols (the cards are human)."""
+    mouse = mouse_like(list(names))
+    n = int((~missing).sum())
+    if n == 0 or mouse[~missing].sum() <= _MOUSE_SHARE * n:
+        return False
+    ex = ", ".join(map(str, names[mouse][:3]))
+    warnings.warn(
+        f"{int(mouse.sum())} of {n} gene names look like mouse symbols ({ex}, ...), but the gene "
+        "cards and aliases are human: genes are matched by symbol up to case only (alias "
+        "matches such as Gm83 -> DCAF13 would be wrong). For faithful embeddings map the "
+        "genes to their human orthologs first and pass them as gene_symbols=.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 def _no_match_error(names: pd.Index, adata: AnnData, source_genes: pd.Index, gene_symbols):
@@ -136,16 +167,19 @@ def embed_genes(
     if text_level not in TEXT_LEVELS:
         raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
     start = logg.info("embedding genes")
-    names = get_var_names(adata, gene_symbols=gene_symbols)
+    names, missing = _gene_names(adata, gene_symbols)
     if len(names) == 0:
         raise ValueError("adata has no genes (adata.n_vars == 0)")
     src = resolve_source(source, model=model if isinstance(model, str) or model is None else None,
                          text_level=text_level, allow_pickle=allow_pickle)
+    mouse = _mouse_check(names, missing)
     aliases, ensembl = _alias_maps()
-    match = match_genes(list(names), list(src.genes), aliases=aliases, ensembl=ensembl)
+    query = np.where(missing, "", names.to_numpy(dtype=object))
+    match = match_genes(list(query), list(src.genes), aliases=aliases, ensembl=ensembl,
+                        use_aliases=not mouse)
     target = match.target.copy()
     if src.name == "name":  # any gene has a name: unmatched genes are embedded as written
-        target = np.where(target == "", names.to_numpy(dtype=object), target)
+        target = np.where((target == "") & ~missing, names.to_numpy(dtype=object), target)
     has = target != ""
     if not has.any():
         raise _no_match_error(names, adata, src.genes, gene_symbols)
@@ -177,6 +211,17 @@ def embed_genes(
     M = np.zeros((len(names), dim), dtype=np.float32)
     row = needed.get_indexer(target[has])
     M[has] = vectors[row]
+    zero = has & ~M.any(axis=1)
+    if zero.any():  # an all-zero vector is no embedding (GenePT-w skips zero rows)
+        warnings.warn(
+            f"{int(zero.sum())} matched genes have an all-zero vector in the source (first: "
+            f"{', '.join(map(str, target[zero][:5]))}); they count as genes without an "
+            "embedding",
+            UserWarning,
+            stacklevel=2,
+        )
+        has &= ~zero
+        target = np.where(zero, "", target)
     prefix = uns_key_for(key_added)
     params = {
         "source": src.name,
@@ -186,6 +231,8 @@ def embed_genes(
         "n_genes_matched": int(has.sum()),
         "n_genes_total": len(names),
         "match_counts": counts,
+        "n_zero_vectors": int(zero.sum()),
+        "mouse_names": bool(mouse),
         "gene_symbols": gene_symbols or "var_names",
         "key_added": key_added,
     }

@@ -12,7 +12,9 @@ The numerics are small functions on arrays: :func:`similarity_edges` (row blocks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -217,20 +219,43 @@ def program_scores(
     ``X`` may be numpy, scipy sparse (never densified), dask or h5py-backed; ``W`` is
     the sparse ``(n_vars, n_programs)`` matrix of ``1/size`` weights.
     """
-    n_obs, n_vars = X.shape
-    W = _program_matrix(member_idx, n_vars)
-    if is_dask(X):
-        X = X.compute()  # row blocks below still bound the dense work
-    out = np.empty((n_obs, W.shape[1]), dtype=np.float64)
+    return _scores_and_min(X, member_idx, block_rows=block_rows)[0]
+
+
+def _row_blocks(X, block_rows: int) -> Iterator[tuple[int, int, Any]]:
+    """``(start, stop, block)`` over rows; a dask array computes one row slice at a time."""
+    n_obs = X.shape[0]
     for s in range(0, n_obs, block_rows):
         e = min(n_obs, s + block_rows)
         blk = X[s:e]
+        if is_dask(blk):
+            blk = blk.compute()  # only the chunks of these rows, never the whole matrix
+        yield s, e, blk
+
+
+def _scores_and_min(X, member_idx, *, block_rows: int = 10_000) -> tuple[np.ndarray, float]:
+    """Program scores and the smallest value of ``X`` seen on the program genes."""
+    n_obs, n_vars = X.shape
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    W = _program_matrix(member_idx, n_vars)
+    used = np.flatnonzero(np.diff(W.indptr))  # genes in some program
+    out = np.empty((n_obs, W.shape[1]), dtype=np.float64)
+    low = math.inf
+    for s, e, blk in _row_blocks(X, block_rows):
         if sparse.issparse(blk):
-            res = sparse.csr_matrix(blk, dtype=np.float64) @ W
+            blk = sparse.csr_matrix(blk, dtype=np.float64)
+            res = blk @ W
             out[s:e] = res.toarray() if sparse.issparse(res) else np.asarray(res)
+            sub = blk[:, used]
+            if sub.nnz:
+                low = min(low, float(sub.data.min()))
         else:
-            out[s:e] = np.asarray(W.T @ np.asarray(blk, dtype=np.float64).T).T
-    return out
+            blk = np.asarray(blk, dtype=np.float64)
+            out[s:e] = np.asarray(W.T @ blk.T).T
+            if blk.size and len(used):
+                low = min(low, float(blk[:, used].min()))
+    return out, low
 
 
 def _gene_mask(adata: AnnData, genes) -> np.ndarray:
@@ -253,6 +278,48 @@ def _gene_mask(adata: AnnData, genes) -> np.ndarray:
     if len(missing):
         raise KeyError(f"{len(missing)} of `genes` are not in adata.var_names (first: {', '.join(missing[:5])})")
     return adata.var_names.isin(wanted)
+
+
+def _checked_varm(adata: AnnData, key: str) -> np.ndarray:
+    """``varm[key]`` as a finite float32 ``(n_vars, dim)`` array, or a clear error."""
+    V = adata.varm[key]
+    if sparse.issparse(V) or type(V).__module__.startswith("sparse"):
+        raise TypeError(
+            f"adata.varm[{key!r}] is a sparse matrix; gene embeddings must be dense: "
+            f"adata.varm[{key!r}] = adata.varm[{key!r}].toarray()"
+        )
+    V = V.to_numpy() if isinstance(V, pd.DataFrame) else np.asarray(V)
+    if np.issubdtype(V.dtype, np.complexfloating) or not np.issubdtype(V.dtype, np.number):
+        raise TypeError(f"adata.varm[{key!r}] must hold real numbers, got dtype {V.dtype}")
+    if V.ndim != 2 or V.shape[1] == 0:
+        raise ValueError(
+            f"adata.varm[{key!r}] has shape {V.shape}; expected ({adata.n_vars}, dim) with "
+            "dim > 0: re-run gpt.tl.embed_genes"
+        )
+    E = np.asarray(V, dtype=np.float32)
+    bad = ~np.isfinite(E).all(axis=1)
+    if bad.any():
+        genes = ", ".join(map(str, adata.var_names[bad][:5]))
+        raise ValueError(
+            f"adata.varm[{key!r}] has NaN or inf in {int(bad.sum())} gene rows (first: "
+            f"{genes}); re-run gpt.tl.embed_genes(adata), or set those rows to 0 to leave "
+            "the genes out"
+        )
+    return E
+
+
+def _check_unique(names: pd.Index, where: str) -> None:
+    if names.has_duplicates:
+        dup = ", ".join(map(str, names[names.duplicated()].unique()[:5]))
+        fix = (
+            "raw = adata.raw.to_adata(); raw.var_names_make_unique(); adata.raw = raw"
+            if where.startswith("adata.raw")
+            else "adata.var_names_make_unique()"
+        )
+        raise ValueError(
+            f"{where} has duplicate names (first: {dup}); program genes are looked up by "
+            f"name, so make them unique first ({fix}), or pass use_raw=False"
+        )
 
 
 def _model_of(adata: AnnData, key: str) -> str | None:
@@ -361,7 +428,16 @@ def gene_programs(
         raise ValueError("give either `threshold` or `quantile`, not both")
     if min_size < 1:
         raise ValueError(f"min_size must be >= 1, got {min_size}")
-    E_all = np.asarray(adata.varm[key], dtype=np.float32)
+    if resolution is not None and not (np.isfinite(resolution) and resolution > 0):
+        raise ValueError(f"resolution must be a positive number, got {resolution}")
+    if threshold is not None and not (np.isfinite(threshold) and -1.0 <= threshold < 1.0):
+        raise ValueError(
+            f"threshold must be a cosine similarity in [-1, 1), got {threshold}; "
+            "or pass quantile= instead"
+        )
+    if quantile is not None and not (np.isfinite(quantile) and 0.0 < quantile < 1.0):
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    E_all = _checked_varm(adata, key)
     has = np.abs(E_all).sum(axis=1) > 0
     prefix = key[2:] if key.startswith("X_") else key
     if f"{prefix}_has_embedding" in adata.var:
@@ -396,6 +472,8 @@ def gene_programs(
     X = get_matrix(adata, layer=layer, use_raw=use_raw)
     if use_raw:
         raw_names = get_var_names(adata, use_raw=True)
+        _check_unique(var_names, "adata.var_names")
+        _check_unique(raw_names, "adata.raw.var_names")
         pos = [raw_names.get_indexer(var_names[m]) for m in members_idx]
         bad = [var_names[m][p < 0] for m, p in zip(members_idx, pos, strict=True) if (p < 0).any()]
         if bad:
@@ -405,7 +483,16 @@ def gene_programs(
         score_idx = pos
     else:
         score_idx = members_idx
-    scores = program_scores(X, score_idx) if n_prog else np.zeros((adata.n_obs, 0))
+    scores, low = _scores_and_min(X, score_idx) if n_prog else (np.zeros((adata.n_obs, 0)), 0.0)
+    if low < 0:
+        where = "adata.raw.X" if use_raw else f"adata.layers[{layer!r}]" if layer else "adata.X"
+        warnings.warn(
+            f"{where} has negative values (min {low:.3g}): it looks scaled, so the program "
+            "scores are means of z-scores, not of expression. Score normalised, "
+            "log-transformed data: pass use_raw=True (if adata.raw holds it) or layer=.",
+            UserWarning,
+            stacklevel=2,
+        )
     scores_df = pd.DataFrame(scores, index=adata.obs_names.astype(str).copy(), columns=names)
 
     lab = np.full(adata.n_vars, None, dtype=object)
