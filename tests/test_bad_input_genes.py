@@ -271,6 +271,7 @@ def test_replaced_local_archive_is_reconverted(tmp_path):
     os.utime(zpath, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     second = gpt.datasets.genept_embeddings(url=str(zpath), cache_dir=cache, progress=False)
     assert second.genes.tolist() == ["C", "D", "E"]
+    assert len(list(cache.glob("genept_ada-002_*.genes.npy"))) == 1  # the stale one removed
     # unchanged: read from the converted files
     t = time.perf_counter()
     third = gpt.datasets.genept_embeddings(url=str(zpath), cache_dir=cache, progress=False)

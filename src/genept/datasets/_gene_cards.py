@@ -129,7 +129,7 @@ def _card(row: pd.Series, max_terms: int) -> str:
 
 
 def card_text(
-    cards: pd.DataFrame,
+    cards: pd.DataFrame | Iterable[str] | str | None = None,
     symbols: Iterable[str] | None = None,
     level: Literal["name", "name_full", "card"] = "card",
     max_terms: int = 15,
@@ -141,7 +141,8 @@ def card_text(
     Parameters
     ----------
     cards
-        The table of :func:`gene_cards` (or a subset of its rows).
+        The table of :func:`gene_cards` (or a subset of its rows); or, for short, the
+        symbols themselves (a list or one string), described from the human cards.
     symbols
         Gene symbols to describe, in the order wanted; ``None``: every symbol of
         ``cards``.
@@ -176,9 +177,29 @@ def card_text(
     >>> texts = gpt.datasets.card_text(cards, ["CD3E", "NOT_A_GENE"], level="name_full")
     >>> texts["CD3E"]
     'CD3E (CD3 epsilon subunit of T-cell receptor complex)'
-    >>> texts.isna()["NOT_A_GENE"]
+    >>> bool(texts.isna()["NOT_A_GENE"])
     True
+    >>> gpt.datasets.card_text(["CD3E"], level="name")["CD3E"]  # symbols alone
+    'CD3E'
     """
+    if not isinstance(cards, pd.DataFrame):
+        if cards is None or isinstance(cards, str) or (
+            isinstance(cards, Iterable) and not isinstance(cards, bytes | dict)
+        ):
+            if symbols is not None and not (isinstance(symbols, str) and symbols in CARD_LEVELS):
+                raise TypeError(
+                    "give either the table of gene_cards() and the symbols, or the symbols "
+                    "alone: card_text(cards, ['CD3E']) or card_text(['CD3E'])"
+                )
+            if isinstance(symbols, str):  # card_text(["CD3E"], "name"): the level
+                level = symbols
+            symbols = cards
+            cards = gene_cards("human")
+        else:
+            raise TypeError(
+                f"`cards` must be the table of gpt.datasets.gene_cards() or gene symbols, got "
+                f"{type(cards).__name__}"
+            )
     if level not in CARD_LEVELS:
         raise ValueError(f"unknown level {level!r}; choose one of {CARD_LEVELS}")
     if max_terms < 0:

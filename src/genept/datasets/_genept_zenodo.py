@@ -81,7 +81,9 @@ def genept_embeddings(
     known_hash
         Its checksum (``"md5:…"``, ``"sha256:…"``). Default: the Zenodo archive's MD5
         when ``url`` is not given, otherwise none (the pickle is then read with an
-        unpickler that only builds plain numbers, lists and numpy arrays).
+        unpickler that only builds plain numbers, lists and numpy arrays). Without it,
+        the converted files of a local archive are keyed by its size, modification time
+        and a hash of its first and last 64 KiB: a replaced archive is converted again.
     cache_dir
         Folder of the download and the converted files
         (default ``genept.settings.cache_dir / "zenodo"``).
@@ -112,6 +114,7 @@ def genept_embeddings(
     loaded = _load_matrix(stem)
     if loaded is None:
         _convert_embeddings(src, member, stem)
+        src.remove_stale(f"genept_{key}", stem)
         loaded = _load_matrix(stem)
         if loaded is None:  # pragma: no cover - we have just written the files
             raise RuntimeError(f"could not read the converted embeddings at {stem}.npy")
@@ -158,6 +161,7 @@ def ncbi_summaries(
             )
         data = {str(k): v if isinstance(v, str) else str(v) for k, v in data.items()}
         _write_atomic(path, lambda f: f.write(json.dumps(data, ensure_ascii=False).encode()))
+        src.remove_stale(f"summaries_{kind}", path)
         return data
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -176,10 +180,28 @@ class _Source:
         base = settings.cache_dir / "zenodo" if cache_dir is None else cache_dir
         self.folder = Path(base).expanduser()
         self.progress = settings.progress if progress is None else bool(progress)
-        # converted files are named after the archive they come from
+        # converted files are named after the archive they come from: its checksum, or
+        # for an unchecked local file its path and content (a replaced zip is reconverted)
         ident = self.known_hash or self.url
         self.tag = hashlib.sha1(ident.encode()).hexdigest()[:10]
+        self._stale_prefix: str | None = None
+        if self.known_hash is None and self.local_path is not None:
+            fp = _fingerprint(self.local_path)
+            if fp is not None:
+                self._stale_prefix = self.tag
+                self.tag = f"{self.tag}-{fp}"
         self._zip: Path | None = None
+
+    def remove_stale(self, prefix: str, keep: Path) -> None:
+        """Remove files converted from earlier contents of the same local archive."""
+        if self._stale_prefix is None:
+            return
+        for old in self.folder.glob(f"{prefix}_{self._stale_prefix}-*"):
+            if not old.name.startswith(keep.name):
+                try:
+                    old.unlink()
+                except OSError:  # pragma: no cover - in use elsewhere (Windows): harmless
+                    pass
 
     @property
     def local_path(self) -> Path | None:
@@ -262,6 +284,24 @@ class _Source:
             raise ValueError(f"{path} has no member {member!r} (it holds: {listing})")
         raw = zf.open(min(names, key=len))
         return _ClosingReader(raw, zf)
+
+
+def _fingerprint(path: Path, edge: int = 1 << 16) -> str | None:
+    """Size, modification time and the first and last 64 KiB of a file (the end of a zip
+    holds its directory with every member's CRC), hashed; ``None`` if it is not a file."""
+    try:
+        st = path.stat()
+        if not path.is_file():
+            return None
+        h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(edge))
+            if st.st_size > edge:
+                f.seek(max(edge, st.st_size - edge))
+                h.update(f.read(edge))
+    except OSError:
+        return None
+    return h.hexdigest()[:10]
 
 
 class _ClosingReader(io.BufferedReader):
