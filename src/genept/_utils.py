@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
+import warnings
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -11,12 +16,17 @@ from anndata import AnnData
 from scipy import sparse
 
 __all__ = [
+    "atomic_write_h5ad",
     "check_adata",
     "get_matrix",
     "get_var_names",
+    "import_optional",
     "is_dask",
+    "renamed_arg",
     "write_results",
 ]
+
+F = TypeVar("F", bound=Callable)
 
 
 def is_dask(x: Any) -> bool:
@@ -115,3 +125,75 @@ def as_float_block(block) -> np.ndarray | sparse.csr_matrix:
     if sparse.issparse(block):
         return sparse.csr_matrix(block)
     return np.ascontiguousarray(np.asarray(block))
+
+
+def renamed_arg(old: str, new: str, *, since: str = "0.2") -> Callable[[F], F]:
+    """Accept the keyword ``old`` as ``new``, with a :class:`FutureWarning`.
+
+    Examples
+    --------
+    >>> @renamed_arg("seed", "random_state")
+    ... def f(*, random_state=0):
+    ...     return random_state
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     f(seed=3)
+    3
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got both {old}= and {new}=; use {new}=")
+                warnings.warn(
+                    f"{fn.__name__}({old}=...) is deprecated since genept {since}; "
+                    f"use {new}=... (scanpy's name)",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def import_optional(module: str, *, extra: str, purpose: str):
+    """Import ``module`` or raise an :class:`ImportError` naming the extra to install.
+
+    Examples
+    --------
+    >>> np_ = import_optional("numpy", extra="all", purpose="this example")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"{purpose} needs the optional package {module.split('.')[0]!r}: "
+            f"pip install 'genept[{extra}]'"
+        ) from e
+
+
+def atomic_write_h5ad(adata: AnnData, path: str | os.PathLike, **kwargs) -> Path:
+    """``adata.write_h5ad(path)`` through a temporary file beside ``path`` and a rename.
+
+    h5py truncates a file before writing it, so an interrupted write (a kill, a full
+    disk) would leave a half-written file, and writing onto the file ``adata`` is backed
+    by would destroy the input. Here ``path`` holds either its old content or the complete
+    new file, never a partial one; the temporary file is removed on failure.
+
+    Examples
+    --------
+    >>> atomic_write_h5ad(adata, "out.h5ad")  # doctest: +SKIP
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        adata.write_h5ad(tmp, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

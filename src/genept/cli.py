@@ -1,4 +1,11 @@
-"""The ``genept`` command line: ``genept demo``, ``genept embed-genes`` …"""
+"""The ``genept`` command line: ``genept demo``, ``genept embed-genes`` …
+
+The parser and every check of paths and options run before anything heavy is imported,
+so ``genept --help`` answers at once and a wrong path fails in a second, not after the
+work. Errors the user can fix end in one line on stderr and exit status 2; outputs are
+written through a temporary file beside the target and renamed, so the input (even when
+it is also the output) is never destroyed by an interrupted write.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,22 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class CLIError(Exception):
+    """A problem the user can fix: printed as one line, exit status 2."""
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--cache-dir", help="cache folder (default $GENEPT_CACHE_DIR or ~/.cache/genept)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (and the traceback of an unexpected error)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("embed-genes", help="gene embeddings into varm (gpt.tl.embed_genes)")
     g.add_argument("input", help="input .h5ad")
-    g.add_argument("output", help="output .h5ad")
+    g.add_argument("output", help="output .h5ad (may be the input: it is replaced atomically)")
     g.add_argument("--source", default="cards",
                    help="cards | ncbi | ncbi_uniprot | name | genept | a .npz/.parquet/.csv/.pickle file")
     g.add_argument("--model", default=None, help="text encoder, or ada-002 / 3-large for --source genept")
@@ -45,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("embed-cells", help="GenePT-w / GenePT-s cell embeddings into obsm")
     c.add_argument("input", help="input .h5ad (normalised, log1p)")
-    c.add_argument("output", help="output .h5ad")
+    c.add_argument("output", help="output .h5ad (may be the input: it is replaced atomically)")
     c.add_argument("--method", choices=["w", "s"], default="w")
     c.add_argument("--layer", default=None)
     c.add_argument("--use-raw", action="store_true", help="use adata.raw.X")
@@ -54,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="(w) run embed-genes first with --gene-source")
     c.add_argument("--gene-source", default="cards", help="(w) source for --embed-genes")
     c.add_argument("--normalize", choices=["l2", "notebook"], default="l2")
-    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     c.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     c.add_argument("--backed", action="store_true",
                    help="(w) read the input backed (out of core); the result is still written")
@@ -70,20 +85,118 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("annotate", help="annotate a query from a labelled reference")
     a.add_argument("query", help="query .h5ad with the representations in obsm")
-    a.add_argument("output", help="output .h5ad")
+    a.add_argument("output", help="output .h5ad (may be the query: it is replaced atomically)")
     a.add_argument("--reference", help="labelled reference .h5ad (not needed with --load-model)")
     a.add_argument("--method", choices=["knn", "knn-ensemble", "mlp", "scmpt"], default="scmpt")
     a.add_argument("--label-key", default="cell_type")
-    a.add_argument("--use-rep", action="append", default=None,
-                   help="obsm key(s): one for knn/mlp, several for knn-ensemble/scmpt "
-                        "(scmpt default: X_scGPT and X_genept_s)")
+    a.add_argument("--use-rep", nargs="+", action="extend", default=None, metavar="KEY",
+                   help="obsm key(s), e.g. `--use-rep X_pca X_genept_s`: one for knn/mlp, "
+                        "several for knn-ensemble/scmpt. Default: the keys query and reference "
+                        "share among X_scGPT, X_pca, X_genept_s, X_genept_w (scmpt: an "
+                        "expression and a text representation when both exist)")
     a.add_argument("--key-added", default=None)
     a.add_argument("--save-model", default=None, help="(scmpt) folder to save the model to")
     a.add_argument("--load-model", default=None, help="(scmpt) annotate with a saved model")
     a.add_argument("--n-seeds", type=int, default=3)
-    a.add_argument("--device", default="auto")
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     _add_common(a)
     return ap
+
+
+# ---------------------------------------------------------------- checks before the work
+def _check_h5ad(path: str, what: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{what} {path} does not exist")
+    if p.is_dir():
+        raise CLIError(f"{what} {path} is a folder, not an .h5ad file")
+    size = p.stat().st_size
+    if size == 0:
+        raise CLIError(f"{what} {path} is empty (0 bytes), not an .h5ad file")
+    try:
+        with open(p, "rb") as f:  # HDF5 puts its signature at 0, 512, 1024, 2048 …
+            offsets = [0] + [512 << k for k in range(12) if (512 << k) < size]
+            ok = False
+            for off in offsets:
+                f.seek(off)
+                if f.read(8) == _HDF5_SIGNATURE:
+                    ok = True
+                    break
+    except OSError as e:
+        raise CLIError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if not ok:
+        raise CLIError(f"{what} {path} is not an .h5ad (HDF5) file; write one with "
+                       "adata.write_h5ad(...) or convert it with scanpy's readers")
+
+
+def _check_output(path: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"output {path} is a folder; give a file name such as {p / 'out.h5ad'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise CLIError(f"the output folder {parent} does not exist; create it first "
+                       f"(mkdir -p {parent})")
+    if not parent.is_dir():
+        raise CLIError(f"the output folder {parent} is a file")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"the output folder {parent} is not writable")
+
+
+def _check_args(args) -> None:
+    """Every path and option that can be checked cheaply, before any computation."""
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise CLIError(f"--cache-dir {args.cache_dir} is a file, not a folder")
+    if args.command == "demo":
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {args.out} is a file; give a folder (it is created if missing)")
+        return
+    if args.command == "annotate":
+        _check_h5ad(args.query, "query")
+        if args.reference:
+            _check_h5ad(args.reference, "--reference")
+        elif not args.load_model:
+            raise CLIError("--reference is needed unless --load-model is given")
+        if args.load_model and not Path(args.load_model).is_dir():
+            raise CLIError(f"--load-model {args.load_model} is not a folder saved by --save-model")
+    else:
+        _check_h5ad(args.input, "input")
+    _check_output(args.output)
+    for n in ("batch_size", "n_genes", "n_seeds"):
+        v = getattr(args, n, None)
+        if v is not None and v <= 0:
+            raise CLIError(f"--{n.replace('_', '-')} must be a positive number, got {v}")
+    device = getattr(args, "device", "auto")
+    if device not in ("auto", "cpu"):
+        from ._core._device import resolve_device
+
+        resolve_device(device)  # DeviceError (one line) when it is not available
+
+
+def _read(path: str, what: str, **kwargs):
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path, **kwargs)
+    except Exception as e:  # h5py/anndata errors on a damaged or foreign HDF5 file
+        raise CLIError(
+            f"cannot read {what} {path} as AnnData (an HDF5 file, but not one written by "
+            f"anndata, or damaged): {_one_line(e)}"
+        ) from None
+
+
+def _write(adata, path: str) -> None:
+    from ._utils import atomic_write_h5ad
+
+    atomic_write_h5ad(adata, path)
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _setup(args) -> None:
@@ -103,116 +216,148 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":  # the demo runs offline, on what the packages ship
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _setup(args)
+    user_errors: tuple[type[BaseException], ...] = (
+        CLIError, ValueError, KeyError, TypeError, OSError, ImportError,
+    )
     try:
+        _check_args(args)
+        _setup(args)
         if args.command == "demo":
             from ._demo import run_demo
 
             run_demo(args.out, model=args.model)
         elif args.command == "embed-genes":
-            import anndata as ad
-
-            from .tl import embed_genes
-
-            adata = ad.read_h5ad(args.input)
-            embed_genes(
-                adata,
-                source=args.source,
-                model=args.model,
-                text_level=args.text_level,
-                gene_symbols=args.gene_symbols,
-                key_added=args.key_added,
-                batch_size=args.batch_size,
-                cache=not args.no_cache,
-                allow_pickle=args.allow_pickle,
-            )
-            adata.write_h5ad(args.output)
-            p = adata.uns[args.key_added.removeprefix("X_")]["params"]
-            print(f"{p['n_genes_matched']}/{p['n_genes_total']} genes embedded "
-                  f"({p['dim']}-d, {p['model']}) -> {args.output}")
+            _embed_genes(args)
         elif args.command == "embed-cells":
             _embed_cells(args)
         elif args.command == "annotate":
             _annotate(args)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
-        print(f"genept {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"genept {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except user_errors as e:  # OSError covers failed downloads (offline) and full disks
+        if args.verbose > 1:
+            raise
+        print(f"genept {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if args.verbose:
+            raise
+        print(f"genept {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+              "(run with -v to see the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 
-def _embed_cells(args) -> None:
-    import anndata as ad
+# ---------------------------------------------------------------- the commands
+def _embed_genes(args) -> None:
+    from ._core._keys import uns_key
+    from .tl import embed_genes
 
+    adata = _read(args.input, "input")
+    embed_genes(
+        adata,
+        source=args.source,
+        model=args.model,
+        text_level=args.text_level,
+        gene_symbols=args.gene_symbols,
+        key_added=args.key_added,
+        batch_size=args.batch_size,
+        cache=not args.no_cache,
+        allow_pickle=args.allow_pickle,
+    )
+    _write(adata, args.output)
+    p = adata.uns[uns_key(args.key_added)]["params"]
+    print(f"{p['n_genes_matched']}/{p['n_genes_total']} genes embedded "
+          f"({p['dim']}-d, {p['model']}) -> {args.output}")
+
+
+def _embed_cells(args) -> None:
     from .tl import embed_cells, embed_genes
 
-    adata = ad.read_h5ad(args.input, backed="r" if args.backed else None)
-    if args.method == "w" and (args.embed_genes or "X_genept" not in adata.varm):
-        if not args.embed_genes:
-            raise KeyError(
-                f"{args.input} has no varm['X_genept']: run `genept embed-genes` first or add "
-                "--embed-genes"
-            )
-        embed_genes(adata, source=args.gene_source)
-    embed_cells(
-        adata,
-        method=args.method,
-        layer=args.layer,
-        use_raw=args.use_raw or None,
-        key_added=args.key_added,
-        normalize=args.normalize,
-        device=args.device,
-        precision=args.precision,
-        model=args.model,
-        n_genes=args.n_genes,
-        prefix=args.prefix,
-        gene_symbols=args.gene_symbols,
-        hash_names=args.hash_names,
-        shuffle=args.shuffle,
-        batch_size=args.batch_size,
-        allow_counts=args.allow_counts,
-    )
-    key = args.key_added or f"X_genept_{args.method}"
-    if adata.isbacked:
-        adata = adata.to_memory()
-    adata.write_h5ad(args.output)
+    adata = src = _read(args.input, "input", backed="r" if args.backed else None)
+    try:
+        if args.method == "w" and (args.embed_genes or "X_genept" not in adata.varm):
+            if not args.embed_genes:
+                raise CLIError(
+                    f"{args.input} has no varm['X_genept']: run `genept embed-genes "
+                    f"{args.input} {args.input}` first or add --embed-genes"
+                )
+            embed_genes(adata, source=args.gene_source)
+        embed_cells(
+            adata,
+            method=args.method,
+            layer=args.layer,
+            use_raw=args.use_raw or None,
+            key_added=args.key_added,
+            normalize=args.normalize,
+            device=args.device,
+            precision=args.precision,
+            model=args.model,
+            n_genes=args.n_genes,
+            prefix=args.prefix,
+            gene_symbols=args.gene_symbols,
+            hash_names=args.hash_names,
+            shuffle=args.shuffle,
+            batch_size=args.batch_size,
+            allow_counts=args.allow_counts,
+        )
+        key = args.key_added or f"X_genept_{args.method}"
+        if adata.isbacked:
+            adata = adata.to_memory()  # the backed file stays untouched
+    finally:
+        if src.isbacked:
+            src.file.close()
+    _write(adata, args.output)
     print(f"{adata.n_obs} cells embedded with GenePT-{args.method} "
           f"({adata.obsm[key].shape[1]}-d) -> {args.output} obsm[{key!r}]")
 
 
-def _annotate(args) -> None:
-    import anndata as ad
+#: default representations, in order of preference
+_EXPR_REPS = ("X_scGPT", "X_pca")
+_TEXT_REPS = ("X_genept_s", "X_genept_w")
 
+
+def _default_reps(method: str, query, ref) -> list[str]:
+    shared = [k for k in (*_EXPR_REPS, *_TEXT_REPS) if k in query.obsm and k in ref.obsm]
+    if not shared:
+        raise CLIError(
+            "query and reference share none of " + ", ".join((*_EXPR_REPS, *_TEXT_REPS))
+            + f" in obsm (query: {list(query.obsm)}, reference: {list(ref.obsm)}); run "
+            "`genept embed-cells` on both or pass --use-rep"
+        )
+    if method in ("knn", "mlp"):
+        return shared[:1]
+    if method == "scmpt":
+        expr = [k for k in shared if k in _EXPR_REPS][:1]
+        text = [k for k in shared if k in _TEXT_REPS][:1]
+        return (expr + text) if expr and text else shared[:2]
+    return shared
+
+
+def _annotate(args) -> None:
     from . import tl
 
-    query = ad.read_h5ad(args.query)
-    reps = args.use_rep
+    query = _read(args.query, "query")
     key = args.key_added or f"genept_{args.method.replace('-', '_')}"
-    if args.method == "scmpt":
-        if args.load_model:
-            tl.annotate_scmpt(query, label_key=args.label_key, model=args.load_model,
-                              key_added=key, device=args.device)
-        else:
-            if not args.reference:
-                raise ValueError("--reference is needed unless --load-model is given")
-            ref = ad.read_h5ad(args.reference)
-            kw = {"reps": reps} if reps and len(reps) != 2 else {}
-            if reps and len(reps) == 2:
-                kw = {"expr_rep": reps[0], "text_rep": reps[1]}
-            tl.annotate_scmpt(query, ref, label_key=args.label_key, key_added=key,
-                              n_seeds=args.n_seeds, save=args.save_model, device=args.device,
-                              **kw)
+    if args.method == "scmpt" and args.load_model:
+        tl.annotate_scmpt(query, label_key=args.label_key, model=args.load_model,
+                          key_added=key, device=args.device)
     else:
-        if not args.reference:
-            raise ValueError(f"--reference is needed for --method {args.method}")
-        ref = ad.read_h5ad(args.reference)
-        if args.method == "knn-ensemble":
-            tl.annotate_knn_ensemble(query, ref, use_rep=reps or ["X_genept_w", "X_genept_s"],
-                                     label_key=args.label_key, key_added=key)
+        ref = _read(args.reference, "--reference")
+        reps = args.use_rep or _default_reps(args.method, query, ref)
+        if args.method == "scmpt":
+            tl.annotate_scmpt(query, ref, label_key=args.label_key, key_added=key, reps=reps,
+                              n_seeds=args.n_seeds, save=args.save_model, device=args.device)
+        elif args.method == "knn-ensemble":
+            tl.annotate_knn_ensemble(query, ref, use_rep=reps, label_key=args.label_key,
+                                     key_added=key)
         else:
-            rep = (reps or ["X_genept_w"])[0]
+            if len(reps) != 1:
+                raise CLIError(f"--method {args.method} takes one --use-rep, got {reps}")
             fn = tl.annotate_knn if args.method == "knn" else tl.annotate_mlp
-            fn(query, ref, use_rep=rep, label_key=args.label_key, key_added=key)
-    query.write_h5ad(args.output)
+            fn(query, ref, use_rep=reps[0], label_key=args.label_key, key_added=key)
+    _write(query, args.output)
     m = query.uns[key].get("metrics")
     msg = f"{query.n_obs} cells annotated ({args.method}) -> {args.output} obs[{key!r}]"
     if m:
