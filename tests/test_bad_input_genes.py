@@ -230,6 +230,17 @@ def test_gene_programs_warns_on_scaled_x():
         gene_programs(a, threshold=0.8, layer="counts")
 
 
+def test_block_rows_zero_refused():
+    from genept.tl._gene_programs import similarity_edges
+
+    E = np.eye(4, dtype=np.float32)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="block_rows"):
+            similarity_edges(E, 0.5, block_rows=bad)
+        with pytest.raises(ValueError, match="block_rows"):
+            program_scores(np.ones((3, 4)), [np.arange(4)], block_rows=bad)
+
+
 def test_program_scores_dask_in_bounded_blocks(monkeypatch):
     import dask.array as da
 

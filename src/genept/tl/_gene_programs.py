@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._utils import check_adata, get_matrix, get_var_names, is_dask, write_results
+from .._core._blocks import check_block_rows, iter_row_blocks
+from .._utils import check_adata, get_matrix, get_var_names, write_results
 
 __all__ = [
     "PAPER_THRESHOLDS",
@@ -115,6 +116,7 @@ def similarity_edges(
     -------
     ``(i, j, sim)`` with ``i < j``, sorted by ``(i, j)``.
     """
+    block_rows = check_block_rows(block_rows) or _BLOCK_ROWS
     E = _normalise(E)
     n = E.shape[0]
     if n_neighbors is not None and n_neighbors < 1:
@@ -212,37 +214,27 @@ def _program_matrix(member_idx: Sequence[np.ndarray], n_vars: int) -> sparse.csr
 
 
 def program_scores(
-    X, member_idx: Sequence[np.ndarray], *, block_rows: int = 10_000
+    X, member_idx: Sequence[np.ndarray], *, block_rows: int | None = None
 ) -> np.ndarray:
     """Mean expression of each program's genes per cell: ``X @ W`` in row blocks.
 
-    ``X`` may be numpy, scipy sparse (never densified), dask or h5py-backed; ``W`` is
-    the sparse ``(n_vars, n_programs)`` matrix of ``1/size`` weights.
+    ``X`` may be numpy, scipy sparse (never densified), dask (one block of chunks in
+    memory at a time, never the whole matrix) or h5py-backed; ``W`` is the sparse
+    ``(n_vars, n_programs)`` matrix of ``1/size`` weights. ``block_rows``: rows per block
+    (default :func:`genept._core._blocks.default_block_rows`).
     """
     return _scores_and_min(X, member_idx, block_rows=block_rows)[0]
 
 
-def _row_blocks(X, block_rows: int) -> Iterator[tuple[int, int, Any]]:
-    """``(start, stop, block)`` over rows; a dask array computes one row slice at a time."""
-    n_obs = X.shape[0]
-    for s in range(0, n_obs, block_rows):
-        e = min(n_obs, s + block_rows)
-        blk = X[s:e]
-        if is_dask(blk):
-            blk = blk.compute()  # only the chunks of these rows, never the whole matrix
-        yield s, e, blk
-
-
-def _scores_and_min(X, member_idx, *, block_rows: int = 10_000) -> tuple[np.ndarray, float]:
+def _scores_and_min(X, member_idx, *, block_rows: int | None = None) -> tuple[np.ndarray, float]:
     """Program scores and the smallest value of ``X`` seen on the program genes."""
     n_obs, n_vars = X.shape
-    if block_rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    block_rows = check_block_rows(block_rows)
     W = _program_matrix(member_idx, n_vars)
     used = np.flatnonzero(np.diff(W.indptr))  # genes in some program
     out = np.empty((n_obs, W.shape[1]), dtype=np.float64)
     low = math.inf
-    for s, e, blk in _row_blocks(X, block_rows):
+    for s, e, blk in iter_row_blocks(X, block_rows):
         if sparse.issparse(blk):
             blk = sparse.csr_matrix(blk, dtype=np.float64)
             res = blk @ W
