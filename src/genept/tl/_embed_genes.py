@@ -128,7 +128,10 @@ def embed_genes(
         ``"summary"`` (symbol and its functional summary) or ``"card"`` (everything:
         full name, aliases, gene type and summary).
     gene_symbols
-        Column of ``adata.var`` with gene symbols, if ``var_names`` are not.
+        Column of ``adata.var`` with gene symbols, if ``var_names`` are not. Missing
+        symbols (NaN, ``None``, ``""``, ``"nan"``, ``"NA"``) stay without an embedding.
+        Names that mostly look like mouse symbols (``Cd3e``, ``Gm83``) give a warning and
+        are matched up to case only, not through the human aliases.
     key_added
         ``varm`` key of the embeddings. ``uns`` and ``var`` keys use it without ``X_``.
     batch_size
@@ -153,7 +156,10 @@ def embed_genes(
     ``adata.var['genept_gene']``
         The source gene it was matched to (``""`` if none).
     ``adata.uns['genept']['params']``
-        Source, model, text level, dimension, genes matched/total and counts per match kind.
+        Source, model, text level, dimension, genes matched/total and counts per match
+        kind (``ambiguous``: an alias or Ensembl id of several genes; ``missing``: no
+        name), ``n_zero_vectors`` (matched genes whose source vector is all zero; they
+        count as without embedding) and ``mouse_names``.
 
     Examples
     --------

@@ -378,8 +378,10 @@ def gene_programs(
         Keep at most this many most-similar partners per gene (caps the graph of dense,
         low-threshold settings); ``None``: all pairs above the threshold.
     layer, use_raw
-        Expression used for the scores (scanpy's rules; ``None``: ``adata.X``). With
-        ``use_raw=True`` the program genes are looked up in ``adata.raw.var_names``.
+        Expression used for the scores (scanpy's rules; ``None``: ``adata.X``): normalised,
+        log-transformed data. Scaled data (negative values) gives means of z-scores and
+        a warning. With ``use_raw=True`` the program genes are looked up by name in
+        ``adata.raw.var_names``, which must then be unique.
     seed
         Leiden seed and the sample used to estimate a quantile on many genes.
     key_added
