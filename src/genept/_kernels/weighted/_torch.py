@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,8 +17,16 @@ from ._plan import (
     _progress,
     _raise_if_bad,
     _row_blocks,
-    _Stats,
     _sub_ranges,
+)
+from ._torch_csr import (
+    BlockCompute,
+    DeviceMatmul,
+    _fp32_mode,
+    device_csr,
+    embed_csr_stream,
+    embed_resident_csr,
+    inmemory_csr,
 )
 
 _GPU_CUSPARSE_BELOW = 0.01  # density (over used genes) under which cuSPARSE SpMM is used
@@ -70,28 +77,15 @@ _TORCH_INDEX = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
 _GPU_LOCK = threading.Lock()  # one GPU run at a time (dask threads; global matmul flags)
 
 
-def _set_fp32_matmul(precision: str):
-    """Set torch's fp32 matmul mode for ``precision``; returns a function restoring it."""
-    import torch
-
-    try:
-        prev = torch.get_float32_matmul_precision()
-    except RuntimeError:  # legacy and new flags were mixed by the caller
-        prev = None
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-
-    def restore():
-        torch.set_float32_matmul_precision(prev or "highest")
-
-    return restore
-
-
 def _embed_torch(
     X, plan: _Plan, *, normalize, n_total, device, precision, block_rows, check, show_progress
 ) -> tuple[np.ndarray, np.ndarray]:
     """GPU path (torch; also runs on a torch CPU device, which is how CI tests its logic).
 
-    A stager thread reads the next row block (from memory, disk or dask), converts it to
+    In-memory CSR goes through :func:`embed_csr_stream` (zero-copy blocks, threaded
+    pinned staging, see ``_torch_csr``); CSR already on the GPU (a torch sparse CSR
+    tensor or a CuPy matrix) is multiplied where it is. Everything else (dense, backed,
+    dask chunks) goes through the general pipeline: a stager thread reads the next row block (from memory, disk or dask), converts it to
     CSR and copies indptr / indices (kept int32) / data into a slot of pinned host
     buffers, the copy split across threads, while the GPU works on the current block.
     Each slot goes to the GPU on a copy stream; the compute stream waits for it (event),
@@ -109,6 +103,19 @@ def _embed_torch(
 
     dev = torch.device(device)
     with _GPU_LOCK if dev.type == "cuda" else contextlib.nullcontext():
+        resident = device_csr(X)
+        if resident is not None:
+            return embed_resident_csr(
+                resident, plan, dev, normalize=normalize, n_total=n_total,
+                precision=precision, check=check, show_progress=show_progress,
+            )
+        parts = inmemory_csr(X)
+        if parts is not None:  # the fast path: zero-copy blocks, threaded pinned staging
+            return embed_csr_stream(
+                parts, int(X.shape[1]), plan, dev, normalize=normalize, n_total=n_total,
+                precision=precision, check=check, show_progress=show_progress,
+                block_rows=block_rows,
+            )
         return _embed_torch_run(
             X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress
         )
@@ -124,18 +131,8 @@ def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, ch
     ws_out = np.empty(n, np.float64)
     if n == 0:
         return emb_out, ws_out
-    mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # E_used resident; unused genes map to the zero row n_used; K padded to 16 columns
-    K = -(-(n_used + 1) // 16) * 16
-    E_dev = torch.zeros((K, d), dtype=torch.float32, device=dev)
-    if n_used:
-        E_dev[:n_used].copy_(torch.from_numpy(plan.E_used))
-    E_mm = E_dev if mm_dtype == torch.float32 else E_dev.to(mm_dtype)
-    colmap = plan.colmap.astype(np.int64)
-    colmap[colmap < 0] = n_used
-    colmap_dev = torch.from_numpy(colmap).to(dev)
-    vmin_dev = torch.full((), float("inf"), dtype=torch.float32, device=dev)
-    nbad_dev = torch.zeros((), dtype=torch.int64, device=dev)
+    mm = DeviceMatmul(plan, dev, precision)
+    comp = BlockCompute(mm, normalize=normalize, n_total=n_total)
 
     copy_stream = torch.cuda.Stream(dev) if cuda else None
     d2h_stream = torch.cuda.Stream(dev) if cuda else None
@@ -185,45 +182,7 @@ def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, ch
         return a, b, h, use_sparse and blk.nnz > 0
 
     def compute(d_indptr, d_idx, d_data, rows, use_sparse):
-        nonlocal vmin_dev, nbad_dev
-        nnz = d_idx.numel()
-        counts = d_indptr[1:] - d_indptr[:-1]
-        row_ids = torch.repeat_interleave(torch.arange(rows, device=dev), counts, output_size=nnz)
-        cols = d_idx.long() if use_sparse else colmap_dev[d_idx.long()]
-        finite = torch.isfinite(d_data)
-        if nnz:
-            nbad_dev = nbad_dev + (~finite).sum()
-            vmin_dev = torch.minimum(vmin_dev, torch.where(finite, d_data, torch.inf).min())
-        vals = torch.where(finite, d_data, 0.0)
-        usedv = torch.where(cols < n_used, vals.double(), 0.0)
-        ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
-        if nnz == 0:
-            emb = torch.zeros((rows, d), dtype=torch.float32, device=dev)
-        elif use_sparse:
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-                A = torch.sparse_csr_tensor(
-                    d_indptr, cols, vals, size=(rows, K), check_invariants=False
-                )
-            emb = torch.sparse.mm(A, E_dev)
-        else:
-            dense = torch.zeros((rows, K), dtype=torch.float32, device=dev)
-            dense.view(-1).index_add_(0, row_ids * K + cols, vals)
-            A = dense if mm_dtype == torch.float32 else dense.to(mm_dtype)
-            emb = None
-            if cuda and mm_dtype != torch.float32:
-                try:  # bf16 inputs, fp32 output (cuBLAS keeps the fp32 accumulator)
-                    emb = torch.mm(A, E_mm, out_dtype=torch.float32)
-                except (TypeError, RuntimeError):  # pragma: no cover - older torch
-                    emb = None
-            if emb is None:
-                emb = (A @ E_mm).float()
-        if normalize == "l2":
-            norms = torch.linalg.vector_norm(emb.double(), dim=1, keepdim=True)
-            emb = torch.where(norms > 0, emb / norms.clamp_min(1e-300).float(), emb)
-        elif normalize == "notebook":
-            emb = emb / float(n_total)
-        return emb, ws
+        return comp(d_indptr, d_idx, d_data, rows, remapped=use_sparse, use_sparse=use_sparse)
 
     def finish(slot: _Slot):
         """The slot's last results, once their D2H copy is done, into the numpy output."""
@@ -235,7 +194,7 @@ def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, ch
         _par_copy(emb_out[a:b], h_emb.numpy(), copy_pool, copy_workers)
         ws_out[a:b] = h_ws.numpy()
 
-    restore = _set_fp32_matmul(precision) if cuda else None
+    restore = _fp32_mode(precision) if cuda else None
     try:
         with _progress(n, show_progress, f"GenePT-w ({dev.type})") as bar:
             i = 0
@@ -281,9 +240,8 @@ def _embed_torch_run(X, plan, dev, normalize, n_total, precision, block_rows, ch
                 finish(slot)
         if cuda:
             torch.cuda.synchronize(dev)
-        stats = _Stats(vmin=float(vmin_dev.item()), n_bad=int(nbad_dev.item()))
         if check:
-            _raise_if_bad(stats)
+            _raise_if_bad(comp.stats())
     finally:
         stager.shutdown(wait=True, cancel_futures=True)
         if cuda:
