@@ -67,3 +67,12 @@ def test_deterministic_under_query_order():
     a = match_genes(q, TARGETS, aliases=aliases, ensembl=ensembl)
     b = match_genes(q[::-1], TARGETS, aliases=aliases, ensembl=ensembl)
     assert a.target.tolist() == b.target.tolist()[::-1]
+
+
+def test_ensembl_ties_are_ambiguous():
+    ens = {"ENSG00000000001": ("GA", "GB"), "ENSG00000000002": ["GC"], "ENSG00000000003": ("GD", "GE")}
+    m = match_genes(["ENSG00000000001", "ENSG00000000002", "ENSG00000000003.2"],
+                    ["GA", "GB", "GC"], ensembl=ens)
+    assert m.target.tolist() == ["", "GC", ""]
+    assert m.kind.tolist() == ["ambiguous", "ensembl", "none"]
+    assert m.counts()["ambiguous"] == 1

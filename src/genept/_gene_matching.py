@@ -257,6 +257,8 @@ def match_genes(
                 index[qi], kind[qi] = pos[ens], "exact"
                 continue
             sym = ensembl.get(ens)
+            if sym is not None and not isinstance(sym, str) and len(sym) == 1:
+                sym = next(iter(sym))
             if sym is not None and not isinstance(sym, str):  # a tie between genes
                 tied = [s for s in sym if s in pos]
                 if len(tied) > 1:
