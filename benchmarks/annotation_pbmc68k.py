@@ -35,13 +35,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import genept as gpt
-from genept.tl._annotate import (
-    SCMPT_PAPER_GRID,
-    annotate_knn,
-    annotate_knn_ensemble,
-    annotate_mlp,
-    annotate_scmpt,
-)
+from genept.models import SCMPT_PAPER_GRID
+from genept.tl import annotate_knn, annotate_knn_ensemble, annotate_mlp, annotate_scmpt
 
 LABEL = "bulk_labels"
 OPTIONAL = ["X_genept_w", "X_genept_s", "X_scGPT"]

@@ -1,0 +1,223 @@
+"""The training options of scMPT, written once: :class:`ScMPTParams`.
+
+:meth:`ScMPTModel.fit <genept.models.scmpt.ScMPTModel.fit>` and
+:func:`genept.tl.annotate_scmpt` take these options as keyword arguments (validated
+into one :class:`ScMPTParams`) or as ``params=ScMPTParams(...)``; :func:`takes_params`
+puts them in both signatures and their docs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["SCMPT_PAPER_GRID", "ScMPTParams", "resolve_device", "takes_params"]
+
+#: A grid of the size the scMPT paper searched (appendix A.2 names the four searched
+#: hyper-parameters -- initial learning rate, epochs, batch size, exponential decay
+#: rate -- but not their values; these are the usual values for such a search).
+#: 3**4 = 81 configurations: pass them as ``lr_grid=SCMPT_PAPER_GRID["lr"]`` etc. on a GPU.
+SCMPT_PAPER_GRID: dict[str, tuple] = {
+    "lr": (1e-2, 1e-3, 1e-4),
+    "epochs": (10, 20, 50),
+    "batch_size": (32, 64, 128),
+    "decay": (0.9, 0.95, 0.99),
+}
+
+#: the docs of every option, injected into the docstrings of fit and annotate_scmpt
+PARAMS_DOC = """\
+hidden
+    Width of each branch's dense layer (or a list of widths for deeper branches).
+lr_grid, epochs_grid, batch_size_grid, decay_grid
+    Values searched for the initial learning rate, most epochs, batch size and the
+    per-epoch decay factor of :class:`~torch.optim.lr_scheduler.ExponentialLR`.
+weight_decay
+    AdamW's decoupled weight decay.
+val_size
+    Fraction of the reference held out (stratified) for the grid search, early
+    stopping and validation metrics. If the reference is too small for a stratified
+    split (fewer than two cells in most classes, or fewer validation cells than
+    classes) or ``val_size=0``, the first value of each grid is used, the model is
+    trained on all cells for that number of epochs without early stopping, a warning
+    is issued and validation metrics are NaN. Classes with a single cell are kept in
+    training only.
+n_seeds
+    Networks in the seed ensemble.
+early_stopping, patience
+    Stop when the validation loss has not improved for ``patience`` epochs and keep
+    the best epoch's weights.
+class_weight
+    ``None``, ``"balanced"`` or ``{class: weight}`` for the loss.
+standardize
+    z-score each input dimension with the reference's statistics (not in the
+    paper; it makes one learning-rate grid fit representations of any scale, e.g.
+    PCA). ``False`` feeds the raw embeddings as the paper does.
+selection_metric
+    Validation score that picks the configuration (ties: lower validation loss).
+random_state
+    Seed of the split and first seed of the ensemble (the global torch RNG is not
+    touched).
+device
+    ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+params
+    All of the above as one :class:`~genept.models.scmpt.ScMPTParams`; keyword
+    arguments given as well override its fields."""
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; CUDA asked but absent is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu'")
+    return str(device)
+
+
+def _floats(v) -> tuple[float, ...]:
+    return tuple(float(x) for x in ([v] if np.isscalar(v) else v))
+
+
+def _ints(v) -> tuple[int, ...]:
+    return tuple(int(x) for x in ([v] if np.isscalar(v) else v))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScMPTParams:
+    """Training options of scMPT (see :func:`genept.tl.annotate_scmpt`), validated once.
+
+    Examples
+    --------
+    >>> p = ScMPTParams(hidden=256, lr_grid=(1e-3,), n_seeds=1)
+    >>> p.hidden, p.lr_grid
+    ((256,), (0.001,))
+    """
+
+    hidden: int | Sequence[int] = 4096
+    lr_grid: Sequence[float] = (1e-3, 1e-4)
+    epochs_grid: Sequence[int] = (30,)
+    batch_size_grid: Sequence[int] = (64,)
+    decay_grid: Sequence[float] = (0.95,)
+    weight_decay: float = 0.01
+    val_size: float = 0.2
+    n_seeds: int = 3
+    early_stopping: bool = True
+    patience: int = 5
+    class_weight: Literal["balanced"] | Mapping[str, float] | None = None
+    standardize: bool = True
+    selection_metric: Literal["accuracy", "f1_macro", "loss"] = "accuracy"
+    random_state: int = 0
+    device: str = "auto"
+    _grids: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        hid = _ints(self.hidden)
+        if not hid or min(hid) < 1:
+            raise ValueError(f"hidden must be positive widths, got {self.hidden!r}")
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen)
+        set_("hidden", hid)
+        grids = {
+            "lr": _floats(self.lr_grid),
+            "epochs": _ints(self.epochs_grid),
+            "batch_size": _ints(self.batch_size_grid),
+            "decay": _floats(self.decay_grid),
+        }
+        for name, values in grids.items():
+            if not values:
+                raise ValueError(f"{name}_grid is empty")
+            if not all(np.isfinite(values)) or min(values) <= 0:
+                raise ValueError(f"{name}_grid must hold positive values, got {list(values)}")
+            set_(f"{name}_grid", values)
+        set_("_grids", grids)
+        if int(self.n_seeds) < 1:
+            raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds}")
+        if int(self.patience) < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.selection_metric not in {"accuracy", "f1_macro", "loss"}:
+            raise ValueError(
+                "selection_metric must be 'accuracy', 'f1_macro' or 'loss', got "
+                f"{self.selection_metric!r}"
+            )
+        if not 0 <= float(self.val_size) < 1:
+            raise ValueError(f"val_size must be in [0, 1), got {self.val_size}")
+        if not float(self.weight_decay) >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        cw = self.class_weight
+        if isinstance(cw, str) and cw != "balanced":
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
+        if not (cw is None or isinstance(cw, str | Mapping)):
+            raise TypeError(
+                f"class_weight must be None, 'balanced' or a dict, got {type(cw).__name__}"
+            )
+        set_("class_weight", dict(cw) if isinstance(cw, Mapping) else cw)
+        for k, t in (("n_seeds", int), ("patience", int), ("random_state", int),
+                     ("val_size", float), ("weight_decay", float),
+                     ("early_stopping", bool), ("standardize", bool)):
+            set_(k, t(getattr(self, k)))
+
+    @classmethod
+    def from_options(cls, params: ScMPTParams | None = None, **options: Any) -> ScMPTParams:
+        """``params`` (or the defaults) with ``options`` replacing fields; unknown names refused."""
+        names = cls.names()
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; the options are {names}")
+        if params is not None and not isinstance(params, ScMPTParams):
+            raise TypeError(f"params must be an ScMPTParams, got {type(params).__name__}")
+        return replace(params, **options) if params is not None else cls(**options)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The option names, in order."""
+        return [f.name for f in fields(cls) if f.init]
+
+    @property
+    def grids(self) -> dict[str, tuple]:
+        """``{"lr": ..., "epochs": ..., "batch_size": ..., "decay": ...}``."""
+        return dict(self._grids)
+
+    def torch_device(self) -> str:
+        """:attr:`device` resolved (``"auto"`` -> ``"cuda"`` or ``"cpu"``)."""
+        return resolve_device(self.device)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as plain lists/values (for ``uns`` and JSON)."""
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def takes_params(doc_marker: str = "{scmpt_params}") -> Callable:
+    """Decorator: put :class:`ScMPTParams`' options into ``fn``'s signature and docstring.
+
+    ``fn`` takes ``params=None, **options``; its signature (for ``help()``, IDEs and
+    Sphinx) lists the options as keyword-only parameters with their defaults, and
+    ``doc_marker`` in its docstring is replaced by :data:`PARAMS_DOC`.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        before = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        defaults = ScMPTParams()
+        new = [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, f.name),
+                annotation=f.type,
+            )
+            for f in fields(ScMPTParams)
+            if f.init
+        ]
+        fn.__signature__ = sig.replace(parameters=before[:-1] + new + before[-1:]) if any(
+            p.name == "params" for p in before[-1:]
+        ) else sig.replace(parameters=before + new)
+        if fn.__doc__ and doc_marker in fn.__doc__:
+            indent = fn.__doc__.split(doc_marker)[0].rsplit("\n", 1)[-1]
+            body = PARAMS_DOC.replace("\n", "\n" + indent)
+            fn.__doc__ = fn.__doc__.replace(doc_marker, body)
+        return fn
+
+    return deco

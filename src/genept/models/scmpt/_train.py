@@ -1,0 +1,316 @@
+"""Training of scMPT: one network, the grid search and the seed ensemble (appendix A.2).
+
+:func:`train` is the whole procedure on arrays: a stratified validation split of the
+reference, every grid configuration scored with the first seed, then the chosen
+configuration trained with every seed of the ensemble.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scanpy import logging as logg
+from sklearn.metrics import f1_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..._settings import settings
+from ._net import make_net, predict, val_loss
+from ._params import ScMPTParams
+
+__all__ = ["TrainResult", "train"]
+
+_VAL_KEYS = ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float
+    epochs: int
+    batch_size: int
+    decay: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "decay": self.decay,
+        }
+
+
+def train_one(
+    xs_tr,
+    y_tr,
+    xs_va,
+    y_va,
+    *,
+    in_dims: Sequence[int],
+    hidden: Sequence[int],
+    n_classes: int,
+    hp: Hyper,
+    weight_decay: float,
+    class_weight,
+    early_stopping: bool,
+    patience: int,
+    seed: int,
+    device: str,
+) -> tuple[dict, dict[str, Any]]:
+    """Train one network; returns its (CPU) state dict and validation results."""
+    model = make_net(in_dims, hidden, n_classes, seed=seed).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.decay)
+    loss_fn = nn.CrossEntropyLoss(weight=None if class_weight is None else class_weight.to(device))
+    n = y_tr.shape[0]
+    has_val = xs_va is not None
+    best_loss, best_state, best_epoch, bad = math.inf, None, hp.epochs, 0
+    epoch = 0
+    for epoch in range(1, hp.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, hp.batch_size):
+            idx = perm[s : s + hp.batch_size]
+            batch = [x[idx].to(device, non_blocking=True) for x in xs_tr]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(batch), y_tr[idx].to(device))
+            loss.backward()
+            opt.step()
+        sched.step()
+        if has_val and early_stopping:
+            vloss = val_loss(model, xs_va, y_va, loss_fn, device)
+            if vloss < best_loss - 1e-7:
+                best_loss, best_epoch, bad = vloss, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    info: dict[str, Any] = {"epochs_run": epoch, "best_epoch": best_epoch}
+    if has_val:
+        proba = predict(model, xs_va, device)
+        yv = y_va.numpy()
+        pred = proba.argmax(1)
+        info.update(
+            val_loss=val_loss(model, xs_va, y_va, loss_fn, device),
+            val_accuracy=float((pred == yv).mean()),
+            val_f1_macro=float(f1_score(yv, pred, average="macro", zero_division=0)),
+            val_proba=proba,
+        )
+    return state, info
+
+
+def stratified_split(
+    codes: np.ndarray, val_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Stratified train/validation indices, or ``None`` when the reference is too small.
+
+    Classes with a single cell stay in training (with a warning). ``None`` when fewer
+    than two classes have two cells, or the validation or training part could not hold
+    one cell of each such class.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not val_size:
+        return None
+    counts = np.bincount(codes)
+    ok_classes = np.flatnonzero(counts >= 2)
+    eligible = np.isin(codes, ok_classes)
+    idx = np.flatnonzero(eligible)
+    n_val = math.ceil(val_size * idx.size) if val_size < 1 else int(val_size)
+    if ok_classes.size < 2 or n_val < ok_classes.size or idx.size - n_val < ok_classes.size:
+        return None
+    try:
+        tr, va = train_test_split(idx, test_size=val_size, stratify=codes[idx], random_state=seed)
+    except ValueError:
+        return None
+    single = np.flatnonzero(~eligible)
+    if single.size:
+        warnings.warn(
+            f"{single.size} classes have a single reference cell; those cells are used "
+            "for training only (not validated)",
+            UserWarning,
+            stacklevel=4,
+        )
+    return np.sort(np.concatenate([tr, single])), np.sort(va)
+
+
+def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray):
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(
+                f"class_weight must be None, 'balanced' or a dict, got {class_weight!r}"
+            )
+        counts = np.bincount(codes, minlength=classes.size).astype(np.float64)
+        w = codes.size / (classes.size * np.maximum(counts, 1))
+    elif isinstance(class_weight, Mapping):
+        unknown = set(map(str, class_weight)) - set(classes)
+        if unknown:
+            raise ValueError(f"class_weight names unknown classes {sorted(unknown)}")
+        w = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+    else:
+        raise TypeError(
+            f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}"
+        )
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def summarise_validation(infos, split, codes, n_classes) -> dict[str, Any]:
+    nan = float("nan")
+    if split is None:
+        return {
+            "accuracy_mean": nan,
+            "accuracy_sd": nan,
+            "f1_macro_mean": nan,
+            "f1_macro_sd": nan,
+            "ensemble_accuracy": nan,
+            "ensemble_f1_macro": nan,
+        }
+    acc = np.array([i["val_accuracy"] for i in infos])
+    f1 = np.array([i["val_f1_macro"] for i in infos])
+    sd = lambda a: float(a.std(ddof=1)) if a.size > 1 else 0.0  # noqa: E731
+    yv = codes[split[1]]
+    ens = np.mean([i["val_proba"] for i in infos], axis=0).argmax(1)
+    return {
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_sd": sd(acc),
+        "f1_macro_mean": float(f1.mean()),
+        "f1_macro_sd": sd(f1),
+        "accuracy_per_seed": acc.tolist(),
+        "f1_macro_per_seed": f1.tolist(),
+        "best_epoch_per_seed": [int(i["best_epoch"]) for i in infos],
+        "ensemble_accuracy": float((ens == yv).mean()),
+        "ensemble_f1_macro": float(f1_score(yv, ens, average="macro", zero_division=0)),
+    }
+
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the ensemble's weights and the validation record."""
+
+    states: list[dict]
+    hyperparameters: dict[str, Any]
+    validation: dict[str, Any]
+    grid: dict[str, list]
+    seeds: list[int]
+
+
+def train(
+    xs: Sequence[np.ndarray], codes: np.ndarray, classes: np.ndarray, p: ScMPTParams, *, dev: str
+) -> TrainResult:
+    """Grid search on a stratified split, then the seed ensemble (standardised inputs ``xs``)."""
+    n_bytes = sum(x.nbytes for x in xs)
+    store = dev if n_bytes < 2**30 else "cpu"  # big data stays on CPU, batches move
+    tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(store) for x in xs]
+    y_t = torch.from_numpy(codes.astype(np.int64))
+    n_classes = int(classes.size)
+    cw = class_weights(p.class_weight, classes, codes)
+    split = stratified_split(codes, p.val_size, p.random_state)
+    configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
+    seeds = [p.random_state + i for i in range(p.n_seeds)]
+    common = {
+        "in_dims": [x.shape[1] for x in xs],
+        "hidden": list(p.hidden),
+        "n_classes": n_classes,
+        "weight_decay": p.weight_decay,
+        "class_weight": cw,
+        "patience": p.patience,
+        "device": dev,
+    }
+    progress = tqdm(
+        total=(len(configs) if len(configs) > 1 and split is not None else 0) + len(seeds),
+        desc="scMPT",
+        unit="run",
+        disable=not settings.progress,
+    )
+    grid: dict[str, list] = {k: [] for k in ("lr", "epochs", "batch_size", "decay")}
+
+    def record(hp: Hyper, info: dict) -> None:
+        for k, v in hp.as_dict().items():
+            grid[k].append(v)
+        for k in _VAL_KEYS:
+            grid[k].append(info[k])
+
+    states, infos = [], []
+    if split is None:
+        hp = configs[0]
+        warnings.warn(
+            f"the reference ({codes.size} labelled cells, {n_classes} classes) is too small "
+            f"for a stratified validation split of val_size={p.val_size}; training on all "
+            f"cells with the first value of each grid ({hp.as_dict()}) for a fixed number of "
+            "epochs, without early stopping; validation metrics are NaN",
+            UserWarning,
+            stacklevel=4,
+        )
+        for seed in seeds:
+            st, info = train_one(
+                tensors, y_t, None, None, hp=hp, early_stopping=False, seed=seed, **common
+            )
+            states.append(st)
+            infos.append(info)
+            progress.update()
+        n_train, n_val = codes.size, 0
+    else:
+        tr, va = split
+        tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
+        xs_tr = [t[tr_t.to(t.device)] for t in tensors]
+        xs_va = [t[va_t.to(t.device)] for t in tensors]
+        y_tr, y_va = y_t[tr_t], y_t[va_t]
+        n_train, n_val = tr.size, va.size
+        for k in _VAL_KEYS:
+            grid[k] = []
+
+        def run(hp: Hyper, seed: int):
+            return train_one(
+                xs_tr, y_tr, xs_va, y_va, hp=hp, early_stopping=p.early_stopping, seed=seed,
+                **common,
+            )
+
+        hp, best_first = configs[0], None
+        if len(configs) > 1:
+            best_score = None
+            for cand in configs:
+                st, info = run(cand, seeds[0])
+                record(cand, info)
+                score = (
+                    (-info["val_loss"],)
+                    if p.selection_metric == "loss"
+                    else (info[f"val_{p.selection_metric}"], -info["val_loss"])
+                )
+                if best_score is None or score > best_score:
+                    best_score, hp, best_first = score, cand, (st, info)
+                progress.update()
+        for i, seed in enumerate(seeds):
+            if i == 0 and best_first is not None:
+                st, info = best_first
+            else:
+                st, info = run(hp, seed)
+                if len(configs) == 1 and i == 0:
+                    record(hp, info)
+            states.append(st)
+            infos.append(info)
+            progress.update()
+    progress.close()
+    validation = summarise_validation(infos, split, codes, n_classes)
+    validation.update(n_train=int(n_train), n_val=int(n_val))
+    logg.debug(f"trained {len(states)} networks")
+    return TrainResult(
+        states=states,
+        hyperparameters={**hp.as_dict(), "weight_decay": p.weight_decay},
+        validation=validation,
+        grid=grid,
+        seeds=seeds,
+    )
