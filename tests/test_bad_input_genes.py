@@ -131,6 +131,12 @@ def test_mouse_names_warn_and_skip_human_aliases():
         gpt.tl.embed_genes(adata, source=source)
     got = adata.var["genept_gene"].astype(str).tolist()
     assert got == ["", "CD3E", "ACTB", "CD8A", "GAPDH", "MS4A1"]  # Gm83 is not DCAF13
+    # a mouse table of the user's: no warning, exact matches, still no human aliases
+    m = ad.AnnData(np.ones((2, 2), np.float32), var=pd.DataFrame(index=["Cd3e", "Gm83"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpt.tl.embed_genes(m, source=_table(["Cd3e", "Actb", "DCAF13"]))
+    assert m.var["genept_gene"].astype(str).tolist() == ["Cd3e", ""]
     # human names do not warn
     h = ad.AnnData(np.ones((2, 2), np.float32), var=pd.DataFrame(index=["CD3E", "C1orf112"]))
     with warnings.catch_warnings():

@@ -43,12 +43,15 @@ def _gene_names(adata: AnnData, gene_symbols: str | None) -> tuple[pd.Index, np.
     return names, missing
 
 
-def _mouse_check(names: pd.Index, missing: np.ndarray) -> bool:
-    """Warn and return True when most names look like mouse symbols (the cards are human)."""
+def _mouse_check(names: pd.Index, missing: np.ndarray, source_genes: pd.Index) -> bool:
+    """True when most names look like mouse symbols (the aliases are human); warns unless
+    the source is itself mouse-like (the user's own mouse table)."""
     mouse = mouse_like(list(names))
     n = int((~missing).sum())
     if n == 0 or mouse[~missing].sum() <= _MOUSE_SHARE * n:
         return False
+    if len(source_genes) and mouse_like(list(source_genes)).mean() > _MOUSE_SHARE:
+        return True
     ex = ", ".join(map(str, names[mouse][:3]))
     warnings.warn(
         f"{int(mouse.sum())} of {n} gene names look like mouse symbols ({ex}, ...), but the gene "
@@ -178,7 +181,7 @@ def embed_genes(
         raise ValueError("adata has no genes (adata.n_vars == 0)")
     src = resolve_source(source, model=model if isinstance(model, str) or model is None else None,
                          text_level=text_level, allow_pickle=allow_pickle)
-    mouse = _mouse_check(names, missing)
+    mouse = _mouse_check(names, missing, src.genes)
     aliases, ensembl = _alias_maps()
     query = np.where(missing, "", names.to_numpy(dtype=object))
     match = match_genes(list(query), list(src.genes), aliases=aliases, ensembl=ensembl,
