@@ -226,6 +226,14 @@ def test_damaged_cached_vectors_are_encoded_again(tmp_path, bad):
     assert enc.seen == []
 
 
+def test_cached_vector_of_another_width_is_encoded_again(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    cache.put_many("counting", ["CD3E"], np.ones((1, 2)))  # written under the same id by another model
+    enc = Counting()
+    np.testing.assert_array_equal(enc.encode(["CD3E"], cache=cache), [[4, 1, 2]])
+    assert enc.seen == ["CD3E"]
+
+
 # ----------------------------------------------------------------------------- item 13
 def test_damaged_embedding_cache_is_moved_aside(tmp_path):
     path = tmp_path / "c.sqlite"
@@ -369,3 +377,29 @@ def test_non_json_embeddings_answer_is_retried_then_clear(tmp_path):
     finally:
         s.close()
     assert s.n == 2
+
+
+def test_store_survives_concurrent_writers(tmp_path):
+    """Writers with their own connections (as separate processes have) lose nothing."""
+    path = tmp_path / "c.sqlite"
+    errors: list[Exception] = []
+
+    def writer(w: int):
+        try:
+            cache = EmbeddingCache(path)
+            for b in range(20):
+                texts = [f"w{w}-b{b}-{i}" for i in range(5)]
+                cache.put_many("m", texts, np.full((5, 3), w + b / 100, np.float32))
+                assert len(cache.get_many("m", texts)) == 5
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert EmbeddingCache(path).count("m") == 4 * 20 * 5
+    got = EmbeddingCache(path).get_many("m", ["w3-b19-4"])
+    np.testing.assert_array_equal(got[0], np.full(3, 3.19, np.float32))

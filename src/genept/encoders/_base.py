@@ -68,7 +68,9 @@ class TextEncoder(ABC):
             Texts per batch (default :attr:`batch_size`).
         cache
             Use the persistent cache (``True``: :func:`default_cache`), a given
-            :class:`~genept._cache.EmbeddingCache`, or none (``False``).
+            :class:`~genept._cache.EmbeddingCache`, or none (``False``). Cached
+            vectors are checked when read: NaN/inf, huge or wrong-width rows are
+            encoded again.
         show_progress
             Progress bar over batches (default :attr:`genept.settings.progress`).
         desc
@@ -90,8 +92,11 @@ class TextEncoder(ABC):
         unique = list(dict.fromkeys(texts))
         vectors: dict[str, np.ndarray] = {}
         if store is not None:
-            hits = store.get_many(self.cache_id, unique)
-            vectors.update({unique[i]: v for i, v in hits.items()})
+            hits = store.get_many(self.cache_id, unique)  # validated: damaged rows are misses
+            # a cached row of another width (another model under this id) is a miss too
+            vectors.update(
+                {unique[i]: v for i, v in hits.items() if self.dim is None or v.size == self.dim}
+            )
         todo = [t for t in unique if t not in vectors]
         # longest first: similar lengths share a batch (less padding), and the
         # slowest batch comes first so the progress bar's estimate is honest
