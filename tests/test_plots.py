@@ -1,6 +1,12 @@
-"""genept.pl: gene programs, embedding UMAPs and benchmark plots write real PNGs."""
+"""genept.pl: gene programs, embedding UMAPs and benchmark plots write real PNGs.
+
+Every plot follows scanpy's ``save=``/``show=`` conventions (one ``savefig_or_show``):
+``save=True`` -> ``figdir/<name>.<format>``, a string is appended to the name.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import anndata as ad
 import matplotlib
@@ -11,10 +17,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 
-from genept.pl._embeddings import bm_results, embeddings
-from genept.pl._programs import gene_programs as pl_gene_programs
-from genept.tl._gene_programs import gene_programs
+import genept as gpt
+
+bm_results, embeddings, pl_gene_programs = gpt.pl.bm_results, gpt.pl.embeddings, gpt.pl.gene_programs
+gene_programs = gpt.tl.gene_programs
+
+
+@pytest.fixture(autouse=True)
+def _figdir(tmp_path):
+    """Figures go to the test's folder; nothing is shown (scanpy's settings restored)."""
+    names = ("figdir", "autoshow", "file_format_figs")
+    old = {n: getattr(sc.settings, n) for n in names}
+    sc.settings.figdir, sc.settings.autoshow, sc.settings.file_format_figs = tmp_path, False, "png"
+    yield
+    for n, v in old.items():
+        setattr(sc.settings, n, v)
 
 
 def _check_png(path, min_bytes=5_000, max_bytes=3_000_000):
@@ -47,8 +66,8 @@ def programs_adata():
 
 @pytest.mark.parametrize("style", ["heatmap", "dotplot"])
 def test_gene_programs_plot(programs_adata, tmp_path, style):
-    path = tmp_path / f"programs_{style}.png"
-    ax = pl_gene_programs(programs_adata, "cell_type", style=style, save=str(path))
+    path = tmp_path / f"gene_programs_{style}.png"
+    ax = pl_gene_programs(programs_adata, "cell_type", style=style, save=f"_{style}.png")
     assert isinstance(ax, matplotlib.axes.Axes)
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == 4 and all("GENE" in t for t in labels)  # members listed
@@ -65,9 +84,9 @@ def test_embeddings_grid(programs_adata, tmp_path):
     a = programs_adata
     rng = np.random.default_rng(1)
     a.obsm["X_genept_w"] = rng.standard_normal((a.n_obs, 8)).astype(np.float32)
-    path = tmp_path / "emb.png"
+    path = tmp_path / "embeddings.png"
     axes = embeddings(a, reps=["X_pca", "X_genept_w", "X_missing"], color=["cell_type", "batch"],
-                      n_neighbors=10, save=str(path))
+                      n_neighbors=10, save=True)
     assert axes.shape == (2, 2)
     assert "X_umap" not in a.obsm and "neighbors" not in a.uns  # adata untouched
     _check_png(path, min_bytes=20_000)
@@ -81,8 +100,8 @@ def test_bm_results(tmp_path):
                        "auc": np.r_[np.full(6, 0.85), np.full(6, 0.7), np.full(6, 0.5)]
                        + np.tile([0.01, -0.01, 0.0], 6)})
     for kind in ("bar", "heatmap"):
-        path = tmp_path / f"bm_{kind}.png"
-        ax = bm_results(df, kind=kind, reference={("cards", "lr"): 0.89}, save=str(path))
+        path = tmp_path / f"bm_results_{kind}.png"
+        ax = bm_results(df, kind=kind, reference={("cards", "lr"): 0.89}, save=f"_{kind}")
         assert isinstance(ax, matplotlib.axes.Axes)
         _check_png(path)
         plt.close("all")
@@ -102,10 +121,66 @@ def test_gene_umap_png_coloured_by_gene_type(tmp_path):
     E = rng.standard_normal((40, 8)).astype(np.float32)
     E[30:] += 4  # ncRNAs apart
     a.varm["X_genept"] = E
-    ax = gene_umap(a, color="gene_type", n_neighbors=5, save=str(tmp_path / "g.png"))
+    ax = gene_umap(a, color="gene_type", n_neighbors=5, save="_g.png")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["ncRNA (10)", "protein-coding (30)"]
-    _check_png(tmp_path / "g.png")
+    _check_png(tmp_path / "gene_umap_g.png")
     plt.close("all")
     with pytest.raises(KeyError, match="embed_genes"):
         gene_umap(a, key="X_nope")
+
+
+def _annotated():
+    obs = pd.DataFrame({"truth": pd.Categorical(list("AABBC")), "pred": list("ABBBC")},
+                       index=[f"c{i}" for i in range(5)])
+    return ad.AnnData(np.zeros((5, 2), dtype=np.float32), obs=obs)
+
+
+def test_savefig_or_show_follows_scanpy(tmp_path):
+    """save=True / a suffix / a suffix with an extension land in figdir, as in scanpy."""
+    a = _annotated()
+    ax = gpt.pl.confusion_matrix(a, "pred", label_key="truth", save=True)
+    assert isinstance(ax, matplotlib.axes.Axes)  # returned when not shown
+    _check_png(tmp_path / "confusion_matrix.png", min_bytes=2_000)
+    gpt.pl.confusion_matrix(a, "pred", label_key="truth", save="_scmpt.pdf")
+    assert (tmp_path / "confusion_matrix_scmpt.pdf").read_bytes()[:4] == b"%PDF"
+    gpt.pl.confusion_matrix(a, "pred", label_key="truth", save="_x")
+    assert (tmp_path / "confusion_matrix_x.png").exists()
+    # shown figures return None, as scanpy's plots do
+    with warnings.catch_warnings():  # Agg: "cannot be shown"
+        warnings.simplefilter("ignore", UserWarning)
+        assert gpt.pl.confusion_matrix(a, "pred", label_key="truth", show=True) is None
+    plt.close("all")
+
+
+def test_plots_accept_ax(programs_adata):
+    """Every plot draws into a given Axes and returns it."""
+    fig, axs = plt.subplots(1, 3)
+    a = programs_adata
+    assert pl_gene_programs(a, "cell_type", ax=axs[0], show=False) is axs[0]
+    conf = _annotated()
+    assert gpt.pl.confusion_matrix(conf, "pred", label_key="truth", ax=axs[1], show=False) is axs[1]
+    df = pd.DataFrame({"embedding": ["a", "b"], "auc": [0.7, 0.8]})
+    assert bm_results(df, hue=None, ax=axs[2], show=False) is axs[2]
+    fig2, ax = plt.subplots()
+    a.obsm["X_genept_w"] = np.random.default_rng(0).standard_normal((a.n_obs, 4))
+    out = embeddings(a, reps=["X_genept_w"], color="cell_type", n_neighbors=5, ax=ax, show=False)
+    assert out.shape == (1, 1) and out[0, 0] is ax
+    with pytest.raises(ValueError, match="Axes"):
+        embeddings(a, reps=["X_genept_w"], color=["cell_type", "batch"], ax=ax, show=False)
+    plt.close("all")
+
+
+def test_old_argument_names_warn(programs_adata):
+    """seed= and point_size= still work, with a FutureWarning naming the new name."""
+    a = programs_adata
+    with pytest.warns(FutureWarning, match="random_state"):
+        ax1 = pl_gene_programs(a, "cell_type", programs=2, seed=3, show=False)
+    ax2 = pl_gene_programs(a, "cell_type", programs=2, random_state=3, show=False)
+    assert [t.get_text() for t in ax1.get_yticklabels()] == [t.get_text() for t in ax2.get_yticklabels()]
+    a.obsm["X_genept_w"] = np.random.default_rng(0).standard_normal((a.n_obs, 4))
+    with pytest.warns(FutureWarning, match="size"):
+        embeddings(a, reps=["X_genept_w"], n_neighbors=5, point_size=5, show=False)
+    with pytest.raises(TypeError, match="both"):
+        pl_gene_programs(a, "cell_type", seed=1, random_state=1, show=False)
+    plt.close("all")

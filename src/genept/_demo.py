@@ -15,6 +15,14 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _save(ax, path: Path) -> None:
+    """Write the figure of ``ax`` to ``path`` (inside the demo's folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(ax.figure)
+
+
 def run_demo(out: str | os.PathLike = "genept_demo", *, model: str | None = None) -> pd.DataFrame:
     """Run the demo and write its outputs to ``out``.
 
@@ -69,7 +77,7 @@ def run_demo(out: str | os.PathLike = "genept_demo", *, model: str | None = None
     metric("genes", "coverage", round(p["n_genes_matched"] / p["n_genes_total"], 4))
     metric("genes", "seconds", round(dt, 2))
 
-    pl.gene_umap(adata, color="gene_type", save=str(out / "gene_embedding_umap.png"))
+    _save(pl.gene_umap(adata, color="gene_type", show=False), out / "gene_embedding_umap.png")
     _say(f"    figure: {out / 'gene_embedding_umap.png'}")
 
     _cells_and_annotation(adata, out, metric, model)
@@ -89,6 +97,7 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
     from sklearn.model_selection import train_test_split
 
     from . import pl, tl
+    from ._core._keys import uns_key
 
     label = "bulk_labels"
     for method in ("w", "s"):
@@ -101,9 +110,11 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
         metric(f"genept_{method}", "seconds", round(dt, 2))
 
     reps = {"X_pca": "expression PCA", "X_genept_w": "GenePT-w", "X_genept_s": "GenePT-s"}
-    pl.embeddings(adata, reps=list(reps), color=[label], save=str(out / "umap_representations.png"))
+    axes = pl.embeddings(adata, reps=list(reps), color=[label], show=False)
+    _save(axes[0, 0], out / "umap_representations.png")
     for rep in ("X_genept_w", "X_genept_s"):  # each GenePT method on its own, as users expect
-        pl.embeddings(adata, reps=[rep], color=[label], save=str(out / f"umap_{rep[2:]}.png"))
+        axes = pl.embeddings(adata, reps=[rep], color=[label], show=False)
+        _save(axes[0, 0], out / f"umap_{uns_key(rep)}.png")
     plt.close("all")
     _say(f"    figures: {out / 'umap_genept_w.png'}, {out / 'umap_genept_s.png'}, "
          f"{out / 'umap_representations.png'}")
@@ -127,6 +138,8 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
         _say(f"    {name:32s} accuracy {acc:.3f}  macro-F1 {f1:.3f}")
         metric("annotation", f"{name} accuracy", round(float(acc), 4))
         metric("annotation", f"{name} macro-F1", round(float(f1), 4))
-    pl.confusion_matrix(query, "scmpt", label_key=label, save=str(out / "confusion_scmpt.png"))
+    # inside `out` (issue 14 #17): pl's save= follows scanpy (figdir + name), so save here
+    _save(pl.confusion_matrix(query, "scmpt", label_key=label, show=False),
+          out / "confusion_scmpt.png")
     plt.close("all")
     query.write_h5ad(out / "pbmc68k_query_annotated.h5ad")

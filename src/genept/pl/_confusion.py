@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -11,10 +9,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .._utils import check_adata
+from ._utils import savefig_or_show
 
 __all__ = ["confusion_matrix"]
-
-_FIG_EXTS = {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".eps", ".ps"}
 
 
 def _confusion_table(
@@ -54,33 +51,6 @@ def _confusion_table(
     return table, accuracy
 
 
-def _savefig_or_show(name: str, fig, *, show: bool | None, save: bool | str | None) -> bool:
-    """scanpy's conventions: ``save=True`` -> ``figdir/name.<format>``; a string is a suffix."""
-    import matplotlib.pyplot as plt
-    import scanpy as sc
-
-    if show is None:
-        show = bool(sc.settings.autoshow)
-    if save:
-        if save is True:
-            fname = f"{name}.{sc.settings.file_format_figs}"
-        else:
-            save = os.fspath(save)
-            ext = Path(save).suffix.lower()
-            fname = (
-                name + save if ext in _FIG_EXTS else f"{name}{save}.{sc.settings.file_format_figs}"
-            )
-        path = Path(sc.settings.figdir) / fname
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, bbox_inches="tight")
-        sc.logging.warning(f"saving figure to file {path}")
-    if show:
-        plt.show()
-    if save and not show:
-        plt.close(fig)
-    return show
-
-
 def confusion_matrix(
     adata: AnnData,
     key: str = "genept_scmpt",
@@ -117,7 +87,8 @@ def confusion_matrix(
         Show the figure (default ``scanpy.settings.autoshow``).
     save
         ``True`` saves to ``scanpy.settings.figdir / "confusion_matrix.<format>"``; a
-        string is appended to the name (``"_scmpt.png"``), as in scanpy.
+        string is appended to the name (``"_scmpt.png"`` →
+        ``confusion_matrix_scmpt.png``), as in scanpy.
 
     Returns
     -------
@@ -178,5 +149,4 @@ def confusion_matrix(
                 colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                 text = f"{v:.2f}" if normalize else f"{int(v)}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
-    shown = _savefig_or_show("confusion_matrix", fig, show=show, save=save)
-    return None if shown else ax
+    return savefig_or_show("confusion_matrix", fig, ax, show=show, save=save)

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scanpy import logging as logg
 
-from ._genes import _finish
+from .._utils import renamed_arg
+from ._utils import savefig_or_show
 
 __all__ = ["bm_results", "embeddings"]
 
 
+@renamed_arg("point_size", "size")
+@renamed_arg("seed", "random_state")
 def embeddings(
     adata: AnnData,
     reps: Sequence[str] = ("X_pca", "X_genept_w", "X_genept_s"),
@@ -21,11 +23,12 @@ def embeddings(
     *,
     n_neighbors: int = 15,
     metric: str = "cosine",
-    seed: int = 0,
-    point_size: float | None = None,
+    random_state: int = 0,
+    size: float | None = None,
     panel_size: float = 3.6,
+    ax=None,
     show: bool | None = None,
-    save: str | None = None,
+    save: bool | str | None = None,
 ):
     """UMAPs of several cell representations side by side (GenePT figure 3 style).
 
@@ -41,21 +44,35 @@ def embeddings(
         ``obsm`` keys (or ``"X"``).
     color
         ``obs`` columns to colour by, e.g. ``[label_key, batch_key]``.
-    n_neighbors, metric, seed
-        Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap`.
-    point_size
-        Dot size (default: scanpy's).
+    n_neighbors, metric, random_state
+        Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap` (``seed=`` is
+        deprecated).
+    size
+        Dot size (default: scanpy's; ``point_size=`` is deprecated).
     panel_size
         Inches per panel.
-    show, save
-        Show the figure; write it to this path.
+    ax
+        Axes to draw into: one Axes for one representation and at most one colour, or an
+        array of shape ``(n_reps, n_colors)``. Default: a new figure.
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    save
+        As in scanpy: ``True`` writes ``scanpy.settings.figdir / "embeddings.<format>"``;
+        a string is appended to that name, its extension picks the format
+        (``"_pbmc.pdf"`` → ``embeddings_pbmc.pdf``).
 
     Returns
     -------
-    ``(n_reps, n_colors)`` array of :class:`~matplotlib.axes.Axes`.
+    ``(n_reps, n_colors)`` array of :class:`~matplotlib.axes.Axes`, unless the figure was
+    shown (then ``None``).
+
+    Examples
+    --------
+    >>> gpt.pl.embeddings(adata, color="bulk_labels", show=False)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     import scanpy as sc
+    from scanpy import logging as logg
 
     colors = [color] if isinstance(color, str) else list(color or [])
     for c in colors:
@@ -72,7 +89,7 @@ def embeddings(
             light.obsm[rep] = v.to_numpy() if isinstance(v, pd.DataFrame) else np.asarray(v)
         elif rep == "X_pca":
             tmp = AnnData(adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names))
-            sc.pp.pca(tmp, n_comps=min(50, min(tmp.shape) - 1), random_state=seed)
+            sc.pp.pca(tmp, n_comps=min(50, min(tmp.shape) - 1), random_state=random_state)
             light.obsm[rep] = tmp.obsm["X_pca"]
         else:
             logg.warning(f"adata.obsm has no {rep!r}; skipped")
@@ -81,24 +98,32 @@ def embeddings(
     if not use:
         raise ValueError(f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})")
     ncol = max(1, len(colors))
-    fig, axes = plt.subplots(len(use), ncol, figsize=(panel_size * ncol + 1.5 * bool(colors), panel_size * len(use)),
-                             squeeze=False)
+    if ax is None:
+        fig, axes = plt.subplots(len(use), ncol, squeeze=False,
+                                 figsize=(panel_size * ncol + 1.5 * bool(colors), panel_size * len(use)))
+    else:
+        axes = np.asarray(ax, dtype=object).reshape(-1)
+        if axes.size != len(use) * ncol:
+            raise ValueError(f"ax holds {axes.size} Axes; {len(use)} representation(s) x {ncol} "
+                             f"colour(s) need {len(use) * ncol}")
+        axes = axes.reshape(len(use), ncol)
+        fig = axes[0, 0].figure
     for r, rep in enumerate(use):
         tmp = AnnData(obs=light.obs.copy())
         tmp.obsm[rep] = light.obsm[rep]
         sc.pp.neighbors(tmp, use_rep=rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), metric=metric,
-                        random_state=seed)
-        sc.tl.umap(tmp, random_state=seed)
+                        random_state=random_state)
+        sc.tl.umap(tmp, random_state=random_state)
         for c in range(ncol):
             ax = axes[r, c]
             col = colors[c] if colors else None
-            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=ax, show=False, size=point_size,
+            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=ax, show=False, size=size,
                             title=f"{rep}" + (f" · {col}" if col else ""),
                             legend_loc="right margin",
                             frameon=False)
-    fig.tight_layout()
-    _finish(fig, axes, show, save)
-    return axes
+    if ax is None:
+        fig.tight_layout()
+    return savefig_or_show("embeddings", fig, axes, show=show, save=save)
 
 
 def bm_results(
@@ -112,7 +137,7 @@ def bm_results(
     title: str | None = None,
     ax=None,
     show: bool | None = None,
-    save: str | None = None,
+    save: bool | str | None = None,
 ):
     """Bar chart (mean ± sd over folds) or heatmap of a tidy benchmark DataFrame.
 
@@ -130,12 +155,24 @@ def bm_results(
         ``"bar"`` or ``"heatmap"``.
     reference
         Papers' numbers ``{(x, hue) or x: value}`` drawn as black ticks on the bars.
-    title, ax, show, save
-        Title; Axes to draw into; show; write to this path.
+    title
+        Axes title (default: the metric).
+    ax
+        Axes to draw into (default: a new figure).
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    save
+        As in scanpy: ``True`` writes ``scanpy.settings.figdir / "bm_results.<format>"``;
+        a string is appended to that name, its extension picks the format.
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes`.
+    The :class:`~matplotlib.axes.Axes`, unless the figure was shown (then ``None``).
+
+    Examples
+    --------
+    >>> res = gpt.bm.gene_property_auc(adata.varm["X_genept"], labels)  # doctest: +SKIP
+    >>> gpt.pl.bm_results(res, show=False)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -188,4 +225,4 @@ def bm_results(
         ax.set_yticklabels(xs)
         fig.colorbar(im, ax=ax, label=y)
     ax.set_title(title or y)
-    return _finish(fig, ax, show, save)
+    return savefig_or_show("bm_results", fig, ax, show=show, save=save)

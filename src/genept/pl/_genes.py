@@ -6,15 +6,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._utils import savefig_or_show
 
-def _finish(fig, ax, show: bool | None, save: str | None):
-    import matplotlib.pyplot as plt
-
-    if save:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if show:
-        plt.show()
-    return ax
+__all__ = ["gene_umap"]
 
 
 def gene_umap(
@@ -27,7 +21,7 @@ def gene_umap(
     title: str | None = None,
     ax=None,
     show: bool | None = None,
-    save: str | None = None,
+    save: bool | str | None = None,
 ):
     """UMAP of the gene embeddings in ``adata.varm[key]``, one dot per gene.
 
@@ -47,13 +41,15 @@ def gene_umap(
     ax
         Draw into this Axes.
     show
-        Call :func:`matplotlib.pyplot.show`.
+        Show the figure (default ``scanpy.settings.autoshow``).
     save
-        Write the figure to this path.
+        As in scanpy: ``True`` writes ``scanpy.settings.figdir / "gene_umap.<format>"``; a
+        string is appended to that name, its extension picks the format
+        (``"_pbmc.pdf"`` → ``gene_umap_pbmc.pdf``).
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes`.
+    The :class:`~matplotlib.axes.Axes`, unless the figure was shown (then ``None``).
 
     Examples
     --------
@@ -110,4 +106,4 @@ def gene_umap(
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
     ax.set_title(title or f"{int(has.sum())} gene embeddings ({key})")
-    return _finish(fig, ax, show, save)
+    return savefig_or_show("gene_umap", fig, ax, show=show, save=save)

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._genes import _finish
+from .._utils import renamed_arg
+from ._utils import savefig_or_show
 
 __all__ = ["gene_programs"]
 
@@ -26,6 +27,7 @@ def _scale(M: np.ndarray, how: str | None) -> np.ndarray:
     raise ValueError(f"standard_scale must be 'program', 'zscore' or None, got {how!r}")
 
 
+@renamed_arg("seed", "random_state")
 def gene_programs(
     adata: AnnData,
     groupby: str,
@@ -36,10 +38,10 @@ def gene_programs(
     show_members: int | bool = 6,
     standard_scale: str | None = "program",
     cmap: str = "viridis",
-    seed: int = 0,
+    random_state: int = 0,
     ax=None,
     show: bool | None = None,
-    save: str | None = None,
+    save: bool | str | None = None,
 ):
     """Average score of each gene program per group of cells, with the programs' genes.
 
@@ -68,19 +70,25 @@ def gene_programs(
         raw mean scores.
     cmap
         Colour map.
-    seed
-        Sample of ``programs`` when it is an int.
-    ax, show, save
-        Axes to draw into; show the figure; write it to this path.
+    random_state
+        Seed of the sample of ``programs`` when it is an int (``seed=`` is deprecated).
+    ax
+        Axes to draw into (default: a new figure).
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    save
+        As in scanpy: ``True`` writes ``scanpy.settings.figdir / "gene_programs.<format>"``; a
+        string is appended to that name, its extension picks the format
+        (``"_pbmc.pdf"`` → ``gene_programs_pbmc.pdf``).
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes`.
+    The :class:`~matplotlib.axes.Axes`, unless the figure was shown (then ``None``).
 
     Examples
     --------
     >>> gpt.tl.gene_programs(adata, use_raw=True)  # doctest: +SKIP
-    >>> gpt.pl.gene_programs(adata, "bulk_labels", save="programs.png")  # doctest: +SKIP
+    >>> gpt.pl.gene_programs(adata, "bulk_labels", save="_pbmc.png")  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -101,7 +109,7 @@ def gene_programs(
         raise ValueError("no gene program was found; lower the threshold/min_size of gpt.tl.gene_programs")
     if isinstance(programs, int | np.integer) and not isinstance(programs, bool):
         k = min(int(programs), len(names))
-        pick = np.sort(np.random.default_rng(seed).choice(len(names), k, replace=False))
+        pick = np.sort(np.random.default_rng(random_state).choice(len(names), k, replace=False))
         names = [names[i] for i in pick]
     elif programs is not None:
         unknown = [p for p in programs if p not in scores.columns]
@@ -150,4 +158,4 @@ def gene_programs(
     ax.set_xlabel(groupby)
     ax.set_title("gene programs")
     fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.04, pad=0.02)
-    return _finish(fig, ax, show, save)
+    return savefig_or_show("gene_programs", fig, ax, show=show, save=save)
