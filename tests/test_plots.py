@@ -155,14 +155,14 @@ def test_savefig_or_show_follows_scanpy(tmp_path):
 
 def test_plots_accept_ax(programs_adata):
     """Every plot draws into a given Axes and returns it."""
-    fig, axs = plt.subplots(1, 3)
+    _fig, axs = plt.subplots(1, 3)
     a = programs_adata
     assert pl_gene_programs(a, "cell_type", ax=axs[0], show=False) is axs[0]
     conf = _annotated()
     assert gpt.pl.confusion_matrix(conf, "pred", label_key="truth", ax=axs[1], show=False) is axs[1]
     df = pd.DataFrame({"embedding": ["a", "b"], "auc": [0.7, 0.8]})
     assert bm_results(df, hue=None, ax=axs[2], show=False) is axs[2]
-    fig2, ax = plt.subplots()
+    _fig2, ax = plt.subplots()
     a.obsm["X_genept_w"] = np.random.default_rng(0).standard_normal((a.n_obs, 4))
     out = embeddings(a, reps=["X_genept_w"], color="cell_type", n_neighbors=5, ax=ax, show=False)
     assert out.shape == (1, 1) and out[0, 0] is ax
