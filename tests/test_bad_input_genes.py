@@ -200,6 +200,8 @@ def test_gene_programs_sparse_varm():
     a.varm["X_genept"] = sparse.csr_matrix(a.varm["X_genept"])
     with pytest.raises(TypeError, match=r"sparse.*toarray"):
         gene_programs(a, threshold=0.8)
+    with pytest.raises(TypeError, match=r"sparse.*toarray"):  # the benchmarks' reader too
+        gpt.bm.as_embedding_frame(a)
 
 
 # -- item 7 and 16: gene_programs on bad varm and arguments ---------------------------
@@ -212,6 +214,8 @@ def test_gene_programs_non_finite_varm(bad):
     with pytest.raises(ValueError, match=r"G5.*embed_genes"):
         gene_programs(a)
     assert "genept_program" not in a.var
+    with pytest.raises(ValueError, match=r"G5.*embed_genes"):
+        gpt.bm.as_embedding_frame(a)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["GeneEmbeddings", "read_gene_embeddings"]
+__all__ = ["GeneEmbeddings", "checked_varm", "read_gene_embeddings"]
 
 
 @dataclass
@@ -212,3 +212,34 @@ def as_gene_embeddings(obj: Any, *, allow_pickle: bool = False, **kw) -> GeneEmb
         f"cannot use a {type(obj).__name__} as gene embeddings; pass a dict gene -> vector, a "
         "DataFrame indexed by gene, a GeneEmbeddings or a file path"
     )
+
+
+def checked_varm(adata, key: str) -> np.ndarray:
+    """``adata.varm[key]`` as a finite float32 ``(n_vars, dim)`` array, or a clear error
+    (sparse, complex or non-numeric, zero-width, NaN/inf rows named by gene)."""
+    from scipy import sparse
+
+    V = adata.varm[key]
+    if sparse.issparse(V) or type(V).__module__.startswith("sparse"):
+        raise TypeError(
+            f"adata.varm[{key!r}] is a sparse matrix; gene embeddings must be dense: "
+            f"adata.varm[{key!r}] = adata.varm[{key!r}].toarray()"
+        )
+    V = V.to_numpy() if isinstance(V, pd.DataFrame) else np.asarray(V)
+    if np.issubdtype(V.dtype, np.complexfloating) or not np.issubdtype(V.dtype, np.number):
+        raise TypeError(f"adata.varm[{key!r}] must hold real numbers, got dtype {V.dtype}")
+    if V.ndim != 2 or V.shape[1] == 0:
+        raise ValueError(
+            f"adata.varm[{key!r}] has shape {V.shape}; expected ({adata.n_vars}, dim) with "
+            "dim > 0: re-run gpt.tl.embed_genes"
+        )
+    E = np.asarray(V, dtype=np.float32)
+    bad = ~np.isfinite(E).all(axis=1)
+    if bad.any():
+        genes = ", ".join(map(str, adata.var_names[bad][:5]))
+        raise ValueError(
+            f"adata.varm[{key!r}] has NaN or inf in {int(bad.sum())} gene rows (first: "
+            f"{genes}); re-run gpt.tl.embed_genes(adata), or set those rows to 0 to leave "
+            "the genes out"
+        )
+    return E

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._gene_embeddings import GeneEmbeddings, as_gene_embeddings
+from .._core._keys import uns_key
+from .._gene_embeddings import GeneEmbeddings, as_gene_embeddings, checked_varm
 
 __all__ = ["as_embedding_frame", "random_like", "summarize"]
 
@@ -24,9 +25,9 @@ def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
     if isinstance(emb, AnnData):
         if key not in emb.varm:
             raise KeyError(f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first")
-        M = np.asarray(emb.varm[key], dtype=np.float32)
+        M = checked_varm(emb, key)
         has = np.abs(M).sum(axis=1) > 0
-        prefix = key[2:] if key.startswith("X_") else key
+        prefix = uns_key(key)
         if f"{prefix}_has_embedding" in emb.var:
             has &= emb.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
         names = emb.var_names.astype(str)[has]

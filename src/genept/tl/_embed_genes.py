@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._core._keys import sanitize_params, uns_key
 from .._gene_matching import build_alias_maps, is_missing_name, match_genes, mouse_like
 from .._gene_sources import TEXT_LEVELS, resolve_source
 from .._utils import check_adata, get_var_names, write_results
@@ -20,8 +21,9 @@ __all__ = ["embed_genes", "uns_key_for"]
 
 
 def uns_key_for(key_added: str) -> str:
-    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key."""
-    return key_added[2:] if key_added.startswith("X_") else key_added
+    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key
+    (kept for callers; the rule lives in :func:`genept._core._keys.uns_key`)."""
+    return uns_key(key_added)
 
 
 @lru_cache(maxsize=1)
@@ -231,7 +233,7 @@ def embed_genes(
         )
         has &= ~zero
         target = np.where(zero, "", target)
-    prefix = uns_key_for(key_added)
+    prefix = uns_key(key_added)
     params = {
         "source": src.name,
         "model": str(model_name),
@@ -251,7 +253,7 @@ def embed_genes(
             ("varm", key_added, M),
             ("var", f"{prefix}_has_embedding", has),
             ("var", f"{prefix}_gene", pd.Categorical(target.astype(str))),
-            ("uns", prefix, {"params": params}),
+            ("uns", prefix, {"params": sanitize_params(params)}),
         ],
         copy=copy,
         log=lambda msg: logg.info("    finished", time=start, deep=msg),

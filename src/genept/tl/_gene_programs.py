@@ -24,6 +24,8 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._core._blocks import check_block_rows, iter_row_blocks
+from .._core._keys import sanitize_params, uns_key
+from .._gene_embeddings import checked_varm
 from .._utils import check_adata, get_matrix, get_var_names, write_results
 
 __all__ = [
@@ -272,34 +274,6 @@ def _gene_mask(adata: AnnData, genes) -> np.ndarray:
     return adata.var_names.isin(wanted)
 
 
-def _checked_varm(adata: AnnData, key: str) -> np.ndarray:
-    """``varm[key]`` as a finite float32 ``(n_vars, dim)`` array, or a clear error."""
-    V = adata.varm[key]
-    if sparse.issparse(V) or type(V).__module__.startswith("sparse"):
-        raise TypeError(
-            f"adata.varm[{key!r}] is a sparse matrix; gene embeddings must be dense: "
-            f"adata.varm[{key!r}] = adata.varm[{key!r}].toarray()"
-        )
-    V = V.to_numpy() if isinstance(V, pd.DataFrame) else np.asarray(V)
-    if np.issubdtype(V.dtype, np.complexfloating) or not np.issubdtype(V.dtype, np.number):
-        raise TypeError(f"adata.varm[{key!r}] must hold real numbers, got dtype {V.dtype}")
-    if V.ndim != 2 or V.shape[1] == 0:
-        raise ValueError(
-            f"adata.varm[{key!r}] has shape {V.shape}; expected ({adata.n_vars}, dim) with "
-            "dim > 0: re-run gpt.tl.embed_genes"
-        )
-    E = np.asarray(V, dtype=np.float32)
-    bad = ~np.isfinite(E).all(axis=1)
-    if bad.any():
-        genes = ", ".join(map(str, adata.var_names[bad][:5]))
-        raise ValueError(
-            f"adata.varm[{key!r}] has NaN or inf in {int(bad.sum())} gene rows (first: "
-            f"{genes}); re-run gpt.tl.embed_genes(adata), or set those rows to 0 to leave "
-            "the genes out"
-        )
-    return E
-
-
 def _check_unique(names: pd.Index, where: str) -> None:
     if names.has_duplicates:
         dup = ", ".join(map(str, names[names.duplicated()].unique()[:5]))
@@ -315,7 +289,7 @@ def _check_unique(names: pd.Index, where: str) -> None:
 
 
 def _model_of(adata: AnnData, key: str) -> str | None:
-    prefix = key[2:] if key.startswith("X_") else key
+    prefix = uns_key(key)
     p = adata.uns.get(prefix, {})
     p = p.get("params", {}) if isinstance(p, dict) else {}
     return str(p["model"]) if isinstance(p, dict) and "model" in p else None
@@ -431,9 +405,9 @@ def gene_programs(
         )
     if quantile is not None and not (np.isfinite(quantile) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    E_all = _checked_varm(adata, key)
+    E_all = checked_varm(adata, key)
     has = np.abs(E_all).sum(axis=1) > 0
-    prefix = key[2:] if key.startswith("X_") else key
+    prefix = uns_key(key)
     if f"{prefix}_has_embedding" in adata.var:
         has &= adata.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
     sel = _gene_mask(adata, genes) & has
@@ -509,7 +483,7 @@ def gene_programs(
         "use_raw": bool(use_raw),
         "seed": int(seed),
     }
-    params = {k: v for k, v in params.items() if v is not None}
+    params = sanitize_params(params)
     uns = {
         "members": members,
         "sizes": {n: len(m) for n, m in members.items()},
