@@ -656,3 +656,35 @@ def test_scmpt_save_detects_torn_pair(tmp_path):
     shutil.copy(tmp_path / "two" / "weights.pt", tmp_path / "one" / "weights.pt")
     with pytest.raises(ValueError, match="different saves"):
         gpt.models.ScMPTModel.load(tmp_path / "one")
+
+
+def test_scmpt_params_shared_by_fit_and_annotate():
+    """One parameter object: validated once, listed in both signatures and docs."""
+    import inspect
+
+    from genept.models import ScMPTParams
+
+    names = ScMPTParams.names()
+    assert len(names) == 15 and "lr_grid" in names
+    for fn in (ScMPTModel.fit, annotate_scmpt):
+        sig = inspect.signature(fn).parameters
+        assert all(sig[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
+        assert sig["n_seeds"].default == 3 and sig["hidden"].default == (4096,)
+        assert "Values searched for the initial learning rate" in fn.__doc__
+        assert "{scmpt_params}" not in fn.__doc__
+    p = ScMPTParams(hidden=[16, 8], lr_grid=1e-3, class_weight={"a": 2})
+    assert p.hidden == (16, 8) and p.grids["lr"] == (1e-3,)
+    assert ScMPTParams.from_options(p, n_seeds=1).n_seeds == 1
+    assert ScMPTParams.from_options(p, n_seeds=1).hidden == (16, 8)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['lr'\]"):
+        annotate_scmpt(sentences_adata(), sentences_adata(), lr=1e-3)
+    for bad, match in [
+        ({"lr_grid": ()}, "lr_grid is empty"),
+        ({"epochs_grid": (0,)}, "positive"),
+        ({"val_size": 1.0}, "val_size"),
+        ({"selection_metric": "auc"}, "selection_metric"),
+        ({"class_weight": "equal"}, "class_weight"),
+        ({"hidden": 0}, "hidden"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ScMPTParams(**bad)

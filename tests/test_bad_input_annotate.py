@@ -91,7 +91,9 @@ def test_empty_reference_cells_are_left_out():
 
 def test_llm_cells_without_sentence_get_confidence_0(tmp_path, monkeypatch):
     monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path)
-    a = ad.AnnData(np.zeros((2, 1)), obs=pd.DataFrame({"genept_sentence": ["", np.nan]}, index=["x", "y"]))
+    a = ad.AnnData(
+        np.zeros((2, 1)), obs=pd.DataFrame({"genept_sentence": ["", np.nan]}, index=["x", "y"])
+    )
     with pytest.warns(UserWarning, match="no sentence"):
         annotate_llm(a, candidates=["B cell", "T cell"], api_key=KEY)
     assert a.obs["genept_llm"].isna().all()
@@ -228,7 +230,9 @@ def test_damaged_cached_vectors_are_encoded_again(tmp_path, bad):
 
 def test_cached_vector_of_another_width_is_encoded_again(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite")
-    cache.put_many("counting", ["CD3E"], np.ones((1, 2)))  # written under the same id by another model
+    cache.put_many(
+        "counting", ["CD3E"], np.ones((1, 2))
+    )  # written under the same id by another model
     enc = Counting()
     np.testing.assert_array_equal(enc.encode(["CD3E"], cache=cache), [[4, 1, 2]])
     assert enc.seen == ["CD3E"]
@@ -238,7 +242,9 @@ def test_cached_vector_of_another_width_is_encoded_again(tmp_path):
 def test_damaged_embedding_cache_is_moved_aside(tmp_path):
     path = tmp_path / "c.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.warns(UserWarning, match=r"c\.sqlite was damaged.*moved it to .*c\.sqlite\.corrupt-"):
+    with pytest.warns(
+        UserWarning, match=r"c\.sqlite was damaged.*moved it to .*c\.sqlite\.corrupt-"
+    ):
         cache = EmbeddingCache(path)
     assert cache.count() == 0
     moved = list(tmp_path.glob("c.sqlite.corrupt-*"))
@@ -287,17 +293,35 @@ class Server:
                 if non_json:
                     raw, ctype = b"<html>proxy error page</html>", "application/json"
                 elif "input" in body:
-                    data = [{"object": "embedding", "index": i, "embedding": [1.0, 2.0]}
-                            for i in range(len(body["input"]))]
-                    raw = json.dumps({"object": "list", "data": data, "model": body["model"],
-                                      "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": [1.0, 2.0]}
+                        for i in range(len(body["input"]))
+                    ]
+                    raw = json.dumps(
+                        {
+                            "object": "list",
+                            "data": data,
+                            "model": body["model"],
+                            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                        }
+                    ).encode()
                     ctype = "application/json"
                 else:
-                    raw = json.dumps({
-                        "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": reply}}],
-                    }).encode()
+                    raw = json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": reply},
+                                }
+                            ],
+                        }
+                    ).encode()
                     ctype = "application/json"
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
@@ -315,7 +339,9 @@ class Server:
 
 
 def one_cell() -> ad.AnnData:
-    return ad.AnnData(np.zeros((1, 1)), obs=pd.DataFrame({"genept_sentence": ["MS4A1 CD79A"]}, index=["c"]))
+    return ad.AnnData(
+        np.zeros((1, 1)), obs=pd.DataFrame({"genept_sentence": ["MS4A1 CD79A"]}, index=["c"])
+    )
 
 
 # ----------------------------------------------------------------------------- item 10
@@ -358,8 +384,9 @@ def test_non_json_chat_answer_is_retried_then_clear(tmp_path, monkeypatch):
     a = one_cell()
     try:
         with pytest.raises(RuntimeError, match=r"not the API's JSON.*after 3 attempt") as info:
-            annotate_llm(a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url,
-                         max_retries=2)
+            annotate_llm(
+                a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url, max_retries=2
+            )
     finally:
         s.close()
     assert s.n == 3 and KEY not in str(info.value)

@@ -182,7 +182,9 @@ class KVStore:
         if ns is None:
             return self.run(lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
         return self.run(
-            lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table} WHERE ns = ?", [ns]).fetchone()[0]
+            lambda c: c.execute(f"SELECT COUNT(*) FROM {self.table} WHERE ns = ?", [ns]).fetchone()[
+                0
+            ]
         )
 
     def clear(self, ns: str | None = None) -> None:

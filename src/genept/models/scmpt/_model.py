@@ -216,7 +216,9 @@ class ScMPTModel:
                 )
             xs.append(x)
         empty = empty_rows(xs)
-        ts = [torch.from_numpy((x - m) / s) for x, m, s in zip(xs, self.means, self.stds, strict=True)]
+        ts = [
+            torch.from_numpy((x - m) / s) for x, m, s in zip(xs, self.means, self.stds, strict=True)
+        ]
         proba = np.zeros((adata.n_obs, len(self.classes)))
         net = make_net(self.widths, self.hidden, len(self.classes)).to(dev)
         for st in self.state_dicts:
@@ -357,7 +359,9 @@ class ScMPTModel:
                 seeds=cfg.get("seeds"),
             )
         except KeyError as e:
-            raise ValueError(f"{cfg_file} or {w_file} lacks the entry {e}; save the model again") from None
+            raise ValueError(
+                f"{cfg_file} or {w_file} lacks the entry {e}; save the model again"
+            ) from None
         net = make_net(model.widths, model.hidden, len(model.classes))
         for sd in model.state_dicts:  # fail now, not at prediction time
             net.load_state_dict(sd)
@@ -374,4 +378,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-

@@ -155,9 +155,15 @@ class ScMPTParams:
                 f"class_weight must be None, 'balanced' or a dict, got {type(cw).__name__}"
             )
         set_("class_weight", dict(cw) if isinstance(cw, Mapping) else cw)
-        for k, t in (("n_seeds", int), ("patience", int), ("random_state", int),
-                     ("val_size", float), ("weight_decay", float),
-                     ("early_stopping", bool), ("standardize", bool)):
+        for k, t in (
+            ("n_seeds", int),
+            ("patience", int),
+            ("random_state", int),
+            ("val_size", float),
+            ("weight_decay", float),
+            ("early_stopping", bool),
+            ("standardize", bool),
+        ):
             set_(k, t(getattr(self, k)))
 
     @classmethod
@@ -185,6 +191,11 @@ class ScMPTParams:
         """:attr:`device` resolved (``"auto"`` -> ``"cuda"`` or ``"cpu"``)."""
         return resolve_device(self.device)
 
+    @staticmethod
+    def document(fn: Callable) -> Callable:
+        """Decorator for functions taking ``params=None, **options``: see :func:`takes_params`."""
+        return takes_params()(fn)
+
     def as_dict(self) -> dict[str, Any]:
         """The options as plain lists/values (for ``uns`` and JSON)."""
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -205,15 +216,19 @@ def takes_params(doc_marker: str = "{scmpt_params}") -> Callable:
         defaults = ScMPTParams()
         new = [
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, f.name),
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=getattr(defaults, f.name),
                 annotation=f.type,
             )
             for f in fields(ScMPTParams)
             if f.init
         ]
-        fn.__signature__ = sig.replace(parameters=before[:-1] + new + before[-1:]) if any(
-            p.name == "params" for p in before[-1:]
-        ) else sig.replace(parameters=before + new)
+        fn.__signature__ = (
+            sig.replace(parameters=before[:-1] + new + before[-1:])
+            if any(p.name == "params" for p in before[-1:])
+            else sig.replace(parameters=before + new)
+        )
         if fn.__doc__ and doc_marker in fn.__doc__:
             indent = fn.__doc__.split(doc_marker)[0].rsplit("\n", 1)[-1]
             body = PARAMS_DOC.replace("\n", "\n" + indent)

@@ -196,7 +196,6 @@ def summarise_validation(infos, split, codes, n_classes) -> dict[str, Any]:
     }
 
 
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the ensemble's weights and the validation record."""
@@ -275,7 +274,13 @@ def train(
 
         def run(hp: Hyper, seed: int):
             return train_one(
-                xs_tr, y_tr, xs_va, y_va, hp=hp, early_stopping=p.early_stopping, seed=seed,
+                xs_tr,
+                y_tr,
+                xs_va,
+                y_va,
+                hp=hp,
+                early_stopping=p.early_stopping,
+                seed=seed,
                 **common,
             )
 

@@ -43,7 +43,6 @@ def _knn_votes(
     return votes
 
 
-
 def _annotate_knn(
     adata: AnnData,
     reference: AnnData,
@@ -101,7 +100,9 @@ def _annotate_knn(
     pred = classes.astype(object)[votes.argmax(axis=1)]  # ties: first class (as sklearn)
     pred[empty] = None
     if empty.any():
-        logg.warning(f"{int(empty.sum())} query cells are empty (all-zero representation); not labelled")
+        logg.warning(
+            f"{int(empty.sum())} query cells are empty (all-zero representation); not labelled"
+        )
     uns: dict[str, Any] = {
         "method": method,
         "params": {

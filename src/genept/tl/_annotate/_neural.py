@@ -17,7 +17,6 @@ from anndata import AnnData
 from ..._core._labels import as_key_list, check_key_added, check_query, paired_reps
 from ..._utils import check_adata, write_results
 from ...models.scmpt import ScMPTModel, ScMPTParams
-from ...models.scmpt._params import takes_params
 from ._common import annotation_writes, query_metrics
 
 __all__ = ["annotate_mlp", "annotate_scmpt"]
@@ -171,7 +170,7 @@ def annotate_mlp(
     )
 
 
-@takes_params()
+@ScMPTParams.document
 def annotate_scmpt(
     adata: AnnData,
     reference: AnnData | None = None,
@@ -187,7 +186,6 @@ def annotate_scmpt(
     params: ScMPTParams | None = None,
     **options: Any,
 ) -> AnnData | None:
-
     """Annotate cells with scMPT: a fusion network on two (or more) frozen representations.
 
     scMPT (section 3.2, appendix A.2): each representation -- by default scGPT's
@@ -269,8 +267,14 @@ def annotate_scmpt(
             "device": p.torch_device(),
         }
         return _write_model_results(
-            adata, model, method="scmpt", params=info, label_key=label_key,
-            key_added=key_added, device=p.device, copy=copy,
+            adata,
+            model,
+            method="scmpt",
+            params=info,
+            label_key=label_key,
+            key_added=key_added,
+            device=p.device,
+            copy=copy,
         )
     if reference is None:
         raise TypeError("annotate_scmpt needs a labelled `reference` or a trained `model`")
@@ -290,6 +294,12 @@ def annotate_scmpt(
     if save is not None:
         info["saved_to"] = str(fitted.save(save))
     return _write_model_results(
-        adata, fitted, method="scmpt", params=info, label_key=label_key,
-        key_added=key_added, device=p.device, copy=copy,
+        adata,
+        fitted,
+        method="scmpt",
+        params=info,
+        label_key=label_key,
+        key_added=key_added,
+        device=p.device,
+        copy=copy,
     )
