@@ -1,4 +1,4 @@
-"""Benchmark of GenePT-w (``genept._weighted.weighted_embedding``).
+"""Benchmark of GenePT-w (``genept.tl.weighted_embedding``).
 
 Speed mode (default): a synthetic CSR at scRNA-seq density; prints, measured in the same
 run, genept CPU time vs scipy ``X @ E`` (float32, single-threaded) with the max abs
@@ -66,7 +66,7 @@ def best_of(fn, repeat):
 
 
 def speed(args):
-    from genept._weighted import weighted_embedding
+    from genept.tl import weighted_embedding
 
     X = synthetic_csr(args.cells, args.genes, args.nnz_per_cell, skew=args.skew)
     print(
@@ -205,7 +205,7 @@ def memory_child(path, d, block_rows):
         from anndata.io import sparse_dataset
     except ImportError:  # pragma: no cover
         from anndata.experimental import sparse_dataset
-    from genept._weighted import weighted_embedding
+    from genept.tl import weighted_embedding
 
     with h5py.File(path, "r") as f:
         X = sparse_dataset(f["X"])

@@ -13,12 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 
-from genept.pp._cell_sentences import (
+from genept.pp import (
     PAPER_PREFIX,
     build_sentences,
     cell_sentences,
     hash_gene_name,
     rank_genes,
+    sentence_plan,
     token_budget,
     truncate_to_budget,
 )
@@ -39,9 +40,10 @@ def _containers(X: np.ndarray) -> dict[str, object]:
     }
 
 
-def _build(X, **kw):
+def _build(X, prefix="", hash_names=False, **kw):
     kw.setdefault("show_progress", False)
-    return build_sentences(X, GENES, **kw)
+    plan = sentence_plan(GENES, prefix=prefix, hash_names=hash_names)
+    return build_sentences(X, plan, **kw)
 
 
 def _reference(X: np.ndarray, seed: int | None, n_genes: int | None = None):
@@ -282,7 +284,8 @@ def test_shuffle_after_cut_keeps_the_top_genes():
 def test_hash_and_shuffle():
     X, names = _long_matrix()
     ranked = build_sentences(X, names, seed=0, show_progress=False)
-    both = build_sentences(X, names, seed=0, hash_names=True, shuffle=True, show_progress=False)
+    hashed = sentence_plan(names, hash_names=True)
+    both = build_sentences(X, hashed, seed=0, shuffle=True, show_progress=False)
     for r, s in zip(ranked, both, strict=True):
         assert sorted(hash_gene_name(g) for g in r.split()) == sorted(s.split())
     assert [len(s.split()) for s in both] == [len(r.split()) for r in ranked]
@@ -348,7 +351,8 @@ def test_large_random_sparse_against_reference():
 
 def test_non_ascii_names():
     names = ["α-GENE", "B", "ζ", "D", "E"]
-    out = build_sentences(X_HAND, names, seed=None, prefix="Zelle: ", show_progress=False)
+    plan = sentence_plan(names, prefix="Zelle: ")
+    out = build_sentences(X_HAND, plan, seed=None, show_progress=False)
     assert out == ["Zelle: B D ζ", "Zelle: α-GENE B ζ E", ""]
 
 
@@ -459,6 +463,10 @@ def test_errors():
         cell_sentences(X_HAND)
     with pytest.raises(ValueError, match="gene names"):
         build_sentences(X_HAND, GENES[:3])
-    with pytest.raises(ValueError, match="both"):
+    with pytest.raises(ValueError, match="both"), pytest.warns(DeprecationWarning):
         build_sentences(X_HAND, GENES, budget=3)
+    with pytest.raises(ValueError, match="block_rows"):
+        build_sentences(X_HAND, GENES, block_rows=0)
+    with pytest.raises(ValueError, match="max_tokens needs"):
+        sentence_plan(GENES, max_tokens=5)
     assert "genept_sentence" not in adata.obs  # nothing half-written

@@ -233,3 +233,65 @@ def test_s_dask_equals_in_memory():
     lazy.X = da.from_array(adata.X.toarray(), chunks=(8, -1))
     gpt.tl.embed_cells(lazy, method="s", model=enc)
     np.testing.assert_array_equal(lazy.obsm["X_genept_s"], adata.obsm["X_genept_s"])
+
+
+@pytest.fixture
+def chunk_calls(monkeypatch):
+    """Rows of every GenePT-w dask chunk call, seen by wrapping the adapter's chunk function."""
+    import threading
+
+    from genept._kernels.weighted import _dask as dask_mod
+
+    calls: list[int] = []
+    lock = threading.Lock()
+    real = dask_mod._dask_chunk
+
+    def spy(block, *args):
+        with lock:
+            calls.append(int(block.shape[0]))
+        return real(block, *args)
+
+    monkeypatch.setattr(dask_mod, "_dask_chunk", spy)
+    return calls
+
+
+def test_w_dask_out_dask_runs_kernel_once_per_chunk(chunk_calls):
+    """Regression (issue 10): embed_cells computed the kernel inside the call for the
+    empty flag (7 calls for 7 chunks) and again on each access (14 after one compute)."""
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    adata = toy(n_obs=70)
+    ref = reference_w(adata.X, adata.varm["X_genept"])
+    adata.X = da.from_array(adata.X.toarray(), chunks=(10, -1))  # 7 row chunks
+    with dask.config.set(scheduler="synchronous"):
+        gpt.tl.embed_cells(adata, method="w", out="dask")
+        assert chunk_calls == []  # nothing computed by the call
+        emb = adata.obsm["X_genept_w"]
+        assert type(emb).__module__.startswith("dask")
+        assert "genept_w_empty" not in adata.obs  # would need a pass over X
+        got = emb.compute()
+        assert chunk_calls == [10] * 7  # exactly one kernel call per chunk
+        _ = adata.obsm["X_genept_w"]  # accessing the stored array computes nothing
+        assert len(chunk_calls) == 7
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense", "csc"])
+def test_w_out_dask_lazy_for_in_memory_input(chunk_calls, fmt):
+    """Regression (issue 10): out='dask' on in-memory input was computed eagerly."""
+    pytest.importorskip("dask.array")
+    import dask
+
+    adata = toy(n_obs=50, fmt="dense" if fmt == "dense" else "csr")
+    if fmt == "csc":
+        adata.X = sparse.csc_matrix(adata.X)
+    ref = reference_w(adata.X, adata.varm["X_genept"])
+    with dask.config.set(scheduler="synchronous"):
+        gpt.tl.embed_cells(adata, method="w", out="dask", block_rows=16)
+        assert chunk_calls == []
+        emb = adata.obsm["X_genept_w"]
+        assert type(emb).__module__.startswith("dask")
+        assert emb.chunks[0] == (16, 16, 16, 2)
+        np.testing.assert_allclose(emb.compute(), ref, atol=1e-5)
+    assert sorted(chunk_calls) == [2, 16, 16, 16]  # one call per chunk

@@ -1,4 +1,4 @@
-"""Tests of the GenePT-w numerical core (genept._weighted.weighted_embedding)."""
+"""Tests of the GenePT-w numerical core (``gpt.tl.weighted_embedding``, genept._kernels.weighted)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 
-from genept._weighted import _embed_cpu, _make_plan, weighted_embedding
+from genept._kernels.weighted import _cpu as cpu_mod
+from genept._kernels.weighted._cpu import _embed_cpu
+from genept._kernels.weighted._plan import _make_plan
+from genept.tl import weighted_embedding
 
 da = pytest.importorskip("dask.array")
 
@@ -42,8 +45,24 @@ def _data(n=60, g=40, d=12, density=0.2, seed=0, zero_rows=(3, 7), unused_every=
     return X, E
 
 
+@pytest.fixture
+def kernels(monkeypatch) -> list:
+    """Kinds of CPU kernels that ran, seen by wrapping ``_cpu_block`` (the driver's seam;
+    production code keeps no log)."""
+    seen: list = []
+    real = cpu_mod._cpu_block
+
+    def spy(*args, **kwargs):
+        kind = real(*args, **kwargs)
+        seen.append(kind)
+        return kind
+
+    monkeypatch.setattr(cpu_mod, "_cpu_block", spy)
+    return seen
+
+
 def _cpu(X, E, **kw):
-    """``_embed_cpu`` with test defaults (kernel_log etc. passed through)."""
+    """``_embed_cpu`` with test defaults."""
     kw = {
         "normalize": "l2",
         "n_total": 1,
@@ -174,24 +193,20 @@ def test_bitwise_equal_to_scipy_float32():
 
 @pytest.mark.parametrize("force", ["sparse", "dense"])
 @pytest.mark.parametrize("density", [0.02, 0.6])
-def test_both_kernels_any_density(force, density, monkeypatch):
-    import genept._weighted as w
-
+def test_both_kernels_any_density(force, density, monkeypatch, kernels):
     X, E = _data(n=700, g=120, d=50, density=density, seed=3)
-    monkeypatch.setattr(w, "_dense_threshold", lambda d: 0.0 if force == "dense" else 2.0)
-    log: list = []
+    monkeypatch.setattr(cpu_mod, "_dense_threshold", lambda d: 0.0 if force == "dense" else 2.0)
     for Xc in (X, X.toarray()):
-        got = _cpu(Xc, E, kernel_log=log)
+        got = _cpu(Xc, E)
         _assert_close(got, X, E)
-    assert set(log) == {force}
+    assert set(kernels) == {force}
 
 
-def test_rule_picks_kernel_by_density():
-    log: list = []
+def test_rule_picks_kernel_by_density(kernels):
     for density, expect in [(0.02, "sparse"), (0.9, "dense")]:
         X, E = _data(n=300, g=100, d=256, density=density)
-        _cpu(X, E, normalize="none", n_jobs=1, kernel_log=log)
-        assert log[-1] == expect
+        _cpu(X, E, normalize="none", n_jobs=1)
+        assert kernels[-1] == expect
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -309,7 +324,7 @@ def test_progress_bar(capsys):
     assert "GenePT-w" in capsys.readouterr().err
 
 
-def test_cpu_sparse_kernel_unsorted_and_duplicate_entries():
+def test_cpu_sparse_kernel_unsorted_and_duplicate_entries(kernels):
     X, E = _data(n=600, g=300, d=40, density=0.03, seed=12)
     rng = np.random.default_rng(0)
     rows, cols, vals = [], [], []
@@ -324,9 +339,8 @@ def test_cpu_sparse_kernel_unsorted_and_duplicate_entries():
     indptr = np.concatenate([[0], np.cumsum([c.size for c in cols])])
     Xn = sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=X.shape)
     assert not Xn.has_canonical_format
-    kinds = []
-    got = _cpu(Xn, E, n_total=300, block_rows=256, kernel_log=kinds)
-    assert set(kinds) == {"sparse"}
+    got = _cpu(Xn, E, n_total=300, block_rows=256)
+    assert set(kernels) == {"sparse"}
     _assert_close(got, X, E)
 
 
@@ -337,7 +351,7 @@ def test_cpu_sparse_kernel_unsorted_and_duplicate_entries():
 
 
 def _torch_embed(X, E, **kw):
-    from genept._weighted import _embed_torch
+    from genept._kernels.weighted._torch import _embed_torch
 
     kw = {
         "normalize": "l2",

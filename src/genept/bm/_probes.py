@@ -82,7 +82,7 @@ def ablation_embeddings(
     them in ``obsm``.
     """
     from ..encoders import get_encoder
-    from ..pp._cell_sentences import build_sentences, sentence_words, token_budget
+    from ..pp import build_sentences, sentence_words, token_budget
 
     check_adata(adata)
     bad = [m for m in modes if m not in ABLATION_MODES]

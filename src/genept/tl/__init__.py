@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._core._lazy import attach
 
 if TYPE_CHECKING:
+    from .._kernels.weighted import weighted_embedding
     from ._annotate import (
         ScMPTModel,
         annotate_knn,
@@ -36,5 +37,6 @@ __getattr__, __dir__, __all__ = attach(
         "embed_genes": "._embed_genes",
         "embed_scgpt": "._embed_scgpt",
         "gene_programs": "._gene_programs",
+        "weighted_embedding": ".._kernels.weighted",
     },
 )

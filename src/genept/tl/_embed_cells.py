@@ -11,28 +11,53 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._core._blocks import check_block_rows
+from .._core._device import resolve_device
+from .._kernels.sentences._build import _build, sentence_plan
+from .._kernels.sentences._rank import _check_n_genes
+from .._kernels.weighted._api import _run, check_options, check_values_dtype
+from .._kernels.weighted._plan import _make_plan, check_gene_embeddings
+from .._settings import settings
 from .._utils import check_adata, get_matrix, get_var_names, is_dask, write_results
 from ..encoders import TextEncoder, get_encoder
 
 __all__ = ["embed_cells"]
 
 
-def _sample_rows(X, n: int = 2000):
-    """The first ``n`` rows of any container, as numpy or CSR (for cheap input checks)."""
-    block = X[: min(n, X.shape[0])]
-    if is_dask(block):
-        block = block.compute()
-    if hasattr(block, "to_memory"):
-        block = block.to_memory()
-    if sparse.issparse(block):
-        return sparse.csr_matrix(block)
-    return np.asarray(block)
+#: rows of the sample that the counts heuristic looks at, in windows spread over X
+_SAMPLE_ROWS = 2000
+_SAMPLE_WINDOWS = 20
+
+
+def _sample_rows(X, n: int = _SAMPLE_ROWS, windows: int = _SAMPLE_WINDOWS):
+    """About ``n`` rows in ``windows`` contiguous windows spread over the whole matrix.
+
+    Row slices are cheap on every container (numpy, CSR, h5py, backed); a dask array
+    gives up to 4 windows (each computes the chunks it touches). Returns a list of
+    numpy / CSR blocks.
+    """
+    n_obs = int(X.shape[0])
+    if is_dask(X):
+        windows = min(windows, 4)
+    windows = max(1, min(windows, n_obs))
+    width = max(1, min(n, n_obs) // windows)
+    starts = np.unique(np.linspace(0, max(0, n_obs - width), windows).astype(np.int64))
+    out = []
+    for a in starts.tolist():
+        block = X[a : a + width]
+        if is_dask(block):
+            block = block.compute()
+        if hasattr(block, "to_memory"):
+            block = block.to_memory()
+        out.append(sparse.csr_matrix(block) if sparse.issparse(block) else np.asarray(block))
+    return out
 
 
 def _looks_like_counts(X) -> bool:
-    """Whether a sample of rows holds only non-negative integers with large totals."""
-    s = _sample_rows(X)
-    data = s.data if sparse.issparse(s) else np.asarray(s).ravel()
+    """Whether a sample of rows spread over ``X`` holds only non-negative integers with
+    large values (raw counts)."""
+    parts = [s.data if sparse.issparse(s) else np.asarray(s).ravel() for s in _sample_rows(X)]
+    data = np.concatenate(parts) if parts else np.zeros(0)
     if data.size == 0 or not np.isfinite(data).all():
         return False
     integral = np.all(np.mod(data, 1) == 0)
@@ -58,11 +83,11 @@ def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) 
             f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
             f"{list(adata.varm.keys())})"
         )
-    E = np.asarray(adata.varm[gene_key], dtype=np.float32)
-    if E.ndim != 2 or E.shape[0] != adata.n_vars:
-        raise ValueError(f"adata.varm[{gene_key!r}] has shape {E.shape}; expected ({adata.n_vars}, dim)")
-    if not np.isfinite(E).all():
-        raise ValueError(f"adata.varm[{gene_key!r}] contains NaN or inf; re-run embed_genes")
+    E = check_gene_embeddings(
+        adata.varm[gene_key],
+        f"adata.varm[{gene_key!r}]",
+        "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
+    )
     if not use_raw:
         return E
     # raw may hold more genes than var: genes missing from var have no embedding
@@ -150,8 +175,11 @@ def embed_cells(
     block_rows
         (w) Rows per block (default: chosen from the data).
     out
-        (w) For dask input: ``"numpy"`` computes the result, ``"dask"`` stores a lazy
-        dask array in ``obsm``.
+        (w) ``"numpy"`` computes the result now; ``"dask"`` stores a lazy dask array in
+        ``obsm`` for any input (in-memory input is wrapped in row chunks of
+        ``block_rows``): nothing is computed by this call, the kernel runs once per row
+        chunk when the array is computed, and ``obs[..._empty]`` is not written (an empty
+        cell is a zero row).
     model
         (s) Text encoder (default: the packaged all-MiniLM-L6-v2; any
         sentence-transformers model such as ``"llmrails/ember-v1"``; or
@@ -168,7 +196,7 @@ def embed_cells(
     seed
         (s) Seed of the tie order and of ``shuffle``.
     batch_size
-        (s) Sentences per encoder batch.
+        (s) Sentences per encoder batch (a positive integer; ``None``: the encoder's).
     cache
         (s) Use the persistent text-embedding cache, so an interrupted run resumes.
     allow_counts
@@ -186,7 +214,7 @@ def embed_cells(
         ``float32 (n_obs, dim)``, L2-normalised rows; zero rows for cells without any
         expressed embedded gene.
     ``adata.obs['genept_w_empty']`` / ``['genept_s_empty']``
-        Cells that got a zero row.
+        Cells that got a zero row (not written with ``out="dask"``).
     ``adata.uns['genept_w']`` / ``['genept_s']``
         ``params`` of the call.
 
@@ -203,13 +231,22 @@ def embed_cells(
         raise ValueError(f"method must be 'w' (GenePT-w) or 's' (GenePT-s), got {method!r}")
     if normalize not in ("l2", "notebook"):
         raise ValueError(f"normalize must be 'l2' or 'notebook', got {normalize!r}")
-    if out not in ("numpy", "dask"):
-        raise ValueError(f"out must be 'numpy' or 'dask', got {out!r}")
+    block_rows = check_options(
+        normalize=normalize, precision=precision, out=out, block_rows=block_rows
+    )
+    if method == "s":
+        if out == "dask":
+            raise ValueError("out='dask' is for GenePT-w; GenePT-s returns a numpy array")
+        batch_size = check_block_rows(batch_size, "batch_size")
+        _check_n_genes(n_genes)
+    dev = resolve_device(device)
+    progress = settings.progress if show_progress is None else show_progress
     key_added = key_added or f"X_genept_{method}"
     prefix_key = key_added[2:] if key_added.startswith("X_") else key_added
     X = get_matrix(adata, layer=layer, use_raw=use_raw)
     if X.shape[0] == 0:
         raise ValueError("adata has no cells (adata.n_obs == 0)")
+    check_values_dtype(X, "the expression matrix")
     _check_counts(X, allow_counts)
     start = logg.info(f"computing GenePT-{method} cell embeddings")
     params: dict[str, Any] = {
@@ -218,62 +255,57 @@ def embed_cells(
         "use_raw": bool(use_raw),
     }
     if method == "w":
-        from .._weighted import weighted_embedding
-
         E = _gene_embedding_matrix(adata, gene_key, use_raw)
         if X.shape[1] != E.shape[0]:
             raise ValueError(
                 f"the matrix has {X.shape[1]} genes but the gene embeddings have {E.shape[0]} rows"
             )
-        emb, weight = weighted_embedding(
+        plan = _make_plan(E, checked=True)
+        emb, weight = _run(
             X,
-            E,
+            plan,
             normalize=normalize,
-            device=device,
+            n_total=int(X.shape[1]),
+            device=dev,
             precision=precision,
             block_rows=block_rows,
+            n_jobs=None,
             check=True,
             out=out,
-            show_progress=show_progress,
+            show_progress=progress,
         )
-        empty = np.asarray(weight) <= 0
-        gparams = dict(adata.uns.get(gene_key[2:] if gene_key.startswith("X_") else gene_key, {})
-                       .get("params", {}))
+        # out="dask": nothing is computed here (the flag would need a pass over X); an
+        # empty cell is a zero row of the lazy embedding
+        empty = None if out == "dask" else np.asarray(weight) <= 0
+        gparams = dict(
+            adata.uns.get(gene_key[2:] if gene_key.startswith("X_") else gene_key, {}).get(
+                "params", {}
+            )
+        )
         params.update(
             gene_key=gene_key,
             normalize=normalize,
-            device=device,
+            device=dev,
             precision=precision,
             dim=int(E.shape[1]),
-            n_genes_embedded=int((np.abs(E).sum(1) > 0).sum()),
+            n_genes_embedded=int(plan.n_used),
             gene_source=str(gparams.get("source", "unknown")),
             gene_model=str(gparams.get("model", "unknown")),
         )
     else:
-        from ..pp._cell_sentences import build_sentences, sentence_words, token_budget
-
-        if out == "dask":
-            raise ValueError("out='dask' is for GenePT-w; GenePT-s returns a numpy array")
         names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
         encoder = get_encoder(model)
-        words = sentence_words(names, hash_names=hash_names)
-        counts, budget = None, None
-        if encoder.max_tokens:  # cut sentences to what the model reads
-            counts, budget = token_budget(encoder, words, prefix=prefix)
-        sentences = build_sentences(
+        plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
+        sentences = _build(
             X,
-            names,
+            plan,
             n_genes=n_genes,
-            prefix=prefix,
-            token_counts=counts,
-            budget=budget,
-            hash_names=hash_names,
             shuffle=shuffle,
             seed=seed,
             block_rows=block_rows,
-            show_progress=show_progress,
+            show_progress=progress,
         )
-        empty = np.array([len(s) <= len(prefix) for s in sentences])
+        empty = np.array([not s for s in sentences], dtype=bool)
         emb = np.zeros((len(sentences), encoder.dim or 0), dtype=np.float32)
         todo = np.flatnonzero(~empty)
         if todo.size:
@@ -281,14 +313,18 @@ def embed_cells(
                 [sentences[i] for i in todo],
                 batch_size=batch_size,
                 cache=cache,
-                show_progress=show_progress,
+                show_progress=progress,
                 desc="embedding cell sentences",
             )
             emb = np.zeros((len(sentences), vec.shape[1]), dtype=np.float32)
             norms = np.linalg.norm(vec, axis=1, keepdims=True)
             emb[todo] = vec / np.where(norms > 0, norms, 1)
-        n_words = np.array([0 if e else s.count(" ") + 1 - prefix.count(" ") for s, e in
-                            zip(sentences, empty, strict=True)])
+        n_words = np.array(
+            [
+                0 if e else s.count(" ") + 1 - prefix.count(" ")
+                for s, e in zip(sentences, empty, strict=True)
+            ]
+        )
         params.update(
             model=str(getattr(encoder, "model_name", None) or encoder.cache_id),
             dim=int(emb.shape[1]),
@@ -300,20 +336,21 @@ def embed_cells(
             seed=-1 if seed is None else int(seed),
             mean_genes_per_sentence=float(n_words[~empty].mean()) if (~empty).any() else 0.0,
         )
-    n_empty = int(empty.sum())
-    params["n_cells_empty"] = n_empty
-    if n_empty:
-        logg.warning(
-            f"{n_empty} cells have no expressed gene{' with an embedding' if method == 'w' else ''}; "
-            f"they get a zero row (flagged in obs[{prefix_key + '_empty'!r}])"
-        )
+    writes = [("obsm", key_added, emb if is_dask(emb) else np.asarray(emb, dtype=np.float32))]
+    if empty is not None:
+        n_empty = int(empty.sum())
+        params["n_cells_empty"] = n_empty
+        if n_empty:
+            logg.warning(
+                f"{n_empty} cells have no expressed gene"
+                f"{' with an embedding' if method == 'w' else ''}; they get a zero row "
+                f"(flagged in obs[{prefix_key + '_empty'!r}])"
+            )
+        writes.append(("obs", f"{prefix_key}_empty", pd.Series(empty, index=adata.obs_names)))
+    writes.append(("uns", prefix_key, {"params": params}))
     return write_results(
         adata,
-        [
-            ("obsm", key_added, emb if is_dask(emb) else np.asarray(emb, dtype=np.float32)),
-            ("obs", f"{prefix_key}_empty", pd.Series(empty, index=adata.obs_names)),
-            ("uns", prefix_key, {"params": params}),
-        ],
+        writes,
         copy=copy,
         log=lambda msg: logg.info("    finished", time=start, deep=msg),
     )

@@ -68,15 +68,39 @@ class _Plan:
         self.__init__(**state)
 
 
-def _make_plan(E: Any) -> _Plan:
+def check_gene_embeddings(E: Any, name: str = "E", hint: str = "") -> np.ndarray:
+    """``E`` as a C-contiguous float32 genes x d matrix, or a clear :class:`ValueError`.
+
+    Refuses sparse, complex, non-2-D, zero-width (``d == 0``) and non-finite matrices.
+    ``hint`` is appended to the messages (e.g. the command that rebuilds ``E``).
+    """
+    hint = f"; {hint}" if hint else ""
+    if sparse.issparse(E):
+        raise ValueError(f"{name} is a sparse matrix; gene embeddings must be dense{hint}")
     E = np.asarray(E)
     if E.ndim != 2:
-        raise ValueError(f"E must be a 2-D genes x d matrix, got shape {E.shape}")
-    E = np.ascontiguousarray(E, dtype=np.float32)
-    if not np.isfinite(E).all():
+        raise ValueError(f"{name} must be a 2-D genes x d matrix, got shape {E.shape}{hint}")
+    if E.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got dtype {E.dtype}{hint}")
+    if E.shape[1] == 0:
         raise ValueError(
-            "E has NaN or infinite values; genes without an embedding must be zero rows"
+            f"{name} has shape {E.shape}: zero-width gene embeddings (d == 0) give empty "
+            f"cell embeddings{hint}"
         )
+    E = np.ascontiguousarray(E, dtype=np.float32)
+    n_bad = int((~np.isfinite(E).all(axis=1)).sum())
+    if n_bad:
+        raise ValueError(
+            f"{name} has NaN or infinite values in {n_bad} gene rows (after float32 "
+            f"conversion); genes without an embedding must be zero rows{hint}"
+        )
+    return E
+
+
+def _make_plan(E: Any, *, checked: bool = False) -> _Plan:
+    """The plan of ``E`` (validated by :func:`check_gene_embeddings` unless ``checked``)."""
+    if not checked:
+        E = check_gene_embeddings(E)
     used = np.flatnonzero(np.any(E != 0, axis=1))
     colmap = np.full(E.shape[0], -1, np.int32)
     colmap[used] = np.arange(used.size, dtype=np.int32)
