@@ -35,8 +35,10 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._core._blocks import iter_row_blocks
+from .._core._device import resolve_device
 from .._settings import settings
-from .._utils import as_float_block, check_adata, get_matrix, get_var_names, is_dask, write_results
+from .._utils import as_float_block, check_adata, get_matrix, get_var_names, write_results
 from ..models._scgpt import SCGPT_SPECIAL_TOKENS, ScGPTCheckpoint, ScGPTEncoder, load_scgpt
 from ._embed_genes import uns_key_for
 
@@ -221,17 +223,6 @@ def match_scgpt_vocab(names: pd.Index, vocab: dict[str, int]) -> np.ndarray:
 # --------------------------------------------------------------------------- AnnData
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(device)!r} but CUDA is not available; pass device='cpu' or 'auto'"
-        )
-    return device
-
-
 def _no_match_error(names: pd.Index, adata: AnnData, vocab: dict[str, int], gene_col, use_raw):
     var = adata.raw.var if use_raw else adata.var
     cols = [
@@ -338,7 +329,7 @@ def embed_scgpt(
     if n_bins < 3:
         raise ValueError(f"n_bins must be at least 3, got {n_bins}")
     start = logg.info("computing scGPT cell embeddings")
-    dev = _resolve_device(device)
+    dev = torch.device(resolve_device(device))
     if isinstance(model_dir, ScGPTCheckpoint):
         ckpt = model_dir
         ckpt.model.to(dev).eval()
@@ -359,8 +350,6 @@ def embed_scgpt(
     gene_ids = ids[cols]
 
     n_obs = X.shape[0]
-    if sparse.issparse(X) and X.format == "csc":
-        X = X.tocsr()  # row blocks of CSC cost a full pass each
     chunk = max(batch_size * 16, 2048)
     rng = np.random.default_rng(seed)
     emb = np.zeros((n_obs, config.d_model), dtype=np.float32)
@@ -370,11 +359,7 @@ def embed_scgpt(
 
     warned_negative = False
     with tqdm(total=n_obs, desc="scGPT embedding", unit="cell", disable=not show) as bar:
-        for lo in range(0, n_obs, chunk):
-            hi = min(lo + chunk, n_obs)
-            block = X[lo:hi]
-            if is_dask(block):
-                block = block.compute()
+        for lo, hi, block in iter_row_blocks(X, chunk):
             block = as_float_block(block)
             block = block[:, cols]
             if not warned_negative and (block.min() < 0):
