@@ -23,9 +23,10 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
+from ..._core._device import resolve_device
 from ..._core._labels import as_key_list, check_query, empty_rows, get_rep, reference_labels
 from ..._utils import check_adata
-from ._params import ScMPTParams, resolve_device, takes_params
+from ._params import ScMPTParams, takes_params
 
 __all__ = ["ScMPTModel"]
 

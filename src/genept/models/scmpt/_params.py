@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["SCMPT_PAPER_GRID", "ScMPTParams", "resolve_device", "takes_params"]
+from ..._core._device import check_device_name, resolve_device
+
+__all__ = ["SCMPT_PAPER_GRID", "ScMPTParams", "takes_params"]
 
 #: A grid of the size the scMPT paper searched (appendix A.2 names the four searched
 #: hyper-parameters -- initial learning rate, epochs, batch size, exponential decay
@@ -66,17 +68,6 @@ device
 params
     All of the above as one :class:`~genept.models.scmpt.ScMPTParams`; keyword
     arguments given as well override its fields."""
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; CUDA asked but absent is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu'")
-    return str(device)
 
 
 def _floats(v) -> tuple[float, ...]:
@@ -134,6 +125,7 @@ class ScMPTParams:
                 raise ValueError(f"{name}_grid must hold positive values, got {list(values)}")
             set_(f"{name}_grid", values)
         set_("_grids", grids)
+        set_("device", check_device_name(self.device))
         if int(self.n_seeds) < 1:
             raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds}")
         if int(self.patience) < 1:
