@@ -1,0 +1,167 @@
+"""The ``genept`` command: every documented command runs as written (issue 14 #18).
+
+Commands are read from README.md and docs/getting-started.md (code blocks and inline
+code), so a changed document is tested as it reads. They run in-process through
+:func:`genept.cli.main` on small files named as in the documents.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from genept.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
+
+
+def documented_commands(path: Path) -> list[str]:
+    """``genept ...`` commands of a Markdown file: shell blocks (with ``\\`` continuations,
+    without comments and ``&&`` chains) and inline code."""
+    text = path.read_text()
+    cmds = []
+    for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S):
+        block = block.replace("\\\n", " ")
+        for line in block.splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                part = part.strip()
+                if part.startswith("genept "):
+                    cmds.append(" ".join(part.split()))
+    text_wo_blocks = re.sub(r"```.*?```", "", text, flags=re.S)
+    cmds += [" ".join(c.split()) for c in re.findall(r"`(genept [^`]+)`", text_wo_blocks)]
+    return [c for c in cmds if "<" not in c and "--help" not in c]
+
+
+def _small(n_obs: int, seed: int) -> ad.AnnData:
+    """Log-normalised pbmc68k_reduced cells with the representations the documents use."""
+    import scanpy as sc
+
+    full = sc.datasets.pbmc68k_reduced()
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(full.n_obs, n_obs, replace=False))
+    genes = full.raw.var_names[:60]
+    X = full.raw[:, genes].X[idx]
+    a = ad.AnnData(np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float32),
+                   obs=pd.DataFrame({"cell_type": full.obs["bulk_labels"].to_numpy()[idx]},
+                                    index=full.obs_names[idx]),
+                   var=pd.DataFrame(index=genes))
+    a.raw = a.copy()
+    a.obsm["X_pca"] = full.obsm["X_pca"][idx, :20]
+    # stand-ins for an scGPT checkpoint's and a text model's cell embeddings
+    a.obsm["X_scGPT"] = (full.obsm["X_pca"][idx, :16] + rng.normal(0, 0.1, (n_obs, 16))).astype(np.float32)
+    a.obsm["X_genept_s"] = (full.obsm["X_pca"][idx, 10:30] + rng.normal(0, 0.1, (n_obs, 20))).astype(np.float32)
+    return a
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with in.h5ad, query.h5ad and ref.h5ad, as the documents name them."""
+    d = tmp_path_factory.mktemp("cli")
+    _small(120, 0).write_h5ad(d / "in.h5ad")
+    full = _small(240, 1)
+    full[:180].copy().write_h5ad(d / "ref.h5ad")
+    full[180:].copy().write_h5ad(d / "query.h5ad")
+    return d
+
+
+def _run(cmd: str, cwd: Path, monkeypatch, cache: Path) -> int:
+    monkeypatch.chdir(cwd)
+    argv = shlex.split(cmd)[1:]
+    if argv[0] == "demo":
+        pytest.skip("the demo runs in test_demo_writes_everything_inside_out")
+    return main([*argv, "--no-progress", "--cache-dir", str(cache)])
+
+
+def test_documents_have_commands():
+    found = {p.name: documented_commands(p) for p in DOCS}
+    assert len(found["README.md"]) >= 3 and len(found["getting-started.md"]) >= 4, found
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [pytest.param(c, id=f"{p.name}:{c[:60]}") for p in DOCS for c in documented_commands(p)],
+)
+def test_documented_command_runs(cmd, workdir, monkeypatch, tmp_path_factory, capsys):
+    """Each command of README.md / getting-started.md exits 0 and writes its output."""
+    cache = tmp_path_factory.getbasetemp() / "cli_cache"  # shared: texts encoded once
+    rc = _run(cmd, workdir, monkeypatch, cache)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    argv = shlex.split(cmd)
+    out = argv[3] if len(argv) > 3 and not argv[3].startswith("-") else None
+    if out:
+        b = ad.read_h5ad(workdir / out)
+        if argv[1] == "embed-genes":
+            assert "X_genept" in b.varm and b.varm["X_genept"].shape[0] == b.n_vars
+        elif argv[1] == "embed-cells":
+            key = "X_genept_s" if "--method s" in cmd else "X_genept_w"
+            assert np.isfinite(b.obsm[key]).all()
+        elif argv[1] == "annotate":
+            key = next((k for k in b.uns if k.startswith("genept_")), None)
+            m = b.uns[key]["metrics"]
+            assert 0.0 <= m["accuracy"] <= 1.0 and b.obs[key].notna().any()
+
+
+def test_annotate_readme_defaults_need_no_scgpt(workdir, monkeypatch, tmp_path):
+    """The README's `annotate` call works on files without X_scGPT (was: KeyError X_scGPT)."""
+    for name in ("query", "ref"):
+        a = ad.read_h5ad(workdir / f"{name}.h5ad")
+        del a.obsm["X_scGPT"]
+        a.write_h5ad(tmp_path / f"{name}.h5ad")
+    rc = _run("genept annotate query.h5ad annotated.h5ad --reference ref.h5ad", tmp_path,
+              monkeypatch, tmp_path / "cache")
+    assert rc == 0
+    b = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    assert list(b.uns["genept_scmpt"]["params"]["reps"]) == ["X_pca", "X_genept_s"]
+    # the annotation is better than chance on these well-separated labels
+    assert b.uns["genept_scmpt"]["metrics"]["accuracy"] > 1.5 / b.obs["cell_type"].nunique()
+
+
+def test_use_rep_takes_several_values(workdir, monkeypatch, tmp_path):
+    """`--use-rep A B` and `--use-rep A --use-rep B` mean the same (was: error)."""
+    for form in ("--use-rep X_pca X_genept_s", "--use-rep X_pca --use-rep X_genept_s"):
+        out = tmp_path / "e.h5ad"
+        rc = _run(f"genept annotate query.h5ad {out} --reference ref.h5ad --method knn-ensemble "
+                  f"{form}", workdir, monkeypatch, tmp_path / "cache")
+        assert rc == 0
+        assert list(ad.read_h5ad(out).uns["genept_knn_ensemble"]["params"]["use_rep"]) == [
+            "X_pca", "X_genept_s"]
+
+
+@pytest.mark.slow
+def test_demo_writes_everything_inside_out(tmp_path, monkeypatch):
+    """`genept demo --out D` writes its figures (the confusion matrix included) into D only
+    (issue 14 #17: it went to figures/confusion_matrixgenept_demo/...)."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(["demo", "--out", "genept_demo", "--no-progress", "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    outside = [p for p in tmp_path.rglob("*.png") if "genept_demo" not in p.parts]
+    assert outside == []
+    for f in ("confusion_scmpt.png", "gene_embedding_umap.png", "umap_genept_w.png", "metrics.tsv"):
+        assert (tmp_path / "genept_demo" / f).stat().st_size > 1000
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    """`genept --help` answers before any heavy import (issue 10: was 7-30 s)."""
+    code = ("import sys, time; t = time.perf_counter(); from genept.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'sentence_transformers', 'openai', 'sklearn', "
+            "'scanpy', 'anndata', 'matplotlib') if m in sys.modules]\n"
+            "print(heavy, time.perf_counter() - t, file=sys.stderr)")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t
+    assert "usage: genept" in r.stdout
+    heavy, _ = r.stderr.strip().rsplit("]", 1)
+    assert heavy == "[", r.stderr
+    assert wall < 5.0  # well under 1 s on an idle machine; generous for a loaded CI
