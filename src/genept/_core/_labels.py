@@ -92,7 +92,9 @@ def check_query(adata: AnnData, name: str = "adata") -> None:
 
 def check_key_added(key_added: str, label_key: str | None) -> None:
     """Refuse ``key_added == label_key``: the prediction would overwrite the truth."""
-    if label_key is not None and key_added == label_key:
+    from ._keys import ResultKeys
+
+    if label_key is not None and label_key in (key_added, ResultKeys(key_added).labels):
         raise ValueError(
             f"key_added={key_added!r} equals label_key: the predictions would overwrite "
             f"the labels in obs[{label_key!r}]; pass another key_added (e.g. "

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..._core._device import check_device_name, resolve_device
+from ..._core._docs import doc_device, doc_params
 
 __all__ = ["SCMPT_PAPER_GRID", "ScMPTParams", "takes_params"]
 
@@ -63,11 +64,10 @@ selection_metric
 random_state
     Seed of the split and first seed of the ensemble (the global torch RNG is not
     touched).
-device
-    ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+{doc_device}
 params
     All of the above as one :class:`~genept.models.scmpt.ScMPTParams`; keyword
-    arguments given as well override its fields."""
+    arguments given as well override its fields.""".replace("{doc_device}", doc_device)
 
 
 def _floats(v) -> tuple[float, ...]:
@@ -125,7 +125,7 @@ class ScMPTParams:
                 raise ValueError(f"{name}_grid must hold positive values, got {list(values)}")
             set_(f"{name}_grid", values)
         set_("_grids", grids)
-        set_("device", check_device_name(self.device))
+        set_("device", "auto" if self.device is None else check_device_name(self.device))
         if int(self.n_seeds) < 1:
             raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds}")
         if int(self.patience) < 1:
@@ -222,9 +222,7 @@ def takes_params(doc_marker: str = "{scmpt_params}") -> Callable:
             else sig.replace(parameters=before + new)
         )
         if fn.__doc__ and doc_marker in fn.__doc__:
-            indent = fn.__doc__.split(doc_marker)[0].rsplit("\n", 1)[-1]
-            body = PARAMS_DOC.replace("\n", "\n" + indent)
-            fn.__doc__ = fn.__doc__.replace(doc_marker, body)
+            doc_params(**{doc_marker.strip("{}"): PARAMS_DOC})(fn)
         return fn
 
     return deco

@@ -19,9 +19,8 @@ import torch
 from scanpy import logging as logg
 from sklearn.metrics import f1_score
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..._settings import settings
+from ..._core._progress import progress_bar
 from ._net import make_net, predict, val_loss
 from ._params import ScMPTParams
 
@@ -229,11 +228,10 @@ def train(
         "patience": p.patience,
         "device": dev,
     }
-    progress = tqdm(
-        total=(len(configs) if len(configs) > 1 and split is not None else 0) + len(seeds),
+    progress = progress_bar(
+        (len(configs) if len(configs) > 1 and split is not None else 0) + len(seeds),
         desc="scMPT",
         unit="run",
-        disable=not settings.progress,
     )
     grid: dict[str, list] = {k: [] for k in ("lr", "epochs", "batch_size", "decay")}
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..._core._keys import ResultKeys, sanitize_params
 from ..._core._labels import label_strings, query_labels
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "classification_metrics",
     "proba_frame",
     "query_metrics",
-    "to_uns",
 ]
 
 #: the "Returns" text shared by the annotators
@@ -137,19 +136,6 @@ def query_metrics(
     return classification_metrics(yt, yp, labels=labels)
 
 
-def to_uns(obj: Any) -> Any:
-    """Make ``obj`` writable to h5ad: tuples to lists, numpy scalars to Python, drop Nones."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_uns(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, tuple | list):
-        return [to_uns(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def proba_frame(adata: AnnData, key: str) -> pd.DataFrame:
     """``obsm[key + "_proba"]`` as a DataFrame (index ``obs_names``, columns the classes).
 
@@ -161,7 +147,8 @@ def proba_frame(adata: AnnData, key: str) -> pd.DataFrame:
     >>> gpt.tl.annotate_knn(query, reference, use_rep="X_pca")  # doctest: +SKIP
     >>> gpt.tl.proba_frame(query, "genept_knn").head()  # doctest: +SKIP
     """
-    pkey = f"{key}_proba"
+    k = ResultKeys(key)
+    pkey = k.proba
     if pkey not in adata.obsm:
         raise KeyError(
             f"{pkey!r} is not in adata.obsm (available: {list(adata.obsm.keys())}); run an "
@@ -170,9 +157,9 @@ def proba_frame(adata: AnnData, key: str) -> pd.DataFrame:
     p = adata.obsm[pkey]
     if isinstance(p, pd.DataFrame):
         return p.astype(np.float64)
-    classes = adata.uns.get(key, {}).get("classes")
+    classes = adata.uns.get(k.uns, {}).get("classes")
     if classes is None or len(classes) != np.shape(p)[1]:
-        raise KeyError(f"uns[{key!r}]['classes'] is missing or does not match obsm[{pkey!r}]")
+        raise KeyError(f"uns[{k.uns!r}]['classes'] is missing or does not match obsm[{pkey!r}]")
     return pd.DataFrame(
         np.asarray(p, dtype=np.float64),
         index=adata.obs_names.copy(),
@@ -192,7 +179,7 @@ def annotation_writes(
     categories: Sequence[str] | None = None,
     extra_obs: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str, Any]]:
-    """The ``(attr, key, value)`` writes shared by every annotator.
+    """The ``(attr, key, value)`` writes shared by every annotator (keys: :class:`ResultKeys`).
 
     Rows of ``proba`` that are all NaN (empty cells) get no label and confidence 0,
     unless ``pred``/``confidence`` are given.
@@ -206,12 +193,13 @@ def annotation_writes(
     if confidence is None:
         confidence = np.where(none, 0.0, np.nan_to_num(proba, nan=0).max(axis=1))
     cats = classes if categories is None else [str(c) for c in categories]
+    k = ResultKeys(key)
     writes: list[tuple[str, str, Any]] = [
-        ("obs", key, pd.Categorical(pred, categories=cats)),
-        ("obs", f"{key}_confidence", np.asarray(confidence, dtype=np.float64)),
-        ("obsm", f"{key}_proba", proba),
+        ("obs", k.labels, pd.Categorical(pred, categories=cats)),
+        ("obs", k.confidence, np.asarray(confidence, dtype=np.float64)),
+        ("obsm", k.proba, proba),
     ]
-    for k, v in (extra_obs or {}).items():
-        writes.append(("obs", k, v))
-    writes.append(("uns", key, to_uns({**uns, "classes": classes})))
+    for name, v in (extra_obs or {}).items():
+        writes.append(("obs", name, v))
+    writes.append(("uns", k.uns, sanitize_params({**uns, "classes": classes})))
     return writes

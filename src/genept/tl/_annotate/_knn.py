@@ -10,6 +10,7 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
+from ..._core._docs import doc_copy, doc_params
 from ..._core._labels import (
     as_key_list,
     check_key_added,
@@ -123,6 +124,7 @@ def _annotate_knn(
     return out
 
 
+@doc_params(doc_copy=doc_copy, output=OUTPUT_DOC)
 def annotate_knn(
     adata: AnnData,
     reference: AnnData,
@@ -163,8 +165,7 @@ def annotate_knn(
         Any metric of :class:`~sklearn.neighbors.NearestNeighbors`.
     key_added
         Where results are written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -237,6 +238,3 @@ def annotate_knn_ensemble(
 
 # --------------------------------------------------------------------------------------
 # neural annotators: MLP probe and scMPT fusion
-
-
-annotate_knn.__doc__ = annotate_knn.__doc__.replace("{output}", OUTPUT_DOC.replace("\n", "\n    "))

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
-from tqdm.auto import tqdm
 
+from ..._core._docs import doc_copy, doc_params
+from ..._core._keys import ResultKeys
 from ..._core._labels import check_key_added, check_query
+from ..._core._progress import progress_bar
 from ..._settings import settings
 from ..._utils import check_adata, write_results
 from ._chat import (
@@ -38,6 +40,7 @@ from ._common import annotation_writes, proba_frame, query_metrics
 __all__ = ["annotate_llm"]
 
 
+@doc_params(doc_copy=doc_copy)
 def annotate_llm(
     adata: AnnData,
     *,
@@ -145,8 +148,7 @@ def annotate_llm(
         and ``adata`` is left untouched.
     key_added
         Where results are written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -177,6 +179,7 @@ def annotate_llm(
     check_adata(adata)
     check_query(adata)
     check_key_added(key_added, label_key)
+    rk = ResultKeys(key_added)
     if sentence_key not in adata.obs:
         raise KeyError(
             f"sentence_key={sentence_key!r} is not a column of adata.obs (columns: "
@@ -277,42 +280,48 @@ def annotate_llm(
     reasonings = np.full(n, "", dtype=object)
     spent_est = 0.0
     stopped_at = None
-    for i in tqdm(chosen, desc="LLM annotation", unit="cell", disable=not settings.progress):
-        cands = classes if per_cell is None else per_cell[i]
-        sentence = str(sentences.iloc[i]).strip()
-        if max_genes is not None:
-            sentence = " ".join(sentence.split()[: int(max_genes)])
-        fields = {"candidates": format_candidates(cands), "sentence": sentence, "context": context}
-        p1 = first_tpl.format(**fields, reasoning="")
-        if max_cost_usd is not None:
-            est = cost(
-                est_tokens(p1)
-                + (est_tokens(second_tpl) + _EST_REASONING_TOKENS if use_reasoning else 0),
-                (_EST_REASONING_TOKENS if use_reasoning else 0)
-                + (max_tokens or _EST_ANSWER_TOKENS),
-            )
-            if spent_est + est > max_cost_usd:
-                stopped_at = i
-                break
-        before = (chat.n_requests, chat.prompt_tokens, chat.completion_tokens)
-        r1, _ = chat.ask(p1)
-        prompts = [p1]
-        if use_reasoning:
-            p2 = second_tpl.format(**{**fields, "reasoning": r1})
-            prompts.append(p2)
-            final, _ = chat.ask(p2)
-            reasonings[i] = r1
-        else:
-            final = r1
-        # spend of this cell: reported usage, else a character-based estimate
-        if chat.n_requests > before[0]:
-            d_in, d_out = chat.prompt_tokens - before[1], chat.completion_tokens - before[2]
-            if d_in == 0 and d_out == 0:
-                d_in = sum(est_tokens(p) for p in prompts)
-                d_out = est_tokens(final) + (est_tokens(r1) if use_reasoning else 0)
-            spent_est += cost(d_in, d_out)
-        replies[i] = final
-        labels[i] = parse_answer(final, cands)
+    with progress_bar(chosen.size, desc="LLM annotation", unit="cell") as bar:
+        for i in chosen:
+            cands = classes if per_cell is None else per_cell[i]
+            sentence = str(sentences.iloc[i]).strip()
+            if max_genes is not None:
+                sentence = " ".join(sentence.split()[: int(max_genes)])
+            fields = {
+                "candidates": format_candidates(cands),
+                "sentence": sentence,
+                "context": context,
+            }
+            p1 = first_tpl.format(**fields, reasoning="")
+            if max_cost_usd is not None:
+                est = cost(
+                    est_tokens(p1)
+                    + (est_tokens(second_tpl) + _EST_REASONING_TOKENS if use_reasoning else 0),
+                    (_EST_REASONING_TOKENS if use_reasoning else 0)
+                    + (max_tokens or _EST_ANSWER_TOKENS),
+                )
+                if spent_est + est > max_cost_usd:
+                    stopped_at = i
+                    break
+            before = (chat.n_requests, chat.prompt_tokens, chat.completion_tokens)
+            r1, _ = chat.ask(p1)
+            prompts = [p1]
+            if use_reasoning:
+                p2 = second_tpl.format(**{**fields, "reasoning": r1})
+                prompts.append(p2)
+                final, _ = chat.ask(p2)
+                reasonings[i] = r1
+            else:
+                final = r1
+            # spend of this cell: reported usage, else a character-based estimate
+            if chat.n_requests > before[0]:
+                d_in, d_out = chat.prompt_tokens - before[1], chat.completion_tokens - before[2]
+                if d_in == 0 and d_out == 0:
+                    d_in = sum(est_tokens(p) for p in prompts)
+                    d_out = est_tokens(final) + (est_tokens(r1) if use_reasoning else 0)
+                spent_est += cost(d_in, d_out)
+            replies[i] = final
+            labels[i] = parse_answer(final, cands)
+            bar.update()
     if stopped_at is not None:
         left = int((chosen >= stopped_at).sum())
         warnings.warn(
@@ -335,14 +344,14 @@ def annotate_llm(
     if n_unparsed:
         logg.warning(f"{n_unparsed} replies name no single candidate; recorded as {UNPARSED!r}")
     extra_obs: dict[str, Any] = {
-        f"{key_added}_reply": pd.Series(replies, index=adata.obs_names, dtype=str).to_numpy()
+        f"{rk.labels}_reply": pd.Series(replies, index=adata.obs_names, dtype=str).to_numpy()
     }
     if use_reasoning:
-        extra_obs[f"{key_added}_reasoning"] = pd.Series(
+        extra_obs[f"{rk.labels}_reasoning"] = pd.Series(
             reasonings, index=adata.obs_names, dtype=str
         ).to_numpy()
     if per_cell is not None:
-        extra_obs[f"{key_added}_candidates"] = np.array(
+        extra_obs[f"{rk.labels}_candidates"] = np.array(
             [" | ".join(c) if c is not None else "" for c in per_cell], dtype=object
         )
     uns: dict[str, Any] = {

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from ..._core._docs import doc_copy, doc_device, doc_params
 from ..._core._labels import as_key_list, check_key_added, check_query, paired_reps
 from ..._utils import check_adata, write_results
 from ...models.scmpt import ScMPTModel, ScMPTParams
@@ -53,6 +54,7 @@ def _write_model_results(
     return write_results(adata, writes, copy=copy)
 
 
+@doc_params(doc_copy=doc_copy, doc_device=doc_device)
 def annotate_mlp(
     adata: AnnData,
     reference: AnnData,
@@ -104,8 +106,7 @@ def annotate_mlp(
     random_state
         Seed of the split, initialisation and batch order (the global torch RNG is not
         touched).
-    device
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+    {doc_device}
 
     Returns
     -------
@@ -171,6 +172,7 @@ def annotate_mlp(
 
 
 @ScMPTParams.document
+@doc_params(doc_copy=doc_copy)
 def annotate_scmpt(
     adata: AnnData,
     reference: AnnData | None = None,
@@ -228,8 +230,7 @@ def annotate_scmpt(
     save
         Folder where the trained model is saved (:meth:`ScMPTModel.save`); checked
         before training (an existing file there is refused).
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------
