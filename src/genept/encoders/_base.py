@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._cache import EmbeddingCache
+from .._core._progress import progress_bar
 from .._settings import settings
 
 __all__ = ["TextEncoder", "default_cache"]
@@ -102,8 +102,7 @@ class TextEncoder(ABC):
         # slowest batch comes first so the progress bar's estimate is honest
         todo.sort(key=len, reverse=True)
         n_batches = -(-len(todo) // bs)
-        progress = settings.progress if show_progress is None else show_progress
-        with tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo) as bar:
+        with progress_bar(len(todo), desc=desc, unit="text", show=show_progress) as bar:
             for b in range(n_batches):
                 batch = todo[b * bs : (b + 1) * bs]
                 out = np.asarray(self._encode(batch), dtype=np.float32)
