@@ -146,6 +146,8 @@ def test_empty_query_is_refused_clearly():
     ref = blobs(seed=5)
     with pytest.raises(ValueError, match="no cells"):
         annotate_knn(ref[:0].copy(), ref, use_rep="X_e")
+    with pytest.raises(ValueError, match="`reference` has no cells"):
+        annotate_knn(ref, ref[:0].copy(), use_rep="X_e")
     with pytest.raises(ValueError, match="no cells"):
         annotate_scmpt(ref[:0].copy(), ref, reps=["X_e", "X_f"], **SMALL)
 

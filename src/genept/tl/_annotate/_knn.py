@@ -59,6 +59,7 @@ def _annotate_knn(
     check_adata(adata)
     check_adata(reference, "reference")
     check_query(adata)
+    check_query(reference, "reference")
     check_key_added(key_added, label_key)
     y, keep = reference_labels(reference, label_key)
     n_neighbors = int(n_neighbors)
