@@ -70,12 +70,14 @@ def make_checkpoint(folder: Path, *, n_genes: int, d_model: int, nlayers: int, n
     torch.save(model.state_dict(), folder / "best_model.pt")
 
 
-def make_adata(vocab_genes: list[str], n_cells: int, seed: int = 0) -> ad.AnnData:
+def make_adata(
+    vocab_genes: list[str], n_cells: int, seed: int = 0, max_genes: int = 800
+) -> ad.AnnData:
     rng = np.random.default_rng(seed)
     n_genes = len(vocab_genes)
     rows, cols, vals = [], [], []
     for i in range(n_cells):
-        k = int(rng.integers(50, min(800, n_genes)))
+        k = int(rng.integers(50, min(max_genes, n_genes)))
         c = rng.choice(n_genes, size=k, replace=False)
         rows.append(np.full(k, i))
         cols.append(c)
@@ -176,11 +178,19 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-genes", type=int, default=800, help="cells express 50 to this many")
+    p.add_argument(
+        "--whole-human", action="store_true",
+        help="the published whole-human checkpoint's shape: 12 layers, d_model 512, 8 heads, "
+        "60,697-gene vocabulary (random weights), cells of up to 1,200 genes",
+    )
     p.add_argument("--tiny", action="store_true", help="use tests/data/scgpt_tiny")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--scgpt-src", default=None)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
+    if a.whole_human:
+        a.layers, a.d_model, a.heads, a.genes, a.max_genes = 12, 512, 8, 60697, 1200
     if a.threads:
         torch.set_num_threads(a.threads)
     devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
@@ -198,29 +208,50 @@ def main() -> None:
             )
         vocab = json.loads((ckpt_dir / "vocab.json").read_text())
         genes = [g for g in vocab if not g.startswith("<")]
-        adata = make_adata(genes, a.cells)
+        adata = make_adata(genes, a.cells, max_genes=a.max_genes)
         nnz = np.diff(adata.X.indptr)
         src = find_scgpt_src(a.scgpt_src)
         base_name = "scgpt" if src is not None and src.is_dir() else "naive"
         print(
             f"torch {torch.__version__}, threads {torch.get_num_threads()}; checkpoint {ckpt_dir.name}; "
             f"{a.cells} cells x {len(genes)} genes, genes/cell {nnz.min()}-{nnz.max()} "
-            f"(mean {nnz.mean():.0f}); baseline: {base_name}"
+            f"(mean {nnz.mean():.0f}); d_model {a.d_model}, {a.layers} layers, batch "
+            f"{a.batch_size}; baseline: {base_name}"
         )
+        cuda_peak = {}
         for dev in devices:
+            if dev == "cuda":  # peak memory counts the weights too, for both
+                torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated()
             ckpt = load_scgpt(ckpt_dir, device=dev)
             embed_scgpt(adata[:8].copy(), ckpt, device=dev, show_progress=False)  # warm-up
+            if dev == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             embed_scgpt(adata, ckpt, device=dev, batch_size=a.batch_size, show_progress=False)
             if dev == "cuda":
                 torch.cuda.synchronize()
+                cuda_peak["genept"] = (torch.cuda.max_memory_allocated() - base_mem) / 2**30
             t_gpt = time.perf_counter() - t0
-            if base_name == "scgpt":
-                base, t_base = scgpt_baseline(
-                    src, ckpt_dir, adata, device=dev, batch_size=a.batch_size
-                )
-            else:
-                base, t_base = naive_baseline(ckpt_dir, adata, device=dev)
+            del ckpt
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated()
+            try:
+                if base_name == "scgpt":
+                    base, t_base = scgpt_baseline(
+                        src, ckpt_dir, adata, device=dev, batch_size=a.batch_size
+                    )
+                else:
+                    base, t_base = naive_baseline(ckpt_dir, adata, device=dev)
+            except torch.OutOfMemoryError as e:  # what users of scGPT report at batch 64
+                print(f"[{dev}] {base_name} baseline ran out of GPU memory: {e}")
+                print(f"[{dev}] genept embed_scgpt: {a.cells / t_gpt:8.1f} cells/s, "
+                      f"peak {cuda_peak.get('genept', float('nan')):.2f} GiB")
+                continue
+            if dev == "cuda":
+                cuda_peak[base_name] = (torch.cuda.max_memory_allocated() - base_mem) / 2**30
             cos = (adata.obsm["X_scGPT"] * base).sum(1)
             print(
                 f"[{dev}] genept embed_scgpt: {a.cells / t_gpt:8.1f} cells/s ({t_gpt:.2f} s) | "
@@ -228,6 +259,11 @@ def main() -> None:
                 f"speed-up x{t_base / t_gpt:.2f} | cosine genept vs {base_name}: "
                 f"min {cos.min():.4f}, median {np.median(cos):.4f}"
             )
+            if dev == "cuda":
+                print(
+                    "[cuda] peak GPU memory (weights included): "
+                    + ", ".join(f"{k} {v:.2f} GiB" for k, v in cuda_peak.items())
+                )
     sys.stdout.flush()
 
 

@@ -245,23 +245,28 @@ def encode_gathered(
             rows = order[b0 : b0 + batch_size]
             width = int(lens[rows[0]])
             host = None
-            if cuda:
+            if cuda:  # pinned buffers: a pageable upload would synchronise the stream
                 buf = bufs[k % 2]
-                if buf is None or buf.numel() < rows.size * width:
-                    buf = torch.empty(batch_size * table.max_len, dtype=torch.int64,
-                                      pin_memory=True)
+                if buf is None or buf[0].numel() < rows.size * width:
+                    buf = (
+                        torch.empty(batch_size * table.max_len, dtype=torch.int64, pin_memory=True),
+                        torch.empty(batch_size, dtype=torch.int64, pin_memory=True),
+                        [None],
+                    )
                     bufs[k % 2] = buf
-                elif getattr(buf, "_genept_event", None) is not None:
-                    buf._genept_event.synchronize()  # its previous upload has finished
-                host = buf.numpy()
+                elif buf[2][0] is not None:
+                    buf[2][0].synchronize()  # its previous upload has finished
+                host = buf[0].numpy()
             ids_np, rl = table.input_ids(cell_ptr, cell_gene, rows, head=head, out=host)
             ids = torch.from_numpy(ids_np)
             if cuda:
+                h_len = buf[1][: rows.size]
+                h_len.numpy()[:] = rl
                 ids = ids.to(dev, non_blocking=True)
+                lt = h_len.to(dev, non_blocking=True)
                 ev = torch.cuda.Event()
                 ev.record()
-                bufs[k % 2]._genept_event = ev
-                lt = torch.from_numpy(rl).to(dev, non_blocking=True)
+                buf[2][0] = ev
             else:
                 lt = torch.from_numpy(rl)
             mask = (torch.arange(ids.shape[1], device=dev)[None, :] < lt[:, None]).to(torch.int64)

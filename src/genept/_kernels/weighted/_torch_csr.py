@@ -218,6 +218,18 @@ class _Slot:
             self.event = None
 
 
+def _prefault(arr: np.ndarray, run, threads: int) -> list[Future]:
+    """Touch every page of a fresh output array from the pool (the kernel zero-fills
+    pages at first touch: done in parallel, ahead of the copies, not inside them)."""
+    flat = arr.reshape(-1)
+    step = max(1, 4096 // flat.itemsize)
+    return [run(_touch, flat, p, q, step) for p, q in _split(0, flat.size, threads, align=step)]
+
+
+def _touch(flat: np.ndarray, p: int, q: int, step: int) -> None:
+    flat[p:q:step] = 0
+
+
 def _copy_piece(dst: np.ndarray, src: np.ndarray, gate=None) -> None:
     if gate is not None:
         gate.synchronize()
@@ -283,9 +295,13 @@ def embed_csr_stream(
             slot.jobs.append(run(_copy_piece, hv[p - s : q - s], data[p:q], gate))
         return a, b, (h_ptr, h_idx, h_val), e - s
 
+    faulting = _prefault(emb_out, run, threads) if cuda else []
+
     def collect(j: int) -> None:
         """Block ``j``'s rows, once downloaded, into the result (by the pool)."""
         a, b = bounds[j]
+        while faulting:
+            faulting.pop().result()
         o = outs[j % 2]
         if o.event is not None:
             o.event.synchronize()
