@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -504,3 +506,76 @@ def test_gpu_larger_than_block_and_errors():
     Xn.data[7] = -1.5
     with pytest.raises(ValueError, match="negative"):
         weighted_embedding(Xn, E, device="cuda", block_rows=333, show_progress=False)
+
+
+# ---------------------------------------------------------------- row blocks (_core._blocks)
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 7, 16, 100])
+def test_iter_row_blocks_every_container(block_rows, tmp_path):
+    import anndata as ad
+    import h5py
+
+    from genept._core._blocks import iter_row_blocks
+
+    X, _ = _data(n=45, g=12, d=3, density=0.3)
+    dense = X.toarray()
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = dense
+    ad.AnnData(X).write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    containers = {
+        "numpy": dense,
+        "csr": X,
+        "csc": X.tocsc(),
+        "csr_array": sparse.csr_array(X),
+        "dask": da.from_array(dense, chunks=(10, -1)),
+        "dask_csr": da.from_array(dense, chunks=(10, 4)).map_blocks(sparse.csr_matrix),
+        "backed": backed.X,
+    }
+    with h5py.File(path, "r") as f:
+        containers["h5py"] = f["X"]
+        for name, Xc in containers.items():
+            blocks = list(iter_row_blocks(Xc, block_rows))
+            starts = [a for a, _, _ in blocks]
+            assert starts == sorted(starts) and blocks[0][0] == 0 and blocks[-1][1] == 45, name
+            for (_, b, _), (a2, _, _) in pairwise(blocks):
+                assert b == a2, name
+            got = np.vstack([blk.toarray() if sparse.issparse(blk) else blk for *_, blk in blocks])
+            np.testing.assert_array_equal(got, dense, err_msg=name)
+            if block_rows is not None and name not in ("dask", "dask_csr"):
+                assert max(b - a for a, b, _ in blocks) <= block_rows, name
+            for *_, blk in iter_row_blocks(Xc, block_rows, csr=True):
+                assert isinstance(blk, sparse.csr_matrix), name
+    backed.file.close()
+
+
+def test_iter_row_blocks_computes_each_dask_chunk_once():
+    import dask
+
+    from genept._core._blocks import iter_row_blocks
+
+    calls: list[int] = []
+
+    def count(b):
+        calls.append(b.shape[0])
+        return b
+
+    X = da.from_array(np.arange(60.0).reshape(20, 3), chunks=((2, 3, 1, 4, 10), 3))
+    X = X.map_blocks(count)
+    with dask.config.set(scheduler="synchronous"):
+        for block_rows in (None, 1, 3, 5, 100):
+            calls.clear()
+            got = np.vstack([b for *_, b in iter_row_blocks(X, block_rows)])
+            np.testing.assert_array_equal(got, np.arange(60.0).reshape(20, 3))
+            assert sorted(calls) == [1, 2, 3, 4, 10], block_rows  # every chunk once
+
+
+def test_block_rows_checked():
+    from genept._core._blocks import check_block_rows
+
+    assert check_block_rows(None) is None and check_block_rows(np.int64(5)) == 5
+    for bad in (0, -2, 1.5, True, "4"):
+        with pytest.raises(ValueError, match="block_rows"):
+            check_block_rows(bad)

@@ -44,7 +44,12 @@ def check_values_dtype(X: Any, name: str = "X") -> None:
     dtype = getattr(X, "dtype", None)
     if dtype is None:
         return
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. a torch dtype (GPU-resident input)
+        if "complex" in str(dtype):
+            raise ValueError(f"{name} must hold real numbers, got dtype {dtype}") from None
+        return
     if dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must hold real numbers, got dtype {dtype}"
