@@ -214,3 +214,19 @@ def test_cuda_resident_inputs():
     cupyx = pytest.importorskip("cupyx.scipy.sparse")
     C = cupyx.csr_matrix(X)
     np.testing.assert_allclose(_run(C, E, device="cuda")[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_split_scatter_path_on_cpu_matches_reference():
+    """The 3xTF32 path (CUDA only in production) run on CPU: scatter of split values."""
+    X, E = _data(300, 200, 16, 0.1, seed=11, zero_rows=(7,))
+    X.data[5] = np.float32(1.0) + np.float32(2.0**-20)  # a value with a non-zero tail
+    mm = tc.DeviceMatmul(_make_plan(E), torch.device("cpu"), "fp32")
+    mm.split = True
+    mm.E_hi, mm.E_lo = tc._tf32_split(mm.E)
+    comp = tc.BlockCompute(mm, normalize="l2", n_total=200)
+    ptr = torch.from_numpy(X.indptr.astype(np.int64))
+    emb, ws = comp(ptr, torch.from_numpy(X.indices), torch.from_numpy(X.data), X.shape[0])
+    ref, rws = _reference(X, E)
+    _close(emb.numpy(), ref)
+    np.testing.assert_allclose(ws.numpy(), rws, rtol=1e-12)
+    assert np.all(emb.numpy()[7] == 0)

@@ -106,8 +106,12 @@ class DeviceMatmul:
         colmap[colmap < 0] = self.n_used
         self.colmap = torch.from_numpy(colmap).to(dev)
 
-    def dense(self, A):
-        """``A @ E`` for a dense fp32 block, in the configured precision, fp32 out."""
+    def dense(self, A, A_lo=None):
+        """``A @ E`` for a dense fp32 block, in the configured precision, fp32 out.
+
+        With the 3xTF32 split, ``A`` must be TF32-exact and ``A_lo`` its fp32 remainder
+        (built by scattering the split values: no dense split pass).
+        """
         import torch
 
         if self.precision == "bf16":
@@ -119,10 +123,11 @@ class DeviceMatmul:
                     pass
             return (A16 @ self.E_bf16).float()
         if self.split:
-            A_hi, A_lo = _tf32_split(A)
+            if A_lo is None:
+                A, A_lo = _tf32_split(A)
             out = A_lo @ self.E_hi  # small terms first
-            out.addmm_(A_hi, self.E_lo)
-            out.addmm_(A_hi, self.E_hi)
+            out.addmm_(A, self.E_lo)
+            out.addmm_(A, self.E_hi)
             return out
         return A @ self.E
 
@@ -161,23 +166,35 @@ class BlockCompute:
         mm, dev = self.mm, self.mm.dev
         nnz = idx.numel()
         counts = ptr[1:] - ptr[:-1]
-        row_ids = torch.repeat_interleave(torch.arange(rows, device=dev), counts, output_size=nnz)
         cols = idx.long() if remapped else mm.colmap.index_select(0, idx).long()
         finite = torch.isfinite(val)
         if nnz:
             self.nbad += (~finite).sum()
             self.vmin = torch.minimum(self.vmin, torch.where(finite, val, torch.inf).min())
         vals = torch.where(finite, val, 0.0)
-        usedv = torch.where(cols < mm.n_used, vals.double(), 0.0)
-        ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
         if nnz == 0:
             emb = torch.zeros((rows, mm.d), dtype=torch.float32, device=dev)
+            ws = torch.zeros(rows, dtype=torch.float64, device=dev)
         elif use_sparse:
+            row_ids = torch.repeat_interleave(
+                torch.arange(rows, device=dev), counts, output_size=nnz
+            )
+            usedv = torch.where(cols < mm.n_used, vals.double(), 0.0)
+            ws = torch.zeros(rows, dtype=torch.float64, device=dev).index_add_(0, row_ids, usedv)
             emb = mm.sparse(ptr, cols, vals, rows)
-        else:
-            dense = torch.zeros((rows, mm.K), dtype=torch.float32, device=dev)
-            dense.view(-1).index_add_(0, row_ids * mm.K + cols, vals)
-            emb = mm.dense(dense)
+        else:  # densify over the used genes (one scatter per part), then tensor cores
+            flat = torch.repeat_interleave(
+                torch.arange(0, rows * mm.K, mm.K, device=dev), counts, output_size=nnz
+            ).add_(cols)
+            parts = _tf32_split(vals) if mm.split else (vals,)
+            dense = []
+            for v in parts:
+                A = torch.zeros((rows, mm.K), dtype=torch.float32, device=dev)
+                A.view(-1).index_add_(0, flat, v)
+                dense.append(A)
+            # weight sums from the dense block: float64 sums of the fp32 values
+            ws = sum(A[:, : mm.n_used].sum(1, dtype=torch.float64) for A in dense)
+            emb = mm.dense(*dense)
         if self.normalize == "l2":
             norms = torch.linalg.vector_norm(emb, dim=1, keepdim=True, dtype=torch.float64)
             emb = torch.where(norms > 0, emb / norms.clamp_min(1e-300).float(), emb)
