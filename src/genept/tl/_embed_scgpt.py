@@ -37,6 +37,7 @@ from scipy import sparse
 
 from .._core._blocks import iter_row_blocks
 from .._core._device import resolve_device
+from .._core._progress import progress_bar
 from .._settings import settings
 from .._utils import as_float_block, check_adata, get_matrix, get_var_names, write_results
 from ..models._scgpt import SCGPT_SPECIAL_TOKENS, ScGPTCheckpoint, ScGPTEncoder, load_scgpt
@@ -355,10 +356,8 @@ def embed_scgpt(
     emb = np.zeros((n_obs, config.d_model), dtype=np.float32)
     no_genes = np.zeros(n_obs, dtype=bool)
     show = settings.progress if show_progress is None else show_progress
-    from tqdm.auto import tqdm
-
     warned_negative = False
-    with tqdm(total=n_obs, desc="scGPT embedding", unit="cell", disable=not show) as bar:
+    with progress_bar(n_obs, desc="scGPT embedding", unit="cell", show=show) as bar:
         for lo, hi, block in iter_row_blocks(X, chunk):
             block = as_float_block(block)
             block = block[:, cols]

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..._core._blocks import check_block_rows
+from ..._core._progress import progress_bar
 from ..._settings import settings
 from ._numba import _shuffle_rows
 from ._rank import _check_n_genes, _iter_row_blocks, _rank_block, _tie_priority, truncate_to_budget
@@ -252,7 +252,7 @@ def _build(
         else int(np.random.default_rng().integers(2**63))
     )
     out: list[str] = []
-    with tqdm(total=n_obs, desc="cell sentences", unit="cell", disable=not show_progress) as bar:
+    with progress_bar(n_obs, desc="cell sentences", unit="cell", show=show_progress) as bar:
         for a, b, csr in _iter_row_blocks(X, block_rows):
             indptr, idx = _rank_block(csr, priority, gene_of, cut, keep=keep)
             if plan.token_counts is not None:

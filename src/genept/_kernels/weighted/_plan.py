@@ -15,13 +15,13 @@ from scipy import sparse
 
 from ..._core._blocks import default_block_rows, iter_row_blocks
 from ..._core._device import resolve_n_jobs
+from ..._core._progress import progress_bar
 
 Normalize = Literal["l2", "notebook", "none"]
 Precision = Literal["fp32", "tf32", "bf16"]
 
 _SUB_ROWS = 256  # rows per sparse sub-block (one task of the thread pool)
 _DEFAULT_BLOCK_ROWS = 4096
-_DENSE_BLOCK_BYTES = 256 * 2**20  # default row block of a dense X: about this many bytes
 
 
 @dataclass
@@ -179,6 +179,4 @@ def _row_blocks(X: Any, block_rows: int) -> Iterator[tuple[int, int, Any]]:
 
 
 def _progress(total: int, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not show, desc=desc, unit="rows")
+    return progress_bar(total, desc=desc, unit="row", show=show)
