@@ -3,7 +3,7 @@
 Gene level: :func:`gene_property_auc`, :func:`gene_function_accuracy`,
 :func:`pair_auc`; cell level: :func:`knn_metrics`, :func:`cluster_metrics`,
 :func:`batch_metrics`; text-model probes: :func:`ablation_embeddings`,
-:func:`marker_similarity`; loaders of the papers' data: :func:`dosage_sensitive_tfs`,
+:func:`marker_similarity`, :func:`lexical_leakage`; loaders of the papers' data: :func:`dosage_sensitive_tfs`,
 :func:`gene2vec_ggi`, :func:`huri`, :func:`panglao_markers`.
 """
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         pair_features,
         sample_negative_pairs,
     )
+    from ._leakage import lexical_leakage
     from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
     from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
 
@@ -45,6 +46,7 @@ __getattr__, __dir__, __all__ = attach(
         "gene2vec_ggi": "._loaders",
         "huri": "._loaders",
         "panglao_markers": "._loaders",
+        "lexical_leakage": "._leakage",
         "ABLATION_MODES": "._probes",
         "ablation_embeddings": "._probes",
         "marker_similarity": "._probes",
