@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy import sparse
 
 from genept._kernels.weighted import _cpu as cpu_mod
-from genept._kernels.weighted._cpu import _embed_cpu
 from genept._kernels.weighted._plan import _make_plan
 from genept.tl import weighted_embedding
 
@@ -64,17 +63,9 @@ def kernels(monkeypatch) -> list:
 
 
 def _cpu(X, E, **kw):
-    """``_embed_cpu`` with test defaults."""
-    kw = {
-        "normalize": "l2",
-        "n_total": 1,
-        "block_rows": 300,
-        "n_jobs": 2,
-        "check": True,
-        "show_progress": False,
-        **kw,
-    }
-    return _embed_cpu(X, _make_plan(E), **kw)
+    """The public kernel on the CPU with test defaults."""
+    kw = {"block_rows": 300, "n_jobs": 2, "show_progress": False, **kw}
+    return weighted_embedding(X, E, device="cpu", **kw)
 
 
 def _reference(X, E, normalize="l2", n_total=None):
@@ -341,7 +332,7 @@ def test_cpu_sparse_kernel_unsorted_and_duplicate_entries(kernels):
     indptr = np.concatenate([[0], np.cumsum([c.size for c in cols])])
     Xn = sparse.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=X.shape)
     assert not Xn.has_canonical_format
-    got = _cpu(Xn, E, n_total=300, block_rows=256)
+    got = _cpu(Xn, E, block_rows=256)
     assert set(kernels) == {"sparse"}
     _assert_close(got, X, E)
 
