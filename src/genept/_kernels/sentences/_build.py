@@ -229,6 +229,40 @@ def _legacy_plan(gene_names: Sequence[str], legacy: dict[str, Any]) -> SentenceP
     )
 
 
+def _iter_sentence_genes(
+    X,
+    plan: SentencePlan,
+    *,
+    n_genes: int | None,
+    shuffle: bool,
+    seed: int | None,
+    block_rows: int | None,
+):
+    """``(start, stop, indptr, idx)`` per row block: the genes of each cell's sentence, in
+    sentence order (ranked, cut to ``n_genes`` and the budget, shuffled if asked).
+
+    The text-free half of :func:`_build`: a token-id gather can map ``idx`` through
+    per-gene token ids instead of writing and re-tokenizing the text.
+    """
+    keep = plan.keep
+    keep = None if keep.all() else keep
+    cut = plan._cut(n_genes)
+    priority, gene_of = _tie_priority(plan.n_vars, seed)
+    shuffle_seed = (
+        (int(seed) & 0xFFFFFFFFFFFFFFFF)
+        if seed is not None
+        else int(np.random.default_rng().integers(2**63))
+    )
+    for a, b, csr in _iter_row_blocks(X, block_rows):
+        indptr, idx = _rank_block(csr, priority, gene_of, cut, keep=keep)
+        if plan.token_counts is not None:
+            indptr, idx = truncate_to_budget(indptr, idx, plan.token_counts, plan.budget)
+        if shuffle and idx.size:
+            idx = np.array(idx, copy=True)
+            _shuffle_rows(indptr, idx, np.uint64(shuffle_seed), np.int64(a))
+        yield a, b, indptr, idx
+
+
 def _build(
     X,
     plan: SentencePlan,
@@ -240,26 +274,15 @@ def _build(
     show_progress: bool,
 ) -> list[str]:
     """:func:`build_sentences` on validated arguments."""
-    n_obs = int(X.shape[0])
-    keep = plan.keep
-    keep = None if keep.all() else keep
-    cut = plan._cut(n_genes)
     text = _Names(plan.words)
-    priority, gene_of = _tie_priority(plan.n_vars, seed)
-    shuffle_seed = (
-        (int(seed) & 0xFFFFFFFFFFFFFFFF)
-        if seed is not None
-        else int(np.random.default_rng().integers(2**63))
-    )
     out: list[str] = []
-    with progress_bar(n_obs, desc="cell sentences", unit="cell", show=show_progress) as bar:
-        for a, b, csr in _iter_row_blocks(X, block_rows):
-            indptr, idx = _rank_block(csr, priority, gene_of, cut, keep=keep)
-            if plan.token_counts is not None:
-                indptr, idx = truncate_to_budget(indptr, idx, plan.token_counts, plan.budget)
-            if shuffle and idx.size:
-                idx = np.array(idx, copy=True)
-                _shuffle_rows(indptr, idx, np.uint64(shuffle_seed), np.int64(a))
+    blocks = _iter_sentence_genes(
+        X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows
+    )
+    with progress_bar(
+        int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress
+    ) as bar:
+        for a, b, indptr, idx in blocks:
             out.extend(text.render(indptr, idx, plan.prefix))
             bar.update(b - a)
     return out
