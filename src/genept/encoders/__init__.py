@@ -27,12 +27,22 @@ OPENAI_MODELS = {
 }
 
 
+def _require_openai() -> None:
+    from .._utils import import_optional
+
+    import_optional("openai", extra="openai", purpose="OpenAI embeddings")
+
+
 def __getattr__(name):
     if name == "OpenAIEncoder":
         from ._openai import OpenAIEncoder
 
         return OpenAIEncoder
-    raise AttributeError(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"OpenAIEncoder"})
 
 
 def get_encoder(model: str | TextEncoder | None = None, **kwargs) -> TextEncoder:
@@ -71,5 +81,6 @@ def get_encoder(model: str | TextEncoder | None = None, **kwargs) -> TextEncoder
     if model.startswith("openai:") or model in OPENAI_MODELS:
         from ._openai import OpenAIEncoder
 
+        _require_openai()  # ImportError naming `pip install 'genept[openai]'`
         return OpenAIEncoder(model.removeprefix("openai:"), **kwargs)
     return SentenceTransformerEncoder(model, **kwargs)
