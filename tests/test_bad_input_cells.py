@@ -99,6 +99,10 @@ def test_sparse_and_complex_varm_refused():
         gpt.tl.weighted_embedding(adata.X, E.astype(np.complex64), device="cpu")
     with pytest.raises(ValueError, match="sparse"):
         gpt.tl.weighted_embedding(adata.X, sparse.csr_matrix(E), device="cpu")
+    # item 15: a sparse varm said "setting an array element with a sequence"
+    adata.varm["X_sp"] = sparse.csr_matrix(E)
+    with pytest.raises(ValueError, match=r"adata.varm\['X_sp'\] is a sparse matrix"):
+        gpt.tl.embed_cells(adata, method="w", gene_key="X_sp", show_progress=False)
 
 
 # ---------------------------------------------------------------- item 16: minor acceptances
