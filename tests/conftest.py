@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache folder, offline hub, quiet progress bars."""
+"""Shared fixtures: an isolated cache folder, offline hub, quiet progress bars, and a
+stratified reference/query split that works with pandas 3."""
 
 from __future__ import annotations
 
@@ -31,3 +32,26 @@ def minilm():
     from genept.encoders import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu")
+
+
+def stratified_split(adata, label_key: str, *, test_size: float = 0.2, random_state: int = 0):
+    """``(reference, query)`` copies of ``adata``, split stratified by ``obs[label_key]``.
+
+    Splits *positions*, not ``obs_names``: under pandas 3, ``obs_names`` are Arrow-backed
+    strings, and ``train_test_split(adata.obs_names, ...)`` returns an array that
+    scikit-learn and AnnData cannot index with (issue 10).
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    y = adata.obs[label_key].astype(str).to_numpy()
+    tr, te = train_test_split(
+        np.arange(adata.n_obs), test_size=test_size, stratify=y, random_state=random_state
+    )
+    return adata[np.sort(tr)].copy(), adata[np.sort(te)].copy()
+
+
+@pytest.fixture(scope="session")
+def split_cells():
+    """:func:`stratified_split` for tests: ``ref, query = split_cells(adata, "cell_type")``."""
+    return stratified_split
