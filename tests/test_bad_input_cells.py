@@ -105,6 +105,16 @@ def test_sparse_and_complex_varm_refused():
         gpt.tl.embed_cells(adata, method="w", gene_key="X_sp", show_progress=False)
 
 
+def test_duplicate_var_names_with_use_raw_clear_error():
+    """Item 15: duplicate var_names with use_raw=True raised pandas' InvalidIndexError."""
+    adata = _adata()
+    adata.raw = adata.copy()
+    adata.var_names = ["G0", "G0", "G2", "G3", "G4", "G5"]
+    with pytest.raises(ValueError, match=r"duplicates.*var_names_make_unique"):
+        gpt.tl.embed_cells(adata, method="w", use_raw=True, show_progress=False)
+    assert "X_genept_w" not in adata.obsm
+
+
 # ---------------------------------------------------------------- item 16: minor acceptances
 
 

@@ -91,6 +91,12 @@ def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) 
     if not use_raw:
         return E
     # raw may hold more genes than var: genes missing from var have no embedding
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"adata.var_names has duplicates (e.g. {dup}), so varm[{gene_key!r}] cannot be "
+            "matched to adata.raw's genes; run adata.var_names_make_unique() first"
+        )
     pos = adata.var_names.get_indexer(adata.raw.var_names)
     out = np.zeros((adata.raw.n_vars, E.shape[1]), dtype=np.float32)
     out[pos >= 0] = E[pos[pos >= 0]]
