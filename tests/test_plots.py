@@ -127,6 +127,8 @@ def test_gene_umap_png_coloured_by_gene_type(tmp_path):
     _check_png(tmp_path / "gene_umap_g.png")
     plt.close("all")
     with pytest.raises(KeyError, match="embed_genes"):
+        gene_umap(a, gene_key="X_nope")
+    with pytest.warns(FutureWarning, match="gene_key"), pytest.raises(KeyError, match="X_nope"):
         gene_umap(a, key="X_nope")
 
 

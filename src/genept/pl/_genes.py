@@ -6,15 +6,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._utils import renamed_arg
 from ._utils import savefig_or_show
 
 __all__ = ["gene_umap"]
 
 
+@renamed_arg("key", "gene_key")
 def gene_umap(
     adata: AnnData,
     *,
-    key: str = "X_genept",
+    gene_key: str = "X_genept",
     color: str | None = "gene_type",
     n_neighbors: int = 15,
     random_state: int = 0,
@@ -23,14 +25,15 @@ def gene_umap(
     show: bool | None = None,
     save: bool | str | None = None,
 ):
-    """UMAP of the gene embeddings in ``adata.varm[key]``, one dot per gene.
+    """UMAP of the gene embeddings in ``adata.varm[gene_key]``, one dot per gene.
 
     Parameters
     ----------
     adata
         Data with gene embeddings (see :func:`genept.tl.embed_genes`).
-    key
-        ``varm`` key of the embeddings.
+    gene_key
+        ``varm`` key of the gene embeddings (as in :func:`genept.tl.embed_cells`;
+        ``key=`` is deprecated).
     color
         A column of ``adata.var``, or ``"gene_type"`` (looked up in the shipped gene
         cards when ``var`` has no such column). ``None``: one colour.
@@ -59,12 +62,12 @@ def gene_umap(
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    if key not in adata.varm:
+    if gene_key not in adata.varm:
         raise KeyError(
-            f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first "
+            f"adata.varm has no {gene_key!r}; run gpt.tl.embed_genes(adata) first "
             f"(varm keys: {list(adata.varm.keys())})"
         )
-    E = np.asarray(adata.varm[key])
+    E = np.asarray(adata.varm[gene_key])
     has = np.abs(E).sum(axis=1) > 0
     if has.sum() < 3:
         raise ValueError(f"only {int(has.sum())} genes have an embedding; need at least 3")
@@ -105,5 +108,5 @@ def gene_umap(
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    ax.set_title(title or f"{int(has.sum())} gene embeddings ({key})")
+    ax.set_title(title or f"{int(has.sum())} gene embeddings ({gene_key})")
     return savefig_or_show("gene_umap", fig, ax, show=show, save=save)
