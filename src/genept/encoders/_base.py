@@ -15,7 +15,18 @@ __all__ = ["TextEncoder", "default_cache"]
 
 
 def default_cache() -> EmbeddingCache:
-    """The text-embedding cache in :attr:`genept.settings.cache_dir`."""
+    """The text-embedding cache in :attr:`genept.settings.cache_dir`.
+
+    Returns
+    -------
+    :class:`~genept._cache.EmbeddingCache` on ``text_embeddings.sqlite`` there (a
+    damaged file is moved aside and rebuilt, with a warning naming it).
+
+    Examples
+    --------
+    >>> cache = gpt.encoders.default_cache()  # doctest: +SKIP
+    >>> cache.count()  # doctest: +SKIP
+    """
     return EmbeddingCache(settings.cache_dir / "text_embeddings.sqlite")
 
 

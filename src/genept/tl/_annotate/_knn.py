@@ -215,6 +215,10 @@ def annotate_knn_ensemble(
 
     Parameters
     ----------
+    adata
+        Query cells.
+    reference
+        Labelled cells with the same representations.
     use_rep
         ``obsm`` keys present in both objects (default GenePT-w, GenePT-s and scGPT).
     label_key, n_neighbors, metric, key_added, copy
@@ -222,7 +226,12 @@ def annotate_knn_ensemble(
 
     Returns
     -------
-    As :func:`annotate_knn`.
+    As :func:`annotate_knn`; ``uns[key_added]["params"]["use_rep"]`` lists the keys.
+
+    Examples
+    --------
+    >>> gpt.tl.annotate_knn_ensemble(query, reference, use_rep=["X_genept_w", "X_genept_s", "X_scGPT"])  # doctest: +SKIP
+    >>> query.obs["genept_knn_ensemble_confidence"].describe()  # doctest: +SKIP
     """
     return _annotate_knn(
         adata,
