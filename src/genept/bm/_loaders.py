@@ -80,7 +80,7 @@ def _fetch(url: str, fname: str, known_hash: Any) -> Path:
 
 def _ensembl_to_symbol() -> pd.Series:
     from .._gene_matching import ensembl_symbols
-    from ..datasets._gene_cards import gene_cards
+    from ..datasets import gene_cards
 
     # an id of several genes goes to the named gene; true ties are left out
     resolved = {e: s for e, s in ensembl_symbols(gene_cards("human")).items() if isinstance(s, str)}

@@ -132,8 +132,8 @@ def card_text(
     cards: pd.DataFrame | Iterable[str] | str | None = None,
     symbols: Iterable[str] | None = None,
     level: Literal["name", "name_full", "card"] = "card",
-    max_terms: int = 15,
     *,
+    max_terms: int = 15,
     resolve_aliases: bool = False,
 ) -> pd.Series:
     """Text describing each gene, at a chosen level of detail.
