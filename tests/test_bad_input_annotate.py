@@ -432,3 +432,25 @@ def test_store_survives_concurrent_writers(tmp_path):
     assert EmbeddingCache(path).count("m") == 4 * 20 * 5
     got = EmbeddingCache(path).get_many("m", ["w3-b19-4"])
     np.testing.assert_array_equal(got[0], np.full(3, 3.19, np.float32))
+
+
+def test_reply_cache_of_earlier_versions_is_kept(tmp_path, monkeypatch):
+    """Paid replies in the old table are migrated, not thrown away."""
+    from genept.tl._annotate._chat import LLM_PROMPT, ReplyCache, format_candidates
+
+    monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path)
+    (tmp_path / "llm").mkdir()
+    prompt = LLM_PROMPT.format(
+        candidates=format_candidates(["B cell", "T cell"]),
+        sentence="MS4A1 CD79A",
+        context="a single-cell RNA-seq dataset",
+    )
+    key = ReplyCache.key("gpt-4o-mini", [{"role": "user", "content": prompt}], {"temperature": 0.0})
+    with sqlite3.connect(tmp_path / "llm" / "chat.sqlite") as con:
+        con.execute(
+            "CREATE TABLE replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, reply TEXT NOT NULL)"
+        )
+        con.execute("INSERT INTO replies VALUES (?, ?, ?)", (key, "gpt-4o-mini", "T cell"))
+    a = one_cell()
+    annotate_llm(a, candidates=["B cell", "T cell"])  # no key, no server: from the cache
+    assert a.obs["genept_llm"].iloc[0] == "T cell"

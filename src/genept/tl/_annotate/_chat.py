@@ -157,6 +157,21 @@ class ReplyCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._store = KVStore(self.path, "chat_replies", disposable=True)
+        self._store.run(self._migrate)
+
+    @staticmethod
+    def _migrate(con) -> None:
+        """Move the replies of the earlier table (``replies``: key, model, reply) here, once.
+
+        Their keys lack the server, so only official-API replies are found again.
+        """
+        cols = [r[1] for r in con.execute("PRAGMA table_info(replies)")]
+        if cols == ["key", "model", "reply"]:
+            con.execute(
+                "INSERT OR IGNORE INTO chat_replies SELECT model, key, CAST(reply AS BLOB) "
+                "FROM replies"
+            )
+            con.execute("DROP TABLE replies")
 
     @staticmethod
     def key(
