@@ -107,3 +107,12 @@ def test_random_control_and_bad_arguments():
         gpt.bm.lexical_leakage(emb, cards, prefix=0)
     with pytest.raises(ValueError, match="GO columns"):
         gpt.bm.lexical_leakage(emb, pd.DataFrame({"name": ["x"]}, index=["G000"]), min_go_terms=1)
+
+
+def test_max_terms_compares_the_terms_a_card_names():
+    # ABC1 and ABC2 share only their second term: a leak when cards name one term each
+    cards = _cards({"ABC1": "a|shared", "ABC2": "b|shared", "XYZ1": "c|d", "XYZ2": "e|f"})
+    emb = pd.DataFrame(np.eye(4)[[0, 0, 1, 1]] + 0.01 * np.eye(4), index=cards.index)
+    kw = dict(k=1, min_go_terms=2, include_random=False)
+    assert gpt.bm.lexical_leakage(emb, cards, max_terms=None, **kw).iloc[0]["leakage"] == 0.5
+    assert gpt.bm.lexical_leakage(emb, cards, max_terms=1, **kw).iloc[0]["leakage"] == 1.0

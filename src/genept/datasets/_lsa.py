@@ -1,0 +1,86 @@
+"""TF-IDF + truncated SVD (latent semantic analysis) of gene-card texts: genept's default
+gene embedding (issue 16; chosen in ``benchmarks/default_gene_embeddings.py``).
+
+The shipped table holds ``Y = X V`` (the SVD scores, before L2 normalisation) for every
+human gene of the cards, where ``X`` is the TF-IDF matrix of the card texts and ``V`` the
+SVD components. The components are not shipped: since the columns of ``Y = U S`` are
+orthogonal with squared norms ``S**2``, ``V.T = diag(S**-2) Y.T X``, so a gene missing
+from the table is embedded by refitting the (deterministic) TF-IDF vectoriser on the
+texts of the table's genes and projecting its text with the recovered components.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LSA_PARAMS", "LsaProjector", "fit_lsa"]
+
+#: TF-IDF settings of the default (also written into the table's metadata)
+LSA_PARAMS = {
+    "sublinear_tf": True,
+    "stop_words": "english",
+    "ngram_range": [1, 2],
+    "min_df": 2,
+    "svd": "randomized, n_iter=5, random_state=0",
+}
+
+
+def _vectorizer(params: dict):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        sublinear_tf=params["sublinear_tf"],
+        stop_words=params["stop_words"],
+        ngram_range=tuple(params["ngram_range"]),
+        min_df=params["min_df"],
+        dtype=np.float32,
+    )
+
+
+def unit_rows(M: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+    M = np.asarray(M, dtype=np.float32)
+    n = np.linalg.norm(M, axis=1, keepdims=True)
+    return M / np.where(n > 0, n, np.float32(1.0))
+
+
+def fit_lsa(texts: list[str], dim: int, *, seed: int = 0) -> np.ndarray:
+    """SVD scores ``Y = X V`` (float32, not normalised) of the TF-IDF matrix of ``texts``."""
+    from sklearn.decomposition import TruncatedSVD
+
+    X = _vectorizer(LSA_PARAMS).fit_transform(texts)
+    svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=5, random_state=seed)
+    return svd.fit_transform(X).astype(np.float32)
+
+
+class LsaProjector:
+    """Embeds new texts into the space of an LSA table.
+
+    Parameters
+    ----------
+    texts
+        The texts of the table's genes, in row order (what the table was fitted on).
+    scores
+        The table's rows ``Y`` (SVD scores, not normalised), ``(n_genes, dim)``.
+    params
+        TF-IDF settings (default :data:`LSA_PARAMS`).
+
+    Examples
+    --------
+    >>> proj = LsaProjector(texts, Y)  # doctest: +SKIP
+    >>> proj.transform(["Gene tumor protein p53 is a protein-coding gene."])  # doctest: +SKIP
+    """
+
+    def __init__(self, texts: list[str], scores: np.ndarray, params: dict | None = None):
+        self.vectorizer = _vectorizer(params or LSA_PARAMS)
+        X = self.vectorizer.fit_transform(texts)  # (n, vocab) sparse
+        Y = np.asarray(scores, dtype=np.float64)
+        sigma2 = (Y * Y).sum(axis=0)
+        sigma2[sigma2 == 0] = 1.0
+        # components (dim, vocab): V.T = diag(S**-2) Y.T X
+        self.components = (np.asarray(X.T @ Y).T / sigma2[:, None]).astype(np.float32)
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        """Unit-length LSA vectors of ``texts`` (float32)."""
+        X = self.vectorizer.transform(texts)
+        return unit_rows(np.asarray(X @ self.components.T))

@@ -1,0 +1,253 @@
+"""The shipped default gene-embedding table: format, checks, lookups (issue 16)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from genept.datasets._default_table import (
+    STEM,
+    DefaultTableError,
+    content_sha256,
+    load_table,
+    quantise,
+    write_table,
+)
+
+
+def _table(tmp_path, n=50, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, dim)).astype(np.float32)
+    M /= np.linalg.norm(M, axis=1, keepdims=True)
+    genes = [f"G{i}" for i in range(n)]
+    meta = write_table(tmp_path, genes, M, {"name": "test", "model": "m"})
+    return genes, M, meta
+
+
+def test_quantise_known_values():
+    codes, scale = quantise(np.array([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]], dtype=np.float32))
+    assert scale[0] == np.float32(1.0 / 127) and scale[1] == 0
+    assert codes[0].tolist() == [64, -127, 32]  # round(63.5) = 64 (half to even: 64)
+    assert codes[1].tolist() == [0, 0, 0]
+
+
+def test_roundtrip_rows_memory_mapped_and_exact(tmp_path):
+    genes, M, meta = _table(tmp_path)
+    t = load_table(tmp_path)
+    assert isinstance(t.codes, np.memmap) and t.codes.dtype == np.int8
+    assert t.dim == 16 and list(t.genes) == genes and meta["n_genes"] == 50
+    want = ["G7", "NOPE", "G3", "G7"]
+    found, rows = t.rows(want)
+    assert found.tolist() == [True, False, True, True]
+    codes, scale = quantise(M)
+    ref = codes[[7, 3, 7]].astype(np.float32) * scale[[7, 3, 7]][:, None]
+    assert np.array_equal(rows[found], ref)  # bitwise: codes * scale in float32
+    assert not rows[1].any()
+    cos = (rows[found] * M[[7, 3, 7]]).sum(1) / np.linalg.norm(rows[found], axis=1)
+    assert cos.min() > 0.999
+    # reproducible: a second lookup gives the same bytes
+    assert np.array_equal(t.rows(want)[1], rows)
+
+
+def test_no_temporary_files_left(tmp_path):
+    _table(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{STEM}.npy", f"{STEM}_scale.npy", f"{STEM}_genes.txt.gz", f"{STEM}.json"]
+    )
+
+
+def test_corrupted_codes_named_with_rebuild_hint(tmp_path):
+    _table(tmp_path)
+    path = tmp_path / f"{STEM}.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the last code
+    path.write_bytes(bytes(data))
+    with pytest.raises(DefaultTableError, match=rf"{STEM}\.npy.*sha256.*build_default_embeddings\.py"):
+        load_table(tmp_path)
+    load_table(tmp_path, verify=False)  # shapes still fine: only the hash catches it
+
+
+def test_shape_mismatch_and_truncation(tmp_path):
+    _table(tmp_path)
+    np.save(tmp_path / f"{STEM}_scale.npy", np.ones(49, np.float32))
+    with pytest.raises(DefaultTableError, match=r"_scale\.npy.*\(49,\).*\(50,\)"):
+        load_table(tmp_path)
+    _table(tmp_path)
+    path = tmp_path / f"{STEM}.npy"
+    path.write_bytes(path.read_bytes()[:-100])  # truncated file
+    with pytest.raises(DefaultTableError, match=rf"{STEM}\.npy"):
+        load_table(tmp_path)
+
+
+def test_metadata_missing_or_lying(tmp_path):
+    with pytest.raises(DefaultTableError, match=rf"{STEM}\.json is missing"):
+        load_table(tmp_path)
+    _table(tmp_path)
+    meta = json.loads((tmp_path / f"{STEM}.json").read_text())
+    meta["dim"] = 17
+    (tmp_path / f"{STEM}.json").write_text(json.dumps(meta))
+    with pytest.raises(DefaultTableError, match=r"\(50, 16\).*\(50, 17\)"):
+        load_table(tmp_path)
+    (tmp_path / f"{STEM}.json").write_text("{not json")
+    with pytest.raises(DefaultTableError, match="not valid metadata"):
+        load_table(tmp_path)
+    _table(tmp_path)
+    (tmp_path / f"{STEM}_genes.txt.gz").unlink()
+    with pytest.raises(DefaultTableError, match=r"_genes\.txt\.gz is missing"):
+        load_table(tmp_path)
+
+
+def test_content_hash_covers_scales(tmp_path):
+    codes = np.zeros((2, 3), np.int8)
+    assert content_sha256(codes, np.array([1, 2], np.float32)) != content_sha256(
+        codes, np.array([1, 3], np.float32))
+
+
+def test_write_table_refuses_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        write_table(tmp_path, ["A", "A"], np.ones((2, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        write_table(tmp_path, ["A"], np.ones((2, 3)))
+
+
+# ---------------------------------------------------------------- fetched tables (pooch)
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from genept.datasets._table_registry import fetch_table, write_archive  # noqa: E402
+
+
+class _Server:
+    """Serves one payload at /tables/<name> on 127.0.0.1 and counts the downloads."""
+
+    def __init__(self, name: str, payload: bytes):
+        self.payload, self.hits = payload, 0
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path != f"/tables/{name}":
+                    self.send_error(404)
+                    return
+                srv.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(srv.payload)))
+                self.end_headers()
+                self.wfile.write(srv.payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tables/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def archive(tmp_path, monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((30, 8)).astype(np.float32)
+    genes = [f"G{i}" for i in range(30)]
+    path = tmp_path / "src" / "t.npz"
+    path.parent.mkdir()
+    sha = write_archive(path, genes, M, {"model": "m", "text": "card"})
+    return path, sha, genes, M
+
+
+def test_fetch_from_loopback_server_once(tmp_path, archive):
+    path, sha, genes, M = archive
+    srv = _Server("t.npz", path.read_bytes())
+    try:
+        reg = {"t": {"file": "t.npz", "sha256": sha}}
+        table = fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
+        found, rows = table.rows(["G3", "X"])
+        codes, scale = quantise(M)
+        assert found.tolist() == [True, False]
+        assert np.array_equal(rows[0], codes[3].astype(np.float32) * scale[3])
+        assert table.meta["model"] == "m" and table.meta["archive_sha256"] == sha
+        again = fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
+        assert srv.hits == 1 and np.array_equal(again.rows(["G3"])[1], rows[:1])
+        # only the unpacked table stays in the cache: no download, no temporary folder
+        left = sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_file())
+        assert left == sorted([f"{STEM}.npy", f"{STEM}_scale.npy", f"{STEM}_genes.txt.gz", f"{STEM}.json"])
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_bad_download_refused_and_removed(tmp_path, archive, damage):
+    path, sha, _, _ = archive
+    data = bytearray(path.read_bytes())
+    if damage == "tampered":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    srv = _Server("t.npz", bytes(data))
+    try:
+        reg = {"t": {"file": "t.npz", "sha256": sha}}
+        with pytest.raises(DefaultTableError, match="sha256 check.*removed"):
+            fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
+        assert [p for p in (tmp_path / "c").rglob("*") if p.is_file()] == []
+    finally:
+        srv.close()
+
+
+def test_fetch_local_folder_and_errors(tmp_path, archive, monkeypatch):
+    path, sha, genes, _ = archive
+    reg = {"t": {"file": "t.npz", "sha256": sha}}
+    table = fetch_table("t", url=str(path.parent), registry=reg, cache_dir=tmp_path / "c")
+    assert list(table.genes) == genes
+    monkeypatch.delenv("GENEPT_TABLES_URL", raising=False)
+    with pytest.raises(ValueError, match="GENEPT_TABLES_URL"):
+        fetch_table("t", registry=reg, cache_dir=tmp_path / "d")
+    with pytest.raises(KeyError, match="available"):
+        fetch_table("nope", registry=reg)
+    bad = {"t": {"file": "t.npz", "sha256": "0" * 64}}
+    with pytest.raises(DefaultTableError, match="left in place"):
+        fetch_table("t", url=str(path.parent), registry=bad, cache_dir=tmp_path / "e")
+    assert path.exists()
+
+
+# ---------------------------------------------------------------- the LSA default's projector
+def test_lsa_projector_recovers_the_fitted_space():
+    from genept.datasets._lsa import LsaProjector, fit_lsa, unit_rows
+
+    rng = np.random.default_rng(0)
+    words = [f"term{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(words, size=12)) for _ in range(200)]
+    Y = fit_lsa(texts, 8, seed=0)
+    assert Y.shape == (200, 8) and Y.dtype == np.float32
+    proj = LsaProjector(texts, Y)
+    cos = (proj.transform(texts[:50]) * unit_rows(Y[:50])).sum(1)
+    # same vectoriser, components recovered as diag(S^-2) Y.T X (exact for an exact SVD;
+    # the randomized SVD of a flat-spectrum corpus is close)
+    assert cos.min() > 0.99 and np.median(cos) > 0.999
+    # quantised rows (as shipped) still recover the space
+    codes, scale = quantise(Y)
+    proj_q = LsaProjector(texts, codes.astype(np.float32) * scale[:, None])
+    assert ((proj_q.transform(texts[:50]) * unit_rows(Y[:50])).sum(1)).min() > 0.98
+    # a new text lands next to the text it copies
+    new = proj.transform([texts[7]])
+    assert int(np.argmax(unit_rows(Y) @ new[0])) == 7
+
+
+def test_normalise_rows_in_lookup(tmp_path):
+    M = np.array([[3.0, 4.0], [0.0, 2.0]], np.float32)
+    write_table(tmp_path, ["A", "B"], M, {"normalise_rows": True})
+    found, rows = load_table(tmp_path).rows(["B", "A"])
+    assert found.all()
+    np.testing.assert_allclose(rows, [[0.0, 1.0], [0.6, 0.8]], atol=1e-2)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
