@@ -80,6 +80,14 @@ def knn_metrics(
     -------
     Tidy DataFrame ``rep``, ``metric`` (accuracy, precision, recall, f1 — macro),
     ``value``.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> res = gpt.bm.knn_metrics(adata, "X_pca", "bulk_labels")
+    >>> sorted(res["metric"])
+    ['accuracy', 'f1', 'precision', 'recall']
     """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
@@ -107,9 +115,29 @@ def cluster_metrics(
 ) -> pd.DataFrame:
     """k-means (k = number of labels) agreement with the labels, and label silhouette.
 
+    Parameters
+    ----------
+    adata
+        Cells with a representation in ``obsm[rep]`` (or ``"X"``) and labels.
+    rep
+        ``obsm`` key, e.g. ``"X_genept_w"``, or ``"X"``.
+    label_key
+        ``obs`` column with the labels (k = their number).
+    silhouette_metric
+        Distance of the silhouette score.
+    seed
+        k-means seed.
+
     Returns
     -------
     Tidy DataFrame ``rep``, ``metric`` (ari, ami, silhouette), ``value``.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> gpt.bm.cluster_metrics(adata, "X_pca", "bulk_labels")["metric"].tolist()
+    ['ari', 'ami', 'silhouette']
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, silhouette_score
@@ -141,9 +169,29 @@ def batch_metrics(
     one cluster per batch (patient), ARI with the batches. Higher ARI = stronger batch
     effect (the paper: 0.33 on expression, 0.07 on GenePT-s).
 
+    Parameters
+    ----------
+    adata
+        Cells with a representation in ``obsm[rep]`` (or ``"X"``) and batches.
+    rep
+        ``obsm`` key, e.g. ``"X_genept_s"``, or ``"X"``.
+    batch_key
+        ``obs`` column with the batch (patient) of each cell.
+    n_pcs
+        Principal components before k-means (paper: 50).
+    seed
+        PCA and k-means seed.
+
     Returns
     -------
     Tidy DataFrame ``rep``, ``metric`` (``batch_ari``), ``value``.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> gpt.bm.batch_metrics(adata, "X_pca", "phase")["metric"].tolist()
+    ['batch_ari']
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA

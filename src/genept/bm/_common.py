@@ -21,6 +21,19 @@ def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
     ``emb`` may be a :class:`~genept.GeneEmbeddings`, a DataFrame indexed by gene, a dict
     gene -> vector, or an AnnData whose ``varm[key]`` holds gene embeddings (genes
     without one, i.e. all-zero rows or ``var['genept_has_embedding']`` False, are left out).
+    Parameters
+    ----------
+    emb
+        The embeddings, in any of the forms above.
+    key
+        ``varm`` key when ``emb`` is an AnnData; the array is checked (dense, finite).
+
+
+    Examples
+    --------
+    >>> import numpy as np, genept as gpt
+    >>> gpt.bm.as_embedding_frame({"CD3E": np.ones(3), "CD8A": np.zeros(3) + 2}).shape
+    (2, 3)
     """
     if isinstance(emb, AnnData):
         if key not in emb.varm:
@@ -46,7 +59,22 @@ def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
 
 
 def random_like(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """The papers' negative control: Gaussian unit vectors, same genes and width, seeded."""
+    """The papers' negative control: Gaussian unit vectors, same genes and width, seeded.
+    Parameters
+    ----------
+    frame
+        Embeddings indexed by gene (:func:`as_embedding_frame`).
+    seed
+        Seed of the Gaussian vectors.
+
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, genept as gpt
+    >>> r = gpt.bm.random_like(pd.DataFrame(np.ones((2, 4)), index=["A", "B"]))
+    >>> r.shape, bool(np.allclose(np.linalg.norm(r, axis=1), 1))
+    ((2, 4), True)
+    """
     from .._gene_sources import random_embeddings
 
     r = random_embeddings(frame.index.to_numpy(), frame.shape[1], seed=seed)
@@ -64,6 +92,13 @@ def summarize(df: pd.DataFrame, metric: str | None = None, by: list[str] | None 
         Column to summarise (default: ``auc``, ``accuracy`` or ``value``, whichever exists).
     by
         Grouping columns (default: the non-numeric columns other than ``fold``).
+
+    Examples
+    --------
+    >>> import pandas as pd, genept as gpt
+    >>> df = pd.DataFrame({"model": ["lr", "lr"], "fold": [0, 1], "auc": [0.8, 0.9]})
+    >>> gpt.bm.summarize(df).round(3).to_dict("records")
+    [{'model': 'lr', 'mean': 0.85, 'sd': 0.071, 'n': 2}]
     """
     if metric is None:
         metric = next((m for m in ("auc", "accuracy", "value") if m in df.columns), None)

@@ -165,6 +165,19 @@ def gene_function_accuracy(
     -------
     Tidy DataFrame: ``embedding``, ``model``, ``fold``, ``accuracy``, ``macro_f1``,
     ``n_genes``, ``n_classes``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, genept as gpt
+    >>> rng = np.random.default_rng(0)
+    >>> genes = [f"G{i}" for i in range(60)]
+    >>> labels = pd.Series(np.repeat(["a", "b", "c"], 20), index=genes)
+    >>> centres = {"a": 0, "b": 1, "c": 2}
+    >>> emb = {g: np.eye(3)[centres[c]] + 0.1 * rng.standard_normal(3)
+    ...        for g, c in labels.items()}
+    >>> res = gpt.bm.gene_function_accuracy(emb, labels, include_random=False)
+    >>> bool(res["accuracy"].min() > 0.9)
+    True
     """
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import StratifiedKFold
@@ -266,6 +279,14 @@ def sample_negative_pairs(
     -------
     DataFrame ``gene1``, ``gene2``, ``label`` (0): unique unordered pairs, no self-pairs,
     none of them in ``positives`` or ``exclude``.
+
+    Examples
+    --------
+    >>> import pandas as pd, genept as gpt
+    >>> pos = pd.DataFrame({"gene1": ["A", "B", "C"], "gene2": ["B", "C", "D"]})
+    >>> neg = gpt.bm.sample_negative_pairs(pos, 2, universe=list("ABCDEF"))
+    >>> len(neg), neg["label"].tolist()
+    (2, [0, 0])
     """
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {mode!r}")
@@ -345,7 +366,22 @@ def sample_negative_pairs(
 
 
 def pair_features(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
-    """Sum of the two genes' embeddings per pair (order-free, as in GenePT)."""
+    """Sum of the two genes' embeddings per pair (order-free, as in GenePT).
+    Parameters
+    ----------
+    frame
+        Embeddings indexed by gene (:func:`as_embedding_frame`).
+    pairs
+        Columns ``gene1`` and ``gene2``; every gene must have an embedding.
+
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, genept as gpt
+    >>> frame = pd.DataFrame(np.eye(3), index=["A", "B", "C"])
+    >>> gpt.bm.pair_features(frame, pd.DataFrame({"gene1": ["A"], "gene2": ["C"]}))
+    array([[1., 0., 1.]], dtype=float32)
+    """
     a = frame.index.get_indexer(pairs["gene1"])
     b = frame.index.get_indexer(pairs["gene2"])
     if (a < 0).any() or (b < 0).any():
@@ -409,6 +445,17 @@ def pair_auc(
     -------
     Tidy DataFrame: ``embedding``, ``negatives`` (``"given"`` for labelled pairs),
     ``auc``, ``n_train``, ``n_test``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, genept as gpt
+    >>> rng = np.random.default_rng(0)
+    >>> emb = {f"G{i}": rng.standard_normal(8) for i in range(40)}
+    >>> pos = pd.DataFrame({"gene1": [f"G{i}" for i in range(0, 40, 2)],
+    ...                     "gene2": [f"G{i}" for i in range(1, 40, 2)]})
+    >>> res = gpt.bm.pair_auc(emb, pos, negatives="uniform", include_random=False)
+    >>> res[["negatives", "auc"]].shape
+    (1, 2)
     """
     from sklearn.metrics import roc_auc_score
 

@@ -117,6 +117,13 @@ def dosage_sensitive_tfs(
     -------
     Series gene symbol -> 0/1 (Ensembl ids are mapped to symbols with the gene cards;
     ids without a symbol keep the id).
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> labels = gpt.bm.dosage_sensitive_tfs()  # doctest: +SKIP
+    >>> labels.value_counts().sort_index().tolist()  # doctest: +SKIP
+    [368, 122]
     """
     downloaded = path is None
     if downloaded:
@@ -185,6 +192,13 @@ def gene2vec_ggi(
     Returns
     -------
     DataFrame ``gene1``, ``gene2``, ``label``.
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> train = gpt.bm.gene2vec_ggi("train")  # doctest: +SKIP
+    >>> list(train.columns)  # doctest: +SKIP
+    ['gene1', 'gene2', 'label']
     """
     if split not in {"train", "valid", "test"}:
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
@@ -229,6 +243,13 @@ def huri(
     Returns
     -------
     DataFrame ``gene1``, ``gene2``: unique unordered pairs.
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> pairs = gpt.bm.huri()  # doctest: +SKIP
+    >>> list(pairs.columns)  # doctest: +SKIP
+    ['gene1', 'gene2']
     """
     if path is None:
         path = _fetch(url, url.rsplit("/", 1)[-1], known_hash)
@@ -262,6 +283,12 @@ def panglao_markers(
         Keep markers of this species (``"Hs"`` human, ``"Mm"`` mouse; ``None``: all).
     url, known_hash
         Download source and expected hash (``None``: no check, with a warning).
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> markers = gpt.bm.panglao_markers()  # doctest: +SKIP
+    >>> gpt.bm.marker_similarity(table, markers)  # doctest: +SKIP
     """
     if path is None:
         path = _fetch(url, url.rsplit("/", 1)[-1], known_hash)

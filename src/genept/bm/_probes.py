@@ -80,6 +80,15 @@ def ablation_embeddings(
     -------
     ``{mode: (n_obs, dim) float32}``. Evaluate with :func:`knn_metrics` after putting
     them in ``obsm``.
+
+    Examples
+    --------
+    >>> import scanpy as sc, genept as gpt
+    >>> adata = sc.datasets.pbmc68k_reduced()
+    >>> out = gpt.bm.ablation_embeddings(adata, modes=["original", "hashed"],
+    ...                                  use_raw=True)  # doctest: +SKIP
+    >>> out["hashed"].shape  # doctest: +SKIP
+    (700, 384)
     """
     from ..encoders import get_encoder
     from ..pp import build_sentences, sentence_words, token_budget
@@ -175,6 +184,16 @@ def marker_similarity(
     DataFrame, one row per cell type: ``top_marker``, ``n_markers``, ``intra``, ``inter``,
     ``gap``; ``.attrs["summary"]`` holds the averages over cell types
     (``intra``, ``inter``, ``gap``).
+
+    Examples
+    --------
+    >>> import numpy as np, genept as gpt
+    >>> emb = {"CD3E": np.array([1.0, 0]), "CD3D": np.array([1.0, 0.1]),
+    ...        "MS4A1": np.array([0.0, 1]), "CD79A": np.array([0.1, 1])}
+    >>> markers = {"T cell": ["CD3E", "CD3D"], "B cell": ["MS4A1", "CD79A"]}
+    >>> res = gpt.bm.marker_similarity(emb, markers)
+    >>> bool(res.attrs["summary"]["gap"] > 0)
+    True
     """
     from ..encoders import TextEncoder
 
