@@ -229,6 +229,7 @@ def main(argv=None) -> int:
         s = summarize(gene_property_auc_(F, labels, args.seed))
         for _, r in s.iterrows():
             rows[c][f"dosage_{r['model']}"] = r["mean"]
+            rows[c][f"dosage_{r['model']}_sd"] = r["sd"]
         rows[c]["ggi_test"] = ggi_auc(F, g_tr, g_te, args.seed)
         hu = pair_auc(F, h_tr, h_te, negatives="degree_matched", include_random=False, seed=args.seed)
         rows[c]["huri_dm"] = float(hu["auc"].iloc[0])

@@ -168,7 +168,7 @@ def archive(tmp_path, monkeypatch):
 
 
 def test_fetch_from_loopback_server_once(tmp_path, archive):
-    path, sha, genes, M = archive
+    path, sha, _, M = archive
     srv = _Server("t.npz", path.read_bytes())
     try:
         reg = {"t": {"file": "t.npz", "sha256": sha}}
@@ -198,7 +198,7 @@ def test_bad_download_refused_and_removed(tmp_path, archive, damage):
     srv = _Server("t.npz", bytes(data))
     try:
         reg = {"t": {"file": "t.npz", "sha256": sha}}
-        with pytest.raises(DefaultTableError, match="sha256 check.*removed"):
+        with pytest.raises(DefaultTableError, match=r"sha256 check.*removed"):
             fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
         assert [p for p in (tmp_path / "c").rglob("*") if p.is_file()] == []
     finally:
