@@ -91,7 +91,7 @@ def ablation_embeddings(
     (700, 384)
     """
     from ..encoders import get_encoder
-    from ..pp import build_sentences, sentence_words, token_budget
+    from ..pp import build_sentences, sentence_plan
 
     check_adata(adata)
     bad = [m for m in modes if m not in ABLATION_MODES]
@@ -103,12 +103,10 @@ def ablation_embeddings(
     out = {}
     for mode in modes:
         hash_names, shuffle = ABLATION_MODES[mode]
-        words = sentence_words(names, hash_names=hash_names)
-        counts, budget = token_budget(enc, words, prefix=prefix, max_tokens=max_tokens)
-        sentences = build_sentences(
-            X, names, n_genes=n_genes, prefix=prefix, token_counts=counts, budget=budget,
-            hash_names=hash_names, shuffle=shuffle, seed=seed, show_progress=False,
-        )
+        plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=enc,
+                             max_tokens=max_tokens)
+        sentences = build_sentences(X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed,
+                                    show_progress=False)
         empty = [i for i, s in enumerate(sentences) if not s.strip()]
         if empty:
             raise ValueError(
