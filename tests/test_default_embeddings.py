@@ -251,3 +251,31 @@ def test_normalise_rows_in_lookup(tmp_path):
     assert found.all()
     np.testing.assert_allclose(rows, [[0.0, 1.0], [0.6, 0.8]], atol=1e-2)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+
+
+def test_lsa_encoder_embeds_missing_genes_in_the_table_space(tmp_path):
+    import hashlib
+
+    from genept._cache import EmbeddingCache
+    from genept._gene_sources import _cards
+    from genept.datasets._card_variants import card_nosym_text
+    from genept.datasets._lsa import fit_lsa, lsa_encoder, unit_rows
+
+    genes = [str(g) for g in _cards().index[:400]]
+    texts = list(card_nosym_text(_cards(), genes))
+    Y = fit_lsa(texts, 16, seed=0)
+    sha = hashlib.sha256(("\n".join(texts) + "\n").encode("utf-8")).hexdigest()
+    write_table(tmp_path, genes, Y, {"normalise_rows": True, "text_sha256": sha})
+    table = load_table(tmp_path)
+    enc = lsa_encoder(table)
+    assert enc.dim == 16 and enc.cache_id.startswith("genept-lsa:")
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    got = enc.encode(texts[:50], cache=cache, show_progress=False)
+    _, rows = table.rows(genes[:50])
+    cos = (got * rows).sum(1)
+    assert np.median(cos) > 0.95  # fold-in of a table gene lands on its row
+    assert cache.count(enc.cache_id) == len(set(texts[:50]))
+    again = lsa_encoder(table).encode(texts[:50], cache=cache, show_progress=False)
+    assert np.array_equal(again, got)  # from the cache, bitwise
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert unit_rows(np.zeros((1, 3))).sum() == 0

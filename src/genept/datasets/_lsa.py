@@ -84,3 +84,62 @@ class LsaProjector:
         """Unit-length LSA vectors of ``texts`` (float32)."""
         X = self.vectorizer.transform(texts)
         return unit_rows(np.asarray(X @ self.components.T))
+
+
+def lsa_encoder(table=None):
+    """A :class:`~genept.encoders.TextEncoder` projecting texts into the space of the shipped
+    LSA table (the fallback for genes missing from it; cached under the table's hash).
+
+    The projector is built on first use from the table and the ``card_nosym`` texts of its
+    genes (about a minute on one core: the TF-IDF vectoriser is refitted).
+    """
+    from ..encoders import TextEncoder
+    from ._default_table import default_table
+
+    table = default_table() if table is None else table
+
+    class LsaEncoder(TextEncoder):
+        cache_id = f"genept-lsa:{table.meta.get('sha256', '')[:16]}"
+        dim = table.dim
+        max_tokens = None
+        batch_size = 4096
+        model_name = "lsa"
+
+        def __init__(self):
+            self._proj = None
+
+        def _encode(self, texts: list[str]) -> np.ndarray:
+            if self._proj is None:
+                self._proj = _projector(table)
+            return self._proj.transform(texts)
+
+    return LsaEncoder()
+
+
+def _projector(table) -> LsaProjector:
+    import hashlib
+
+    from .._gene_sources import _cards
+    from ._card_variants import card_nosym_text
+
+    texts = card_nosym_text(_cards(), list(table.genes))
+    if texts.isna().any():
+        raise ValueError(
+            f"{int(texts.isna().sum())} genes of the default table have no gene card; the table "
+            "does not belong to these gene cards: rebuild it with "
+            "`python scripts/build_default_embeddings.py`"
+        )
+    texts = [t.replace("\n", " ") for t in texts]
+    sha = hashlib.sha256(("\n".join(texts) + "\n").encode("utf-8")).hexdigest()
+    if table.meta.get("text_sha256") not in (None, sha):
+        import warnings
+
+        warnings.warn(
+            "the gene cards changed since the default table was built; genes missing from it are "
+            "projected with a vectoriser refitted on today's texts (rebuild the table with "
+            "`python scripts/build_default_embeddings.py`)",
+            UserWarning,
+            stacklevel=3,
+        )
+    Y = np.asarray(table.codes, dtype=np.float32) * table.scale[:, None]
+    return LsaProjector(texts, Y, table.meta.get("lsa"))
