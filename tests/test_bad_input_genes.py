@@ -159,6 +159,10 @@ def test_user_vectors_2d_complex_zero():
         gpt.tl.embed_genes(adata, source={"CD3E": np.zeros(4), "CD8A": np.ones(4)})
     assert adata.var["genept_has_embedding"].tolist() == [False, True]
     assert adata.uns["genept"]["params"]["n_genes_matched"] == 1
+    zeros = ad.AnnData(np.ones((2, 1), np.float32), var=pd.DataFrame(index=["CD3E"]))
+    with pytest.warns(UserWarning, match="all-zero"), pytest.raises(ValueError, match="all-zero"):
+        gpt.tl.embed_genes(zeros, source={"CD3E": np.zeros(4), "CD8A": np.ones(4)})
+    assert "X_genept" not in zeros.varm
 
 
 # -- item 15: unclear messages --------------------------------------------------------

@@ -233,6 +233,11 @@ def embed_genes(
         )
         has &= ~zero
         target = np.where(zero, "", target)
+        if not has.any():
+            raise ValueError(
+                f"every matched gene has an all-zero vector in the source {src.name!r}; "
+                "check the embeddings (a zero vector means no embedding)"
+            )
     prefix = uns_key(key_added)
     params = {
         "source": src.name,
