@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core._device import resolve_device
 from ._base import TextEncoder
 
 __all__ = ["SentenceTransformerEncoder", "packaged_minilm_path"]
@@ -46,16 +47,6 @@ def _hf_progress_bars(show: bool):
         hf_logging.disable_progress_bar()
         return hf_logging.enable_progress_bar
     return lambda: None
-
-
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for, but torch sees no CUDA device")
-    return device
 
 
 class SentenceTransformerEncoder(TextEncoder):
@@ -164,7 +155,7 @@ class SentenceTransformerEncoder(TextEncoder):
 
         from .._settings import settings
 
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         bars = _hf_progress_bars(settings.progress)
         try:
             st = SentenceTransformer(

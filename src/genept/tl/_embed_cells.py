@@ -13,8 +13,10 @@ from scipy import sparse
 
 from .._core._blocks import check_block_rows
 from .._core._device import resolve_device
-from .._kernels.sentences._build import _build, sentence_plan
+from .._core._progress import progress_bar
+from .._kernels.sentences._build import _iter_sentence_genes, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
+from .._kernels.sentences._text import _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
 from .._kernels.weighted._plan import _make_plan, check_gene_embeddings
 from .._settings import settings
@@ -73,6 +75,22 @@ def _check_counts(X, allow_counts: bool) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _sentence_genes(X, plan, *, n_genes, shuffle, seed, block_rows, show_progress):
+    """Each cell's sentence genes as one ragged ``(indptr, idx)`` (no text written)."""
+    ptrs, idxs, offset = [np.zeros(1, dtype=np.int64)], [], 0
+    blocks = _iter_sentence_genes(
+        X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows
+    )
+    with progress_bar(int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress) as bar:
+        for a, b, indptr, idx in blocks:
+            ptrs.append(np.asarray(indptr[1:], dtype=np.int64) + offset)
+            idxs.append(idx)
+            offset += int(indptr[-1])
+            bar.update(b - a)
+    idx = np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int32)
+    return np.concatenate(ptrs), idx
 
 
 def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
@@ -302,35 +320,42 @@ def embed_cells(
         names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
         encoder = get_encoder(model)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
-        sentences = _build(
-            X,
-            plan,
-            n_genes=n_genes,
-            shuffle=shuffle,
-            seed=seed,
-            block_rows=block_rows,
+        indptr, idx = _sentence_genes(
+            X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows,
             show_progress=progress,
         )
-        empty = np.array([not s for s in sentences], dtype=bool)
-        emb = np.zeros((len(sentences), encoder.dim or 0), dtype=np.float32)
+        n_words = np.diff(indptr)
+        empty = n_words == 0
         todo = np.flatnonzero(~empty)
+        emb = np.zeros((empty.size, encoder.dim or 0), dtype=np.float32)
         if todo.size:
-            vec = encoder.encode(
-                [sentences[i] for i in todo],
-                batch_size=batch_size,
-                cache=cache,
-                show_progress=progress,
-                desc="embedding cell sentences",
-            )
-            emb = np.zeros((len(sentences), vec.shape[1]), dtype=np.float32)
+            # texts only as cache keys (and for encoders that cannot gather token ids)
+            texts = _Names(plan.words).render(indptr, idx, plan.prefix)
+            texts = [texts[i] for i in todo]
+            vec = None
+            if hasattr(encoder, "encode_ragged"):  # no string tokenizer: gathered ids
+                vec = encoder.encode_ragged(
+                    np.concatenate([[0], np.cumsum(n_words[todo])]),
+                    idx,
+                    plan.words,
+                    prefix=plan.prefix,
+                    texts=texts if cache else None,
+                    cache=cache,
+                    batch_size=batch_size,
+                    show_progress=progress,
+                    desc="embedding cell sentences",
+                )
+            if vec is None:
+                vec = encoder.encode(
+                    texts,
+                    batch_size=batch_size,
+                    cache=cache,
+                    show_progress=progress,
+                    desc="embedding cell sentences",
+                )
+            emb = np.zeros((empty.size, vec.shape[1]), dtype=np.float32)
             norms = np.linalg.norm(vec, axis=1, keepdims=True)
             emb[todo] = vec / np.where(norms > 0, norms, 1)
-        n_words = np.array(
-            [
-                0 if e else s.count(" ") + 1 - prefix.count(" ")
-                for s, e in zip(sentences, empty, strict=True)
-            ]
-        )
         params.update(
             model=str(getattr(encoder, "model_name", None) or encoder.cache_id),
             dim=int(emb.shape[1]),
