@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default="cards",
                    help="cards | ncbi | ncbi_uniprot | name | genept | a .npz/.parquet/.csv/.pickle file")
     g.add_argument("--model", default=None, help="text encoder, or ada-002 / 3-large for --source genept")
-    g.add_argument("--text-level", default="card", choices=["name", "summary", "card"])
+    g.add_argument("--text-level", default=None,
+                   help="gene text for text sources, e.g. name | summary | card "
+                        "(default: gpt.tl.embed_genes' default)")
     g.add_argument("--gene-symbols", default=None, help="var column holding gene symbols")
     g.add_argument("--key-added", default="X_genept")
     g.add_argument("--batch-size", type=int, default=None)
@@ -255,11 +257,12 @@ def _embed_genes(args) -> None:
     from .tl import embed_genes
 
     adata = _read(args.input, "input")
+    options = {} if args.text_level is None else {"text_level": args.text_level}
     embed_genes(
         adata,
         source=args.source,
         model=args.model,
-        text_level=args.text_level,
+        **options,
         gene_symbols=args.gene_symbols,
         key_added=args.key_added,
         batch_size=args.batch_size,
