@@ -147,8 +147,11 @@ def test_demo_writes_everything_inside_out(tmp_path, monkeypatch):
     assert rc == 0
     outside = [p for p in tmp_path.rglob("*.png") if "genept_demo" not in p.parts]
     assert outside == []
-    for f in ("confusion_scmpt.png", "gene_embedding_umap.png", "umap_genept_w.png", "metrics.tsv"):
+    for f in ("confusion_scmpt.png", "gene_embedding_umap.png", "umap_genept_w.png"):
         assert (tmp_path / "genept_demo" / f).stat().st_size > 1000
+    metrics = pd.read_csv(tmp_path / "genept_demo" / "metrics.tsv", sep="\t")
+    acc = metrics.loc[metrics["metric"].str.endswith("accuracy"), "value"]
+    assert len(acc) == 4 and ((acc > 0.5) & (acc <= 1.0)).all()  # well above chance (10 types)
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
