@@ -177,6 +177,23 @@ def import_optional(module: str, *, extra: str, purpose: str):
         ) from e
 
 
+def _string_arrays_writable():
+    """With pandas >= 3 (string columns and ``obs_names`` are pandas string arrays),
+    let anndata releases that still refuse them by default write them; a no-op with
+    pandas 2, so files stay readable by old anndata."""
+    import contextlib
+
+    import anndata
+    import pandas as pd
+
+    settings = getattr(anndata, "settings", None)
+    if int(pd.__version__.split(".")[0]) < 3 or not hasattr(
+        settings, "allow_write_nullable_strings"
+    ):
+        return contextlib.nullcontext()
+    return settings.override(allow_write_nullable_strings=True)
+
+
 def atomic_write_h5ad(adata: AnnData, path: str | os.PathLike, **kwargs) -> Path:
     """``adata.write_h5ad(path)`` through a temporary file beside ``path`` and a rename.
 
@@ -192,7 +209,8 @@ def atomic_write_h5ad(adata: AnnData, path: str | os.PathLike, **kwargs) -> Path
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        adata.write_h5ad(tmp, **kwargs)
+        with _string_arrays_writable():
+            adata.write_h5ad(tmp, **kwargs)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
