@@ -124,8 +124,8 @@ def main(argv=None) -> None:
         numba.set_num_threads(args.threads)
     # warm-up: numba kernels (compiled once, cached on disk)
     t = time.perf_counter()
-    build_sentences(X[:50], names, seed=None, show_progress=False)
-    build_sentences(X[:50], names, seed=0, shuffle=True, show_progress=False)
+    build_sentences(X[:50], names, random_state=None, show_progress=False)
+    build_sentences(X[:50], names, random_state=0, shuffle=True, show_progress=False)
     t_warm = time.perf_counter() - t
 
     rng = np.random.default_rng(args.seed)
@@ -146,13 +146,13 @@ def main(argv=None) -> None:
             times.append(time.perf_counter() - t0)
         return min(times), res
 
-    t_gpt, sents = best(seed=None)
+    t_gpt, sents = best(random_state=None)
     # correctness on the timed cells: same text as the loop with stable tie order
     ref = notebook_loop(X, names, cells, stable=True)
     ok = all(sents[i] == r for i, r in zip(cells, ref, strict=True))
-    t_gpt_seed, _ = best(seed=0)
-    t_gpt_128, _ = best(seed=0, n_genes=128)
-    t_gpt_shuf, _ = best(seed=0, shuffle=True)
+    t_gpt_seed, _ = best(random_state=0)
+    t_gpt_128, _ = best(random_state=0, n_genes=128)
+    t_gpt_shuf, _ = best(random_state=0, shuffle=True)
     budget_rows = []
     if not args.no_tokenizer:
         try:
@@ -164,7 +164,7 @@ def main(argv=None) -> None:
             plan = sentence_plan(names, encoder=enc)
             budget = plan.budget
             t_tok = time.perf_counter() - t0
-            t_b, sb = best(plan, seed=0)
+            t_b, sb = best(plan, random_state=0)
             mean_genes = np.mean([len(x.split()) for x in sb])
             budget_rows = [
                 (f"genept, MiniLM budget ({budget} tokens, {mean_genes:.0f} genes/cell)", t_b),
@@ -192,9 +192,9 @@ def main(argv=None) -> None:
         ("official GenePT notebook loop (extrapolated)", t_official),
         ("streamlined per-cell loop (extrapolated)", t_loop),
         ("genept `build_sentences`, ties by gene index", t_gpt),
-        ("genept, seeded tie order (seed=0)", t_gpt_seed),
-        ("genept, seed=0, n_genes=128", t_gpt_128),
-        ("genept, seed=0, shuffle=True", t_gpt_shuf),
+        ("genept, seeded tie order (random_state=0)", t_gpt_seed),
+        ("genept, random_state=0, n_genes=128", t_gpt_128),
+        ("genept, random_state=0, shuffle=True", t_gpt_shuf),
         *budget_rows,
     ]
     for label, sec in rows:

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         texts = card_text(cards, universe, level=level)
         M = enc.encode(list(texts), desc=f"{name} texts")
         embs[name] = pd.DataFrame(M, index=pd.Index(universe))
-    embs["random"] = random_like(embs["cards"], seed=args.seed)
+    embs["random"] = random_like(embs["cards"], random_state=args.seed)
     print(f"# GenePT gene-level tasks with {enc.cache_id} (384-d)\n")
     print(f"{len(universe)} genes embedded ({time.time() - t0:.0f} s incl. cache)\n")
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     # ---- dosage-sensitive TFs
     t = time.time()
     labels = dosage_sensitive_tfs(data / "gene_tasks" / "dosage_sens_tf_labels.csv")
-    dos = run_all(gene_property_auc, labels=labels, n_splits=5, seed=args.seed)
+    dos = run_all(gene_property_auc, labels=labels, n_splits=5, random_state=args.seed)
     s = summarize(dos)
     s["paper (ada-002)"] = [
         PAPER.get(("dosage" + {"cards": "", "name": " name-only", "random": " random"}[e], m), np.nan)
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     te_u = te[te.gene1.isin(U) & te.gene2.isin(U)]
     if len(tr_u) > args.max_train_pairs:
         tr_u = tr_u.sample(args.max_train_pairs, random_state=args.seed)
-    ggi = run_all(pair_auc, pairs_train=tr_u, pairs_test=te_u, seed=args.seed)
+    ggi = run_all(pair_auc, pairs_train=tr_u, pairs_test=te_u, random_state=args.seed)
     ggi["paper (ada-002)"] = ggi.embedding.map({"cards": PAPER["ggi"], "random": PAPER["ggi random"]})
     print(f"## Gene2vec gene-gene interactions (train {len(tr_u)} of {len(tr)} pairs, test {len(te_u)} of {len(te)}; summed embeddings + LR, test ROC-AUC, {time.time() - t:.0f} s)\n")
     print(md(ggi[["embedding", "auc", "n_train", "n_test", "paper (ada-002)"]]) + "\n")
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     t = time.time()
     ppi = huri(data / "ppi" / "HuRI.tsv")
     ppi_u = ppi[ppi.gene1.isin(U) & ppi.gene2.isin(U)]
-    hu = run_all(pair_auc, pairs_train=ppi_u, seed=args.seed)
+    hu = run_all(pair_auc, pairs_train=ppi_u, random_state=args.seed)
     print(f"## HuRI protein-protein interactions ({len(ppi_u)} of {len(ppi)} positive pairs, 80/20 split, sampled negatives; test ROC-AUC, {time.time() - t:.0f} s)\n")
     piv = hu.pivot(index="embedding", columns="negatives", values="auc").reset_index()
     print(md(piv) + "\n")

@@ -20,7 +20,6 @@ from sklearn.metrics import (
     recall_score,
 )
 from sklearn.metrics import confusion_matrix as sk_confusion
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
 import genept as gpt
@@ -33,8 +32,11 @@ from genept.tl import (
     annotate_mlp,
     annotate_scmpt,
     classification_metrics,
+    proba_frame,
 )
-from genept.tl._annotate import UNPARSED, proba_frame
+
+# the answer parser and its "no label" marker are internals, tested directly
+from genept.tl._annotate._chat import UNPARSED
 from genept.tl._annotate._chat import parse_answer as _parse_answer
 
 matplotlib.use("Agg")
@@ -55,16 +57,14 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def pbmc():
-    """pbmc68k_reduced with X_pca (50) and a PCA of .raw (30), split 80/20 stratified."""
+def pbmc(split_cells):
+    """pbmc68k_reduced with X_pca (50) and a PCA of .raw (30), split 80/20 stratified
+    (by position: ``obs_names`` are Arrow strings under pandas 3)."""
     adata = sc.datasets.pbmc68k_reduced()
     raw = ad.AnnData(adata.raw.X.copy(), obs=adata.obs[[]].copy())
     sc.pp.pca(raw, n_comps=30, random_state=0)
     adata.obsm["X_pca_raw"] = raw.obsm["X_pca"]
-    train, test = train_test_split(
-        adata.obs_names, test_size=0.2, stratify=adata.obs[LABEL], random_state=0
-    )
-    return adata[train].copy(), adata[test].copy()
+    return split_cells(adata, LABEL, test_size=0.2, random_state=0)
 
 
 @pytest.fixture(scope="module")

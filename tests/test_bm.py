@@ -14,18 +14,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genept._gene_embeddings import GeneEmbeddings
-from genept.bm._cell_tasks import batch_metrics, cluster_metrics, knn_metrics
-from genept.bm._common import as_embedding_frame, random_like, summarize
-from genept.bm._gene_tasks import (
+from genept import GeneEmbeddings
+from genept.bm import (
+    ablation_embeddings,
+    as_embedding_frame,
+    batch_metrics,
+    cluster_metrics,
+    dosage_sensitive_tfs,
+    gene2vec_ggi,
     gene_function_accuracy,
     gene_property_auc,
+    huri,
+    knn_metrics,
+    marker_similarity,
     pair_auc,
     pair_features,
+    panglao_markers,
+    random_like,
     sample_negative_pairs,
+    summarize,
 )
-from genept.bm._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
-from genept.bm._probes import ablation_embeddings, marker_similarity
 from genept.encoders import TextEncoder
 
 

@@ -70,7 +70,7 @@ def _reference(X: np.ndarray, seed: int | None, n_genes: int | None = None):
 @pytest.mark.parametrize("kind", list(_containers(X_HAND)))
 def test_hand_example_ties_by_gene_index(kind):
     X = _containers(X_HAND)[kind]
-    assert _build(X, seed=None) == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
+    assert _build(X, random_state=None) == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
 
 def test_hand_example_seeded_ties():
@@ -80,20 +80,20 @@ def test_hand_example_seeded_ties():
     # cell 0: LYZ (priority 0) before MS4A1 (4); cell 1: CD3E (2), NKG7 (3), MS4A1 (4)
     expected = ["LYZ MS4A1 NKG7", "CD3E NKG7 MS4A1 GNLY", ""]
     for X in _containers(X_HAND).values():
-        assert _build(X, seed=0) == expected
+        assert _build(X, random_state=0) == expected
     # the same tie order for every cell, and reproducible
-    assert _build(X_HAND, seed=0) == _build(X_HAND, seed=0)
+    assert _build(X_HAND, random_state=0) == _build(X_HAND, random_state=0)
 
 
 def test_rank_genes_layout():
-    indptr, idx = rank_genes(X_HAND, seed=None)
+    indptr, idx = rank_genes(X_HAND, random_state=None)
     assert indptr.tolist() == [0, 3, 7, 7]
     assert idx.tolist() == [1, 3, 2, 0, 1, 2, 4]
     assert idx.dtype == np.int32
 
 
 def test_prefix_and_empty_cell():
-    out = _build(X_HAND, seed=None, prefix=PAPER_PREFIX)
+    out = _build(X_HAND, random_state=None, prefix=PAPER_PREFIX)
     assert out[0] == "A cell with genes ranked by expression: MS4A1 LYZ NKG7"
     assert out[2] == ""  # no expressed gene: empty sentence, no prefix
 
@@ -111,24 +111,24 @@ def test_duplicate_entries_are_summed():
     X = sparse.csr_matrix(
         (np.array([1.0, 1.0, 1.5], dtype=np.float32), np.array([0, 0, 2]), [0, 3]), shape=(1, 5)
     )
-    assert _build(X, seed=None) == ["CD3E NKG7"]
+    assert _build(X, random_state=None) == ["CD3E NKG7"]
 
 
 def test_float64_values_not_exact_in_float32():
     # values that float32 would merge: the order must follow float64
     X = np.array([[1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.0, 1.0]])
-    assert _build(X, seed=None) == ["MS4A1 CD3E GNLY NKG7"]
-    assert _build(X.astype(np.float32), seed=None) == ["CD3E MS4A1 NKG7 GNLY"]
+    assert _build(X, random_state=None) == ["MS4A1 CD3E GNLY NKG7"]
+    assert _build(X.astype(np.float32), random_state=None) == ["CD3E MS4A1 NKG7 GNLY"]
 
 
 def test_integer_counts():
     X = np.array([[0, 7, 3, 7, 1]], dtype=np.int64)
-    assert _build(X, seed=None) == ["MS4A1 LYZ NKG7 GNLY"]
+    assert _build(X, random_state=None) == ["MS4A1 LYZ NKG7 GNLY"]
 
 
 def test_n_genes():
-    assert _build(X_HAND, seed=None, n_genes=2) == ["MS4A1 LYZ", "CD3E MS4A1", ""]
-    assert _build(X_HAND, seed=0, n_genes=1) == ["LYZ", "CD3E", ""]
+    assert _build(X_HAND, random_state=None, n_genes=2) == ["MS4A1 LYZ", "CD3E MS4A1", ""]
+    assert _build(X_HAND, random_state=0, n_genes=1) == ["LYZ", "CD3E", ""]
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="n_genes"):
             _build(X_HAND, n_genes=bad)
@@ -140,8 +140,8 @@ def test_long_rows_both_strategies_agree():
     X = sparse.random(50, 400, density=0.5, random_state=rng, format="csr", dtype=np.float32)
     X.data = np.floor(X.data * 5) + 1  # many ties
     names = [f"G{i}" for i in range(400)]
-    full = build_sentences(X, names, seed=7, show_progress=False)
-    short = build_sentences(X, names, seed=7, n_genes=5, show_progress=False)
+    full = build_sentences(X, names, random_state=7, show_progress=False)
+    short = build_sentences(X, names, random_state=7, n_genes=5, show_progress=False)
     assert short == [" ".join(s.split()[:5]) for s in full]
     ref = _reference(X.toarray(), 7)
     assert full == [" ".join(names[g] for g in r) for r in ref]
@@ -242,7 +242,7 @@ def test_token_budget_with_hashed_names(minilm):
 
 
 def test_hash_names_exact():
-    out = _build(X_HAND, seed=None, hash_names=True)
+    out = _build(X_HAND, random_state=None, hash_names=True)
     want = [hashlib.sha256(g.encode()).hexdigest()[:10] for g in ["MS4A1", "LYZ", "NKG7"]]
     assert out[0] == " ".join(want)
     assert hash_gene_name("CD3E") == hashlib.sha256(b"CD3E").hexdigest()[:10]
@@ -259,10 +259,10 @@ def _long_matrix(n_obs=30, n_vars=60, seed=0):
 
 def test_shuffle_same_genes_new_order_deterministic():
     X, names = _long_matrix()
-    ranked = build_sentences(X, names, seed=0, show_progress=False)
-    a = build_sentences(X, names, seed=0, shuffle=True, show_progress=False)
-    b = build_sentences(X, names, seed=0, shuffle=True, show_progress=False)
-    c = build_sentences(X, names, seed=1, shuffle=True, show_progress=False)
+    ranked = build_sentences(X, names, random_state=0, show_progress=False)
+    a = build_sentences(X, names, random_state=0, shuffle=True, show_progress=False)
+    b = build_sentences(X, names, random_state=0, shuffle=True, show_progress=False)
+    c = build_sentences(X, names, random_state=1, shuffle=True, show_progress=False)
     assert a == b  # deterministic per seed
     assert a != c
     for r, s in zip(ranked, a, strict=True):
@@ -270,22 +270,22 @@ def test_shuffle_same_genes_new_order_deterministic():
     assert sum(r != s for r, s in zip(ranked, a, strict=True)) >= 25
     assert a[5] == ""
     # the shuffle of a cell depends on its row, not on how rows are blocked
-    assert build_sentences(X, names, seed=0, shuffle=True, block_rows=7, show_progress=False) == a
+    assert build_sentences(X, names, random_state=0, shuffle=True, block_rows=7, show_progress=False) == a
 
 
 def test_shuffle_after_cut_keeps_the_top_genes():
     X, names = _long_matrix()
-    top = build_sentences(X, names, seed=0, n_genes=10, show_progress=False)
-    shuf = build_sentences(X, names, seed=0, n_genes=10, shuffle=True, show_progress=False)
+    top = build_sentences(X, names, random_state=0, n_genes=10, show_progress=False)
+    shuf = build_sentences(X, names, random_state=0, n_genes=10, shuffle=True, show_progress=False)
     for r, s in zip(top, shuf, strict=True):
         assert sorted(r.split()) == sorted(s.split())
 
 
 def test_hash_and_shuffle():
     X, names = _long_matrix()
-    ranked = build_sentences(X, names, seed=0, show_progress=False)
+    ranked = build_sentences(X, names, random_state=0, show_progress=False)
     hashed = sentence_plan(names, hash_names=True)
-    both = build_sentences(X, hashed, seed=0, shuffle=True, show_progress=False)
+    both = build_sentences(X, hashed, random_state=0, shuffle=True, show_progress=False)
     for r, s in zip(ranked, both, strict=True):
         assert sorted(hash_gene_name(g) for g in r.split()) == sorted(s.split())
     assert [len(s.split()) for s in both] == [len(r.split()) for r in ranked]
@@ -327,10 +327,10 @@ def test_matches_per_cell_reference(X, seed, n_genes, block_rows):
     want = [" ".join(names[g] for g in r) for r in _reference(X, seed, n_genes)]
     for kind, Xc in _containers(X).items():
         got = build_sentences(
-            Xc, names, seed=seed, n_genes=n_genes, block_rows=block_rows, show_progress=False
+            Xc, names, random_state=seed, n_genes=n_genes, block_rows=block_rows, show_progress=False
         )
         assert got == want, kind
-    indptr, idx = rank_genes(sparse.csr_matrix(X), seed=seed, n_genes=n_genes)
+    indptr, idx = rank_genes(sparse.csr_matrix(X), random_state=seed, n_genes=n_genes)
     ref = _reference(X, seed, n_genes)
     assert indptr.tolist() == np.concatenate([[0], np.cumsum([len(r) for r in ref])]).tolist()
     assert idx.tolist() == [g for r in ref for g in r]
@@ -344,21 +344,21 @@ def test_large_random_sparse_against_reference():
     dense = X.toarray()
     for seed in (None, 3):
         want = [" ".join(names[g] for g in r) for r in _reference(dense, seed)]
-        assert build_sentences(X, names, seed=seed, block_rows=64, show_progress=False) == want
+        assert build_sentences(X, names, random_state=seed, block_rows=64, show_progress=False) == want
         want40 = [" ".join(names[g] for g in r) for r in _reference(dense, seed, 40)]
-        assert build_sentences(X, names, seed=seed, n_genes=40, show_progress=False) == want40
+        assert build_sentences(X, names, random_state=seed, n_genes=40, show_progress=False) == want40
 
 
 def test_non_ascii_names():
     names = ["α-GENE", "B", "ζ", "D", "E"]
     plan = sentence_plan(names, prefix="Zelle: ")
-    out = build_sentences(X_HAND, plan, seed=None, show_progress=False)
+    out = build_sentences(X_HAND, plan, random_state=None, show_progress=False)
     assert out == ["Zelle: B D ζ", "Zelle: α-GENE B ζ E", ""]
 
 
 def test_long_names():
     names = [f"{'X' * (i + 15)}" for i in range(5)]
-    out = build_sentences(X_HAND, names, seed=None, show_progress=False)
+    out = build_sentences(X_HAND, names, random_state=None, show_progress=False)
     assert out[1] == " ".join(names[g] for g in [0, 1, 2, 4])
 
 
@@ -378,7 +378,7 @@ def _adata(X=X_HAND):
 
 def test_anndata_writes_obs_and_params():
     adata = _adata()
-    assert cell_sentences(adata, gene_symbols="symbol", seed=None, show_progress=False) is None
+    assert cell_sentences(adata, gene_symbols="symbol", random_state=None, show_progress=False) is None
     assert adata.obs["genept_sentence"].tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
     params = adata.uns["genept_sentence"]["params"]
     assert params["gene_symbols"] == "symbol"
@@ -388,7 +388,7 @@ def test_anndata_writes_obs_and_params():
 
 def test_anndata_series_copy_layer_raw():
     adata = _adata()
-    s = cell_sentences(adata, inplace=False, seed=None, n_genes=1, show_progress=False)
+    s = cell_sentences(adata, inplace=False, random_state=None, n_genes=1, show_progress=False)
     assert isinstance(s, pd.Series)
     assert s.index.tolist() == ["c0", "c1", "c2"]
     assert s.tolist() == ["ENSG1", "ENSG0", ""]
@@ -396,12 +396,12 @@ def test_anndata_series_copy_layer_raw():
     out = cell_sentences(adata, copy=True, key_added="cs", show_progress=False)
     assert isinstance(out, ad.AnnData) and "cs" in out.obs and "cs" not in adata.obs
     adata.layers["counts"] = X_HAND[:, ::-1].copy()
-    s = cell_sentences(adata, layer="counts", seed=None, inplace=False, show_progress=False)
+    s = cell_sentences(adata, layer="counts", random_state=None, inplace=False, show_progress=False)
     assert s.iloc[1] == "ENSG2 ENSG3 ENSG4 ENSG0"  # row 1 reversed: [1, 0, 3, 3, 3]
     adata.raw = adata.copy()
     adata2 = adata[:, :3].copy()
     s = cell_sentences(
-        adata2, use_raw=True, gene_symbols="symbol", seed=None, inplace=False, show_progress=False
+        adata2, use_raw=True, gene_symbols="symbol", random_state=None, inplace=False, show_progress=False
     )
     assert s.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
@@ -409,7 +409,7 @@ def test_anndata_series_copy_layer_raw():
 def test_anndata_dask_x():
     adata = _adata()
     adata.X = da.from_array(X_HAND, chunks=(2, 5))
-    s = cell_sentences(adata, gene_symbols="symbol", seed=None, inplace=False, show_progress=False)
+    s = cell_sentences(adata, gene_symbols="symbol", random_state=None, inplace=False, show_progress=False)
     assert s.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
 
@@ -417,7 +417,7 @@ def test_h5ad_round_trip_and_backed(tmp_path):
     X, names = _long_matrix()
     adata = ad.AnnData(sparse.csr_matrix(X), var=pd.DataFrame(index=names))
     adata.obs_names = [f"c{i}" for i in range(X.shape[0])]
-    cell_sentences(adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, seed=4, show_progress=False)
+    cell_sentences(adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, random_state=4, show_progress=False)
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -431,7 +431,7 @@ def test_h5ad_round_trip_and_backed(tmp_path):
         prefix=PAPER_PREFIX,
         n_genes=8,
         shuffle=True,
-        seed=4,
+        random_state=4,
         block_rows=7,
         inplace=False,
         show_progress=False,

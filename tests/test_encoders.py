@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genept._cache import EmbeddingCache
-from genept.encoders import SentenceTransformerEncoder, TextEncoder, get_encoder
+from genept.encoders import (
+    EmbeddingCache,
+    SentenceTransformerEncoder,
+    TextEncoder,
+    get_encoder,
+    packaged_minilm_path,
+)
 
 
 class Counting(TextEncoder):
@@ -115,7 +120,6 @@ def test_packaged_minilm(minilm, tmp_path):
 def test_local_folder_model_knows_its_limits_before_first_use(tmp_path):
     """A model from a folder (not the packaged name) reports max_tokens / dim before any
     encode call: token budgets of cell sentences are computed before encoding."""
-    from genept.encoders._sentence_transformers import packaged_minilm_path
     from genept.pp import token_budget
 
     enc = SentenceTransformerEncoder(str(packaged_minilm_path()), device="cpu")

@@ -14,8 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from genept._cache import EmbeddingCache
-from genept.encoders._openai import OpenAIEncoder, OpenAIRequestError
+from genept.encoders import EmbeddingCache, OpenAIEncoder, OpenAIRequestError
 
 KEY = "sk-test-SECRETKEY-0123456789abcdef"
 WIDTH = 8

@@ -177,13 +177,13 @@ def test_embed_scgpt(expected, kind):
     assert embed_scgpt(adata, TINY, gene_col="symbol", batch_size=4) is None
     emb = adata.obsm["X_scGPT"]
     assert emb.shape == (21, 32) and emb.dtype == np.float32
-    flag = adata.obs["scGPT_no_genes"].to_numpy()
+    flag = adata.obs["scGPT_empty"].to_numpy()
     assert flag.dtype == bool and flag.tolist() == [False] * 20 + [True]
     np.testing.assert_allclose(np.linalg.norm(emb[:20], axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(emb[20], 0)
     params = adata.uns["scGPT"]["params"]
     assert (params["n_genes_matched"], params["n_genes_total"]) == (60, 65)
-    assert params["n_cells_no_genes"] == 1 and params["gene_col"] == "symbol"
+    assert params["n_cells_empty"] == 1 and params["gene_col"] == "symbol"
     # same seed -> same result, on every container and batch size
     ref = _adata(expected, "csr")
     embed_scgpt(ref, TINY, gene_col="symbol", batch_size=64)
@@ -193,26 +193,28 @@ def test_embed_scgpt(expected, kind):
 def test_embed_scgpt_seed_layer_copy_roundtrip(expected, tmp_path, ckpt):
     adata = _adata(expected, "dense")
     out = embed_scgpt(
-        adata, ckpt, gene_col="symbol", layer="counts", seed=3, copy=True, key_added="X_tiny"
+        adata, ckpt, gene_col="symbol", layer="counts", random_state=3, copy=True,
+        key_added="X_tiny",
     )
     assert "X_tiny" not in adata.obsm and out is not adata
-    again = embed_scgpt(adata, ckpt, gene_col="symbol", seed=3, copy=True, key_added="X_tiny")
+    with pytest.warns(FutureWarning, match="random_state"):  # the old name still works
+        again = embed_scgpt(adata, ckpt, gene_col="symbol", seed=3, copy=True, key_added="X_tiny")
     np.testing.assert_array_equal(out.obsm["X_tiny"], again.obsm["X_tiny"])
-    other = embed_scgpt(adata, ckpt, gene_col="symbol", seed=4, copy=True, key_added="X_tiny")
+    other = embed_scgpt(adata, ckpt, gene_col="symbol", random_state=4, copy=True, key_added="X_tiny")
     assert not np.allclose(out.obsm["X_tiny"], other.obsm["X_tiny"], atol=1e-6)  # ties re-drawn
     assert out.uns["tiny"]["params"]["layer"] == "counts"
     out.write_h5ad(tmp_path / "a.h5ad")
     back = ad.read_h5ad(tmp_path / "a.h5ad")
     np.testing.assert_array_equal(back.obsm["X_tiny"], out.obsm["X_tiny"])
-    assert back.obs["tiny_no_genes"].dtype == bool
+    assert back.obs["tiny_empty"].dtype == bool
     assert back.uns["tiny"]["params"]["n_genes_matched"] == 60
 
 
 def test_embed_scgpt_sampling(expected, ckpt):
     adata = _adata(expected, "csr")
-    embed_scgpt(adata, ckpt, gene_col="symbol", max_length=8, seed=0)
+    embed_scgpt(adata, ckpt, gene_col="symbol", max_length=8, random_state=0)
     first = adata.obsm["X_scGPT"].copy()
-    embed_scgpt(adata, ckpt, gene_col="symbol", max_length=8, seed=0)
+    embed_scgpt(adata, ckpt, gene_col="symbol", max_length=8, random_state=0)
     np.testing.assert_array_equal(first, adata.obsm["X_scGPT"])
     np.testing.assert_allclose(np.linalg.norm(first[:20], axis=1), 1.0, atol=1e-5)
 

@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._utils import check_adata, is_dask
+from .._utils import check_adata, is_dask, renamed_arg
 
 __all__ = ["batch_metrics", "cluster_metrics", "get_rep", "knn_metrics"]
 
@@ -47,6 +47,7 @@ def _tidy(rep: str, values: dict[str, float], **extra) -> pd.DataFrame:
     return pd.DataFrame([{"rep": rep, "metric": k, "value": float(v), **extra} for k, v in values.items()])
 
 
+@renamed_arg("seed", "random_state")
 def knn_metrics(
     adata: AnnData,
     rep: str,
@@ -55,7 +56,7 @@ def knn_metrics(
     k: int = 10,
     test_size: float = 0.2,
     metric: str = "cosine",
-    seed: int = 0,
+    random_state: int = 0,
 ) -> pd.DataFrame:
     """k-nearest-neighbour annotation on a random train/test split of the cells.
 
@@ -73,8 +74,8 @@ def knn_metrics(
         Held-out fraction (papers: 0.2), stratified when every label has >= 2 cells.
     metric
         Neighbour distance (papers: cosine).
-    seed
-        Split seed.
+    random_state
+        Seed of the train/test split.
 
     Returns
     -------
@@ -98,20 +99,21 @@ def knn_metrics(
     _, counts = np.unique(y, return_counts=True)
     strat = y if counts.min() >= 2 else None
     idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+    tr, te = train_test_split(idx, test_size=test_size, random_state=random_state, stratify=strat)
     clf = KNeighborsClassifier(n_neighbors=min(k, len(tr)), metric=metric).fit(X[tr], y[tr])
     pred = clf.predict(X[te])
     p, r, f, _ = precision_recall_fscore_support(y[te], pred, average="macro", zero_division=0)
     return _tidy(rep, {"accuracy": accuracy_score(y[te], pred), "precision": p, "recall": r, "f1": f})
 
 
+@renamed_arg("seed", "random_state")
 def cluster_metrics(
     adata: AnnData,
     rep: str,
     label_key: str,
     *,
     silhouette_metric: str = "euclidean",
-    seed: int = 0,
+    random_state: int = 0,
 ) -> pd.DataFrame:
     """k-means (k = number of labels) agreement with the labels, and label silhouette.
 
@@ -125,8 +127,8 @@ def cluster_metrics(
         ``obs`` column with the labels (k = their number).
     silhouette_metric
         Distance of the silhouette score.
-    seed
-        k-means seed.
+    random_state
+        Seed of k-means.
 
     Returns
     -------
@@ -147,7 +149,7 @@ def cluster_metrics(
     n = len(np.unique(y))
     if n < 2:
         raise ValueError(f"adata.obs[{label_key!r}] has a single label; need at least 2")
-    km = KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(X)
+    km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(X)
     return _tidy(rep, {
         "ari": adjusted_rand_score(y, km),
         "ami": adjusted_mutual_info_score(y, km),
@@ -155,13 +157,14 @@ def cluster_metrics(
     })
 
 
+@renamed_arg("seed", "random_state")
 def batch_metrics(
     adata: AnnData,
     rep: str,
     batch_key: str,
     *,
     n_pcs: int = 50,
-    seed: int = 0,
+    random_state: int = 0,
 ) -> pd.DataFrame:
     """Batch effect: ARI between k-means clusters (k = number of batches) and batches.
 
@@ -179,8 +182,8 @@ def batch_metrics(
         ``obs`` column with the batch (patient) of each cell.
     n_pcs
         Principal components before k-means (paper: 50).
-    seed
-        PCA and k-means seed.
+    random_state
+        Seed of the PCA and k-means.
 
     Returns
     -------
@@ -203,6 +206,6 @@ def batch_metrics(
     if n < 2:
         raise ValueError(f"adata.obs[{batch_key!r}] has a single batch; need at least 2")
     n_comp = min(n_pcs, X.shape[0] - 1, X.shape[1])
-    Z = PCA(n_components=n_comp, random_state=seed).fit_transform(X) if n_comp < X.shape[1] else X
-    km = KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(Z)
+    Z = PCA(n_components=n_comp, random_state=random_state).fit_transform(X) if n_comp < X.shape[1] else X
+    km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(Z)
     return _tidy(rep, {"batch_ari": adjusted_rand_score(b, km)}, n_pcs=int(n_comp))

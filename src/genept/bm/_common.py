@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from .._core._keys import uns_key
 from .._gene_embeddings import GeneEmbeddings, as_gene_embeddings, checked_varm
+from .._utils import renamed_arg
 
 __all__ = ["as_embedding_frame", "random_like", "summarize"]
 
@@ -58,13 +59,14 @@ def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
     return pd.DataFrame(ge.matrix, index=pd.Index(ge.genes))
 
 
-def random_like(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+@renamed_arg("seed", "random_state")
+def random_like(frame: pd.DataFrame, random_state: int = 0) -> pd.DataFrame:
     """The papers' negative control: Gaussian unit vectors, same genes and width, seeded.
     Parameters
     ----------
     frame
         Embeddings indexed by gene (:func:`as_embedding_frame`).
-    seed
+    random_state
         Seed of the Gaussian vectors.
 
 
@@ -77,7 +79,7 @@ def random_like(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """
     from .._gene_sources import random_embeddings
 
-    r = random_embeddings(frame.index.to_numpy(), frame.shape[1], seed=seed)
+    r = random_embeddings(frame.index.to_numpy(), frame.shape[1], seed=random_state)
     return pd.DataFrame(r.matrix, index=frame.index.copy())
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scanpy import logging as logg
 
+from .._utils import renamed_arg
 from ._common import as_embedding_frame, random_like
 
 __all__ = [
@@ -35,22 +36,22 @@ __all__ = [
 NEGATIVE_MODES = ("uniform", "degree_matched")
 
 
-def _classifier(name: str, seed: int):
+def _classifier(name: str, random_state: int):
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
     if name == "lr":
         return LogisticRegression(max_iter=2000)  # l2 penalty, C=1 (scikit-learn default)
     if name == "rf":
-        return RandomForestClassifier(random_state=seed)  # scikit-learn defaults
+        return RandomForestClassifier(random_state=random_state)  # scikit-learn defaults
     raise ValueError(f"unknown model {name!r}; choose 'lr' or 'rf'")
 
 
-def _embeddings(emb: Any, include_random: bool, seed: int, name: str | None):
+def _embeddings(emb: Any, include_random: bool, random_state: int, name: str | None):
     frame = as_embedding_frame(emb)
     embs = {name or "genept": frame}
     if include_random:
-        embs["random"] = random_like(frame, seed=seed)
+        embs["random"] = random_like(frame, random_state=random_state)
     return embs
 
 
@@ -68,13 +69,14 @@ def _align(frame: pd.DataFrame, labels: pd.Series, what: str) -> pd.Series:
     return labels[keep]
 
 
+@renamed_arg("seed", "random_state")
 def gene_property_auc(
     emb: Any,
     labels: pd.Series,
     *,
     models: Sequence[str] = ("lr", "rf"),
     n_splits: int = 5,
-    seed: int = 0,
+    random_state: int = 0,
     include_random: bool = True,
     name: str | None = None,
 ) -> pd.DataFrame:
@@ -93,8 +95,8 @@ def gene_property_auc(
     models
         Classifiers, ``"lr"`` and/or ``"rf"``.
     n_splits
-        Folds of the stratified, shuffled (``seed``) cross-validation.
-    seed
+        Folds of the stratified, shuffled (``random_state``) cross-validation.
+    random_state
         Fold split, random forest and random control.
     include_random
         Also evaluate random vectors of the same width (the papers' negative control).
@@ -114,32 +116,33 @@ def gene_property_auc(
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    embs = _embeddings(emb, include_random, seed, name)
+    embs = _embeddings(emb, include_random, random_state, name)
     first = next(iter(embs.values()))
     y_all = _align(first, pd.Series(labels), "labels")
     y = y_all.astype(int).to_numpy()
     if set(np.unique(y)) != {0, 1}:
         raise ValueError(f"labels must be binary 0/1, got values {sorted(set(np.unique(y)))[:5]}")
-    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     rows = []
     for ename, frame in embs.items():
         X = frame.loc[y_all.index].to_numpy(dtype=np.float32)
         for m in models:
             for fold, (tr, te) in enumerate(cv.split(X, y)):
-                clf = _classifier(m, seed).fit(X[tr], y[tr])
+                clf = _classifier(m, random_state).fit(X[tr], y[tr])
                 auc = roc_auc_score(y[te], clf.predict_proba(X[te])[:, 1])
                 rows.append({"embedding": ename, "model": m, "fold": fold, "auc": float(auc),
                              "n_genes": len(y)})
     return pd.DataFrame(rows)
 
 
+@renamed_arg("seed", "random_state")
 def gene_function_accuracy(
     emb: Any,
     labels: pd.Series,
     *,
     n_splits: int = 5,
     min_class_size: int | None = None,
-    seed: int = 0,
+    random_state: int = 0,
     include_random: bool = True,
     name: str | None = None,
 ) -> pd.DataFrame:
@@ -158,7 +161,7 @@ def gene_function_accuracy(
         Stratified folds.
     min_class_size
         Drop classes with fewer genes (default: ``n_splits``, the least stratification needs).
-    seed, include_random, name
+    random_state, include_random, name
         As in :func:`gene_property_auc`.
 
     Returns
@@ -182,7 +185,7 @@ def gene_function_accuracy(
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import StratifiedKFold
 
-    embs = _embeddings(emb, include_random, seed, name)
+    embs = _embeddings(emb, include_random, random_state, name)
     first = next(iter(embs.values()))
     y_all = _align(first, pd.Series(labels).astype(str), "labels")
     counts = y_all.value_counts()
@@ -191,12 +194,12 @@ def gene_function_accuracy(
     if y_all.nunique() < 2:
         raise ValueError(f"need at least 2 classes with >= {min_class_size} genes")
     y = y_all.to_numpy()
-    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     rows = []
     for ename, frame in embs.items():
         X = frame.loc[y_all.index].to_numpy(dtype=np.float32)
         for fold, (tr, te) in enumerate(cv.split(X, y)):
-            pred = _classifier("lr", seed).fit(X[tr], y[tr]).predict(X[te])
+            pred = _classifier("lr", random_state).fit(X[tr], y[tr]).predict(X[te])
             rows.append({"embedding": ename, "model": "lr", "fold": fold,
                          "accuracy": float(accuracy_score(y[te], pred)),
                          "macro_f1": float(f1_score(y[te], pred, average="macro")),
@@ -238,6 +241,7 @@ def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return lo.astype(np.int64) * n + hi
 
 
+@renamed_arg("seed", "random_state")
 def sample_negative_pairs(
     positives: pd.DataFrame,
     n: int | None = None,
@@ -246,7 +250,7 @@ def sample_negative_pairs(
     universe: Sequence[str] | None = None,
     exclude: pd.DataFrame | None = None,
     calibrate: int = 5,
-    seed: int = 0,
+    random_state: int = 0,
 ) -> pd.DataFrame:
     """Sample gene pairs that are not known positives.
 
@@ -272,8 +276,8 @@ def sample_negative_pairs(
         among the negatives matches its degree among the positives (rejecting known
         positives otherwise under-samples hubs, whose partners are mostly positives).
         ``0``: plain degree-proportional draws.
-    seed
-        Random seed.
+    random_state
+        Seed of the negative sampling.
 
     Returns
     -------
@@ -292,7 +296,7 @@ def sample_negative_pairs(
         raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {mode!r}")
     pos = _as_pairs(positives, "positives")
     n = len(pos) if n is None else int(n)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     pos_genes = pd.Index(pd.unique(np.concatenate([pos["gene1"].to_numpy(), pos["gene2"].to_numpy()])))
     if universe is None or mode == "degree_matched":
         genes = pos_genes
@@ -347,7 +351,7 @@ def sample_negative_pairs(
         last = p
         for r in range(calibrate):
             try:
-                keys = draw(p, np.random.default_rng([seed, r + 1]))
+                keys = draw(p, np.random.default_rng([random_state, r + 1]))
             except RuntimeError:  # too dense to push further: keep the last weights
                 p = last
                 break
@@ -399,6 +403,7 @@ def _filter_pairs(df: pd.DataFrame, genes: pd.Index, what: str) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+@renamed_arg("seed", "random_state")
 def pair_auc(
     emb: Any,
     pairs_train: Any,
@@ -407,7 +412,7 @@ def pair_auc(
     negatives: str | Sequence[str] | None = None,
     universe: Sequence[str] | None = None,
     test_size: float = 0.2,
-    seed: int = 0,
+    random_state: int = 0,
     include_random: bool = True,
     name: str | None = None,
 ) -> pd.DataFrame:
@@ -434,7 +439,7 @@ def pair_auc(
         Genes uniform negatives are drawn from (default: genes of the positives).
     test_size
         Fraction held out when ``pairs_test`` is ``None``.
-    seed
+    random_state
         Split, negative sampling and random control.
     include_random
         Also evaluate random vectors of the same width.
@@ -459,14 +464,14 @@ def pair_auc(
     """
     from sklearn.metrics import roc_auc_score
 
-    embs = _embeddings(emb, include_random, seed, name)
+    embs = _embeddings(emb, include_random, random_state, name)
     genes = next(iter(embs.values())).index
     train = _filter_pairs(_as_pairs(pairs_train, "train"), genes, "train")
     test = None if pairs_test is None else _filter_pairs(_as_pairs(pairs_test, "test"), genes, "test")
     labelled = "label" in train.columns
     if test is not None and (("label" in test.columns) != labelled):
         raise ValueError("pairs_train and pairs_test must both have a label column, or neither")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
 
     def split(df):
         is_test = rng.random(len(df)) < test_size
@@ -488,10 +493,10 @@ def pair_auc(
             # degrees of all positives at once would tie a gene's excess of positives in the
             # train split to a deficit in the test split (AUC below 0.5 for any embedding)
             neg_tr = sample_negative_pairs(train_pos, mode=mode, universe=uni, exclude=test_pos,
-                                           seed=seed + 2 * k)
+                                           random_state=random_state + 2 * k)
             neg_te = sample_negative_pairs(test_pos, mode=mode, universe=uni,
                                            exclude=pd.concat([train_pos, neg_tr[["gene1", "gene2"]]]),
-                                           seed=seed + 2 * k + 1)
+                                           random_state=random_state + 2 * k + 1)
             designs[mode] = (
                 pd.concat([train_pos.assign(label=1), neg_tr], ignore_index=True),
                 pd.concat([test_pos.assign(label=1), neg_te], ignore_index=True),
@@ -499,7 +504,7 @@ def pair_auc(
     rows = []
     for neg_name, (tr, te) in designs.items():
         for ename, frame in embs.items():
-            clf = _classifier("lr", seed).fit(pair_features(frame, tr), tr["label"].to_numpy())
+            clf = _classifier("lr", random_state).fit(pair_features(frame, tr), tr["label"].to_numpy())
             score = clf.predict_proba(pair_features(frame, te))[:, 1]
             rows.append({"embedding": ename, "negatives": neg_name,
                          "auc": float(roc_auc_score(te["label"].to_numpy(), score)),

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._utils import check_adata, get_matrix, get_var_names
+from .._utils import check_adata, get_matrix, get_var_names, renamed_arg
 from ._common import as_embedding_frame
 
 __all__ = ["ABLATION_MODES", "ablation_embeddings", "marker_similarity"]
@@ -31,6 +31,7 @@ ABLATION_MODES = {
 }
 
 
+@renamed_arg("seed", "random_state")
 def ablation_embeddings(
     adata: AnnData,
     encoder: Any = None,
@@ -42,7 +43,7 @@ def ablation_embeddings(
     gene_symbols: str | None = None,
     layer: str | None = None,
     use_raw: bool | None = None,
-    seed: int = 0,
+    random_state: int = 0,
     cache: bool = True,
     show_progress: bool | None = None,
 ) -> dict[str, np.ndarray]:
@@ -71,7 +72,7 @@ def ablation_embeddings(
         Token limit (default: the encoder's).
     gene_symbols, layer, use_raw
         Gene names and expression matrix (scanpy's rules).
-    seed
+    random_state
         Tie order and shuffle.
     cache, show_progress
         Passed to the encoder.
@@ -105,7 +106,7 @@ def ablation_embeddings(
         hash_names, shuffle = ABLATION_MODES[mode]
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=enc,
                              max_tokens=max_tokens)
-        sentences = build_sentences(X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed,
+        sentences = build_sentences(X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state,
                                     show_progress=False)
         empty = [i for i, s in enumerate(sentences) if not s.strip()]
         if empty:

@@ -1,86 +1,37 @@
 """Text encoders: sentence-transformers models and the OpenAI embeddings API.
 
 All encoders share :meth:`TextEncoder.encode`: de-duplication, length-sorted
-batches, a progress bar and a persistent cache keyed by model and text.
+batches, a progress bar and a persistent cache (:class:`EmbeddingCache`) keyed by model
+and text. Names load on first use: sentence-transformers and openai are imported only
+when an encoder of theirs encodes.
 """
 
 from __future__ import annotations
 
-from ._base import TextEncoder, default_cache
-from ._sentence_transformers import SentenceTransformerEncoder, packaged_minilm_path
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "OPENAI_MODELS",
-    "OpenAIEncoder",
-    "SentenceTransformerEncoder",
-    "TextEncoder",
-    "default_cache",
-    "get_encoder",
-    "packaged_minilm_path",
-]
+from .._core._lazy import attach
 
-#: OpenAI embedding models and their output widths
-OPENAI_MODELS = {
-    "text-embedding-ada-002": 1536,
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-}
+if TYPE_CHECKING:
+    from .._cache import EmbeddingCache
+    from .._core._openai import OpenAIRequestError
+    from ._base import TextEncoder, default_cache
+    from ._factory import OPENAI_MODELS, get_encoder
+    from ._openai import OpenAIEncoder
+    from ._sentence_transformers import SentenceTransformerEncoder, packaged_minilm_path
 
-
-def _require_openai() -> None:
-    from .._utils import import_optional
-
-    import_optional("openai", extra="openai", purpose="OpenAI embeddings")
-
-
-def __getattr__(name):
-    if name == "OpenAIEncoder":
-        from ._openai import OpenAIEncoder
-
-        return OpenAIEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"OpenAIEncoder"})
-
-
-def get_encoder(model: str | TextEncoder | None = None, **kwargs) -> TextEncoder:
-    """An encoder from a name.
-
-    Parameters
-    ----------
-    model
-        * ``None`` or ``"all-MiniLM-L6-v2"``: the packaged all-MiniLM-L6-v2 (offline);
-        * ``"openai:<model>"`` or an OpenAI model name (``"text-embedding-ada-002"``,
-          ``"text-embedding-3-large"``…): the OpenAI embeddings API;
-        * any other string: a sentence-transformers model name or local folder
-          (e.g. ``"llmrails/ember-v1"``);
-        * a :class:`TextEncoder`: returned as is.
-    **kwargs
-        Passed to the encoder class.
-
-    Examples
-    --------
-    >>> import genept as gpt
-    >>> gpt.encoders.get_encoder("openai:text-embedding-3-large")  # doctest: +SKIP
-    OpenAIEncoder('openai:text-embedding-3-large')
-    """
-    from .._settings import settings
-
-    if isinstance(model, TextEncoder):
-        if kwargs:
-            raise ValueError("options cannot be given together with an encoder instance")
-        return model
-    if model is None:
-        model = settings.default_model
-    if not isinstance(model, str):
-        raise TypeError(
-            f"model must be a name, a path or a TextEncoder, got {type(model).__name__}"
-        )
-    if model.startswith("openai:") or model in OPENAI_MODELS:
-        from ._openai import OpenAIEncoder
-
-        _require_openai()  # ImportError naming `pip install 'genept[openai]'`
-        return OpenAIEncoder(model.removeprefix("openai:"), **kwargs)
-    return SentenceTransformerEncoder(model, **kwargs)
+# name -> module it lives in; imported on first access (one line per public name)
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    attrs={
+        "EmbeddingCache": ".._cache",
+        "OPENAI_MODELS": "._factory",
+        "OpenAIEncoder": "._openai",
+        "OpenAIRequestError": ".._core._openai",
+        "SentenceTransformerEncoder": "._sentence_transformers",
+        "TextEncoder": "._base",
+        "default_cache": "._base",
+        "get_encoder": "._factory",
+        "packaged_minilm_path": "._sentence_transformers",
+    },
+)

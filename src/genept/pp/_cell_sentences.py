@@ -16,10 +16,19 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._core._blocks import check_block_rows
+from .._core._docs import (
+    doc_adata,
+    doc_copy,
+    doc_layer,
+    doc_params,
+    doc_random_state,
+    doc_use_raw,
+)
+from .._core._keys import sanitize_params
 from .._kernels.sentences._build import _build, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._settings import settings
-from .._utils import check_adata, get_matrix, get_var_names, write_results
+from .._utils import check_adata, get_matrix, get_var_names, renamed_arg, write_results
 
 __all__ = ["PAPER_PREFIX", "cell_sentences"]
 
@@ -32,6 +41,14 @@ PAPER_PREFIX = "A cell with genes ranked by expression: "
 # --------------------------------------------------------------------------------------
 
 
+@doc_params(
+    doc_adata=doc_adata,
+    doc_copy=doc_copy,
+    doc_layer=doc_layer,
+    doc_random_state=doc_random_state,
+    doc_use_raw=doc_use_raw,
+)
+@renamed_arg("seed", "random_state")
 def cell_sentences(
     adata: AnnData,
     *,
@@ -44,7 +61,7 @@ def cell_sentences(
     encoder: Any = None,
     hash_names: bool = False,
     shuffle: bool = False,
-    seed: int | None = 0,
+    random_state: int | None = 0,
     block_rows: int | None = None,
     key_added: str = "genept_sentence",
     show_progress: bool | None = None,
@@ -60,12 +77,11 @@ def cell_sentences(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix (numpy, scipy sparse, dask or backed ``X``).
-    layer
-        Rank ``adata.layers[layer]`` instead of ``X``.
-    use_raw
-        Rank ``adata.raw.X`` (and take the gene names from ``adata.raw.var``).
+    {doc_adata}
+        ``X`` may be numpy, scipy sparse, dask or backed.
+    {doc_layer}
+    {doc_use_raw}
+        Gene names then come from ``adata.raw.var``.
     n_genes
         Keep at most this many leading genes per cell.
     gene_symbols
@@ -87,8 +103,8 @@ def cell_sentences(
     shuffle
         Ablation (scMPT 3.2): randomly permute the genes within each cell (the same genes
         as without shuffling: the cut happens first).
-    seed
-        Order of equally expressed genes, and the shuffle. ``None``: ties by gene
+    {doc_random_state}
+        Here: the order of equally expressed genes, and the shuffle. ``None``: ties by gene
         order in ``var`` (and an unseeded shuffle); an integer: ties by a seeded random
         permutation of the genes, the same for every cell (see :func:`rank_genes`).
     block_rows
@@ -97,8 +113,7 @@ def cell_sentences(
         ``obs`` column of the sentences and ``uns`` key of the parameters.
     show_progress
         Progress bar (default ``genept.settings.progress``).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {doc_copy}
     inplace
         Write to ``adata``; ``False`` returns the sentences and writes nothing.
 
@@ -148,7 +163,7 @@ def cell_sentences(
         plan,
         n_genes=n_genes,
         shuffle=shuffle,
-        seed=seed,
+        random_state=random_state,
         block_rows=block_rows,
         show_progress=settings.progress if show_progress is None else show_progress,
     )
@@ -167,10 +182,10 @@ def cell_sentences(
         "encoder": None if enc is None else str(getattr(enc, "model_name", None) or enc.cache_id),
         "hash_names": bool(hash_names),
         "shuffle": bool(shuffle),
-        "seed": None if seed is None else int(seed),
+        "random_state": random_state,
         "n_empty": int(sum(1 for s in sentences if not s)),
     }
-    params = {k: v for k, v in params.items() if v is not None}  # h5ad cannot store None
+    params = sanitize_params(params)  # None left out: h5ad cannot store it
     return write_results(
         adata,
         [("obs", key_added, series.to_numpy()), ("uns", key_added, {"params": params})],

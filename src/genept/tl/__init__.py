@@ -10,12 +10,14 @@ if TYPE_CHECKING:
     from .._kernels.weighted import weighted_embedding
     from ._annotate import (
         ScMPTModel,
+        ScMPTParams,
         annotate_knn,
         annotate_knn_ensemble,
         annotate_llm,
         annotate_mlp,
         annotate_scmpt,
         classification_metrics,
+        proba_frame,
     )
     from ._embed_cells import embed_cells
     from ._embed_genes import embed_genes
@@ -27,6 +29,7 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     attrs={
         "ScMPTModel": "._annotate",
+        "ScMPTParams": "._annotate",
         "annotate_knn": "._annotate",
         "annotate_knn_ensemble": "._annotate",
         "annotate_llm": "._annotate",
@@ -37,6 +40,7 @@ __getattr__, __dir__, __all__ = attach(
         "embed_genes": "._embed_genes",
         "embed_scgpt": "._embed_scgpt",
         "gene_programs": "._gene_programs",
+        "proba_frame": "._annotate",
         "weighted_embedding": ".._kernels.weighted",
     },
 )

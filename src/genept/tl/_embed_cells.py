@@ -13,6 +13,17 @@ from scipy import sparse
 
 from .._core._blocks import check_block_rows
 from .._core._device import resolve_device
+from .._core._docs import (
+    doc_adata,
+    doc_copy,
+    doc_device,
+    doc_key_added,
+    doc_layer,
+    doc_params,
+    doc_random_state,
+    doc_use_raw,
+)
+from .._core._keys import flag_key, sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._kernels.sentences._build import _iter_sentence_genes, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
@@ -20,7 +31,7 @@ from .._kernels.sentences._text import _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
 from .._kernels.weighted._plan import _make_plan, check_gene_embeddings
 from .._settings import settings
-from .._utils import check_adata, get_matrix, get_var_names, is_dask, write_results
+from .._utils import check_adata, get_matrix, get_var_names, is_dask, renamed_arg, write_results
 from ..encoders import TextEncoder, get_encoder
 
 __all__ = ["embed_cells"]
@@ -77,11 +88,11 @@ def _check_counts(X, allow_counts: bool) -> None:
         )
 
 
-def _sentence_genes(X, plan, *, n_genes, shuffle, seed, block_rows, show_progress):
+def _sentence_genes(X, plan, *, n_genes, shuffle, random_state, block_rows, show_progress):
     """Each cell's sentence genes as one ragged ``(indptr, idx)`` (no text written)."""
     ptrs, idxs, offset = [np.zeros(1, dtype=np.int64)], [], 0
     blocks = _iter_sentence_genes(
-        X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows
+        X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows
     )
     with progress_bar(int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress) as bar:
         for a, b, indptr, idx in blocks:
@@ -124,6 +135,16 @@ def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) 
     return out
 
 
+@doc_params(
+    doc_adata=doc_adata,
+    doc_copy=doc_copy,
+    doc_device=doc_device,
+    doc_key_added=doc_key_added,
+    doc_layer=doc_layer,
+    doc_random_state=doc_random_state,
+    doc_use_raw=doc_use_raw,
+)
+@renamed_arg("seed", "random_state")
 def embed_cells(
     adata: AnnData,
     method: Literal["w", "s"] = "w",
@@ -145,7 +166,7 @@ def embed_cells(
     gene_symbols: str | None = None,
     hash_names: bool = False,
     shuffle: bool = False,
-    seed: int | None = 0,
+    random_state: int | None = 0,
     batch_size: int | None = None,
     cache: bool = True,
     # both
@@ -173,26 +194,22 @@ def embed_cells(
 
     Parameters
     ----------
-    adata
-        Annotated data, normalised and log-transformed (``sc.pp.normalize_total`` +
-        ``sc.pp.log1p``). ``X`` may be numpy, scipy sparse, dask or backed.
+    {doc_adata}
+        Normalised and log-transformed (``sc.pp.normalize_total`` + ``sc.pp.log1p``);
+        ``X`` may be numpy, scipy sparse, dask or backed.
     method
         ``"w"`` (GenePT-w) or ``"s"`` (GenePT-s).
-    layer
-        Use ``adata.layers[layer]`` instead of ``X``.
-    use_raw
-        Use ``adata.raw.X`` (genes of ``raw`` missing from ``var`` have no embedding
-        for GenePT-w).
-    key_added
-        ``obsm`` key; default ``"X_genept_w"`` / ``"X_genept_s"``. ``uns`` and the
-        ``obs`` flag use it without ``X_``.
+    {doc_layer}
+    {doc_use_raw}
+        Genes of ``raw`` missing from ``var`` have no embedding for GenePT-w.
+    {doc_key_added}
+        Default ``"X_genept_w"`` / ``"X_genept_s"``.
     gene_key
         (w) ``varm`` key of the gene embeddings (see :func:`genept.tl.embed_genes`).
     normalize
         (w) ``"l2"``: unit-norm rows (default); ``"notebook"``: GenePT notebook's
         ``X @ E / n_genes``, not normalised.
-    device
-        (w, s) ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    {doc_device}
     precision
         (w, GPU) ``"fp32"`` (default), ``"tf32"`` or ``"bf16"`` tensor-core GEMMs:
         faster, with relative errors of about 1e-3 (tf32) / 1e-2 (bf16) per entry.
@@ -217,8 +234,8 @@ def embed_cells(
     hash_names, shuffle
         (s) scMPT's ablations: gene names replaced by SHA-256 hashes (10 hex
         characters), gene order shuffled within each cell.
-    seed
-        (s) Seed of the tie order and of ``shuffle``.
+    {doc_random_state}
+        (s) Here: the tie order and ``shuffle``.
     batch_size
         (s) Sentences per encoder batch (a positive integer; ``None``: the encoder's).
     cache
@@ -227,8 +244,7 @@ def embed_cells(
         Do not warn when the matrix looks like raw counts.
     show_progress
         Progress bars (default ``genept.settings.progress``).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -266,7 +282,7 @@ def embed_cells(
     dev = resolve_device(device)
     progress = settings.progress if show_progress is None else show_progress
     key_added = key_added or f"X_genept_{method}"
-    prefix_key = key_added[2:] if key_added.startswith("X_") else key_added
+    prefix_key = uns_key(key_added)
     X = get_matrix(adata, layer=layer, use_raw=use_raw)
     if X.shape[0] == 0:
         raise ValueError("adata has no cells (adata.n_obs == 0)")
@@ -302,10 +318,7 @@ def embed_cells(
         # empty cell is a zero row of the lazy embedding
         empty = None if out == "dask" else np.asarray(weight) <= 0
         gparams = dict(
-            adata.uns.get(gene_key[2:] if gene_key.startswith("X_") else gene_key, {}).get(
-                "params", {}
-            )
-        )
+            adata.uns.get(uns_key(gene_key), {}).get("params", {}))
         params.update(
             gene_key=gene_key,
             normalize=normalize,
@@ -321,7 +334,12 @@ def embed_cells(
         encoder = get_encoder(model)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
         indptr, idx = _sentence_genes(
-            X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows,
+            X,
+            plan,
+            n_genes=n_genes,
+            shuffle=shuffle,
+            random_state=random_state,
+            block_rows=block_rows,
             show_progress=progress,
         )
         n_words = np.diff(indptr)
@@ -364,7 +382,7 @@ def embed_cells(
             prefix=prefix,
             hash_names=hash_names,
             shuffle=shuffle,
-            seed=-1 if seed is None else int(seed),
+            random_state=random_state,
             mean_genes_per_sentence=float(n_words[~empty].mean()) if (~empty).any() else 0.0,
         )
     writes = [("obsm", key_added, emb if is_dask(emb) else np.asarray(emb, dtype=np.float32))]
@@ -375,10 +393,10 @@ def embed_cells(
             logg.warning(
                 f"{n_empty} cells have no expressed gene"
                 f"{' with an embedding' if method == 'w' else ''}; they get a zero row "
-                f"(flagged in obs[{prefix_key + '_empty'!r}])"
+                f"(flagged in obs[{flag_key(key_added)!r}])"
             )
-        writes.append(("obs", f"{prefix_key}_empty", pd.Series(empty, index=adata.obs_names)))
-    writes.append(("uns", prefix_key, {"params": params}))
+        writes.append(("obs", flag_key(key_added), pd.Series(empty, index=adata.obs_names)))
+    writes.append(("uns", prefix_key, {"params": sanitize_params(params)}))
     return write_results(
         adata,
         writes,

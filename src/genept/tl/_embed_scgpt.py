@@ -37,11 +37,28 @@ from scipy import sparse
 
 from .._core._blocks import iter_row_blocks
 from .._core._device import resolve_device
+from .._core._docs import (
+    doc_adata,
+    doc_copy,
+    doc_device,
+    doc_key_added,
+    doc_layer,
+    doc_params,
+    doc_random_state,
+    doc_use_raw,
+)
+from .._core._keys import flag_key, sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._settings import settings
-from .._utils import as_float_block, check_adata, get_matrix, get_var_names, write_results
-from ..models._scgpt import SCGPT_SPECIAL_TOKENS, ScGPTCheckpoint, ScGPTEncoder, load_scgpt
-from ._embed_genes import uns_key_for
+from .._utils import (
+    as_float_block,
+    check_adata,
+    get_matrix,
+    get_var_names,
+    renamed_arg,
+    write_results,
+)
+from ..models import SCGPT_SPECIAL_TOKENS, ScGPTCheckpoint, ScGPTEncoder, load_scgpt
 
 __all__ = [
     "bin_values",
@@ -245,6 +262,16 @@ def _no_match_error(names: pd.Index, adata: AnnData, vocab: dict[str, int], gene
     )
 
 
+@doc_params(
+    doc_adata=doc_adata,
+    doc_copy=doc_copy,
+    doc_device=doc_device,
+    doc_key_added=doc_key_added,
+    doc_layer=doc_layer,
+    doc_random_state=doc_random_state,
+    doc_use_raw=doc_use_raw,
+)
+@renamed_arg("seed", "random_state")
 def embed_scgpt(
     adata: AnnData,
     model_dir: str | os.PathLike | ScGPTCheckpoint,
@@ -256,7 +283,7 @@ def embed_scgpt(
     batch_size: int = 64,
     n_bins: int = 51,
     device: str | torch.device = "auto",
-    seed: int | None = 0,
+    random_state: int | None = 0,
     key_added: str = "X_scGPT",
     show_progress: bool | None = None,
     copy: bool = False,
@@ -266,14 +293,13 @@ def embed_scgpt(
     Reproduces ``scgpt.tasks.embed_data`` (scGPT 0.2.4) without importing ``scgpt``:
     matched genes, per-cell 51-bin value binning, ``<cls>`` token, up to ``max_length``
     tokens, L2-normalised ``<cls>`` output. Random choices (ties in binning, gene
-    sampling of long cells) come from ``seed``, so results are reproducible. Works on
+    sampling of long cells) come from ``random_state``, so results are reproducible. Works on
     numpy, scipy sparse, dask or backed ``X`` in row blocks; never densifies the matrix.
 
     Parameters
     ----------
-    adata
-        Annotated data matrix. scGPT was pretrained on normalised, log1p data binned per
-        cell; since binning is rank-based per cell, raw counts and log-normalised values
+    {doc_adata}
+        scGPT was pretrained on normalised, log1p data binned per cell; since binning is rank-based per cell, raw counts and log-normalised values
         give the same tokens up to ties.
     model_dir
         scGPT checkpoint folder with ``args.json``, ``vocab.json``, ``best_model.pt``
@@ -282,26 +308,21 @@ def embed_scgpt(
     gene_col
         Column of ``var`` with gene symbols matching the vocabulary (default:
         ``var_names``). scGPT's own default is ``"feature_name"``.
-    layer
-        Layer to use instead of ``X``.
-    use_raw
-        Use ``adata.raw``.
+    {doc_layer}
+    {doc_use_raw}
     max_length
         Most tokens per cell (``<cls>`` included); longer cells keep a random sample.
     batch_size
         Cells per forward pass.
     n_bins
         Number of value bins (scGPT: 51).
-    device
-        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
-    seed
-        Seed of the random tie-breaking and sampling (``None``: not reproducible).
-    key_added
-        ``obsm`` key; ``uns``/``obs`` keys use it without ``X_``.
+    {doc_device}
+    {doc_random_state}
+        Here: the random tie-breaking and sampling (``None``: not reproducible).
+    {doc_key_added}
     show_progress
         Progress bar (default ``genept.settings.progress``).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -310,7 +331,7 @@ def embed_scgpt(
     ``adata.obsm['X_scGPT']``
         ``float32 (n_obs, d_model)``, unit norm; zero rows for cells without any
         vocabulary gene.
-    ``adata.obs['scGPT_no_genes']``
+    ``adata.obs['scGPT_empty']``
         Whether the cell had no expressed vocabulary gene.
     ``adata.uns['scGPT']['params']``
         Checkpoint, genes matched/total, options.
@@ -352,7 +373,7 @@ def embed_scgpt(
 
     n_obs = X.shape[0]
     chunk = max(batch_size * 16, 2048)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     emb = np.zeros((n_obs, config.d_model), dtype=np.float32)
     no_genes = np.zeros(n_obs, dtype=bool)
     show = settings.progress if show_progress is None else show_progress
@@ -397,10 +418,10 @@ def embed_scgpt(
     if n_empty:
         logg.warning(
             f"{n_empty} of {n_obs} cells express no gene of the scGPT vocabulary; "
-            f"their embedding is 0 (see obs['{uns_key_for(key_added)}_no_genes'])"
+            f"their embedding is 0 (see obs[{flag_key(key_added)!r}])"
         )
 
-    prefix = uns_key_for(key_added)
+    prefix = uns_key(key_added)
     params: dict[str, Any] = {
         "model_dir": str(ckpt.path),
         "gene_col": gene_col or "var_names",
@@ -409,7 +430,7 @@ def embed_scgpt(
         "max_length": int(max_length),
         "batch_size": int(batch_size),
         "n_bins": int(n_bins),
-        "seed": -1 if seed is None else int(seed),
+        "random_state": random_state,
         "device": str(dev),
         "autocast_fp16": dev.type == "cuda",
         "cell_embedding": "cls",
@@ -417,15 +438,15 @@ def embed_scgpt(
         "vocab_size": len(vocab),
         "n_genes_matched": int(n_matched),
         "n_genes_total": len(names),
-        "n_cells_no_genes": n_empty,
+        "n_cells_empty": n_empty,
         "key_added": key_added,
     }
     return write_results(
         adata,
         [
             ("obsm", key_added, emb),
-            ("obs", f"{prefix}_no_genes", no_genes),
-            ("uns", prefix, {"params": params}),
+            ("obs", flag_key(key_added), no_genes),
+            ("uns", prefix, {"params": sanitize_params(params)}),
         ],
         copy=copy,
         log=lambda msg: logg.info("    finished", time=start, deep=msg),

@@ -19,6 +19,7 @@ import numpy as np
 from ..._core._blocks import check_block_rows
 from ..._core._progress import progress_bar
 from ..._settings import settings
+from ..._utils import renamed_arg
 from ._numba import _shuffle_rows
 from ._rank import _check_n_genes, _iter_row_blocks, _rank_block, _tie_priority, truncate_to_budget
 from ._text import _Names, sentence_words, token_budget
@@ -133,13 +134,14 @@ def sentence_plan(
 _LEGACY = ("prefix", "token_counts", "budget", "hash_names")
 
 
+@renamed_arg("seed", "random_state")
 def build_sentences(
     X,
     plan: SentencePlan | Sequence[str],
     *,
     n_genes: int | None = None,
     shuffle: bool = False,
-    seed: int | None = 0,
+    random_state: int | None = 0,
     block_rows: int | None = None,
     show_progress: bool | None = None,
     **legacy: Any,
@@ -161,9 +163,9 @@ def build_sentences(
     shuffle
         Randomly permute the kept genes of each cell (scMPT ablation), after the cut,
         so a shuffled sentence holds the same genes as the ranked one.
-    seed
+    random_state
         Tie order (see :func:`rank_genes`) and the shuffle. The shuffle of a cell depends
-        only on ``seed`` and the cell's row; with ``seed=None`` it is not reproducible.
+        only on ``random_state`` and the cell's row; with ``random_state=None`` it is not reproducible.
     block_rows
         Rows per block (default: about 16M non-zeros or dense entries).
     show_progress
@@ -198,7 +200,7 @@ def build_sentences(
         raise ValueError(f"{plan.n_vars} gene names for {int(X.shape[1])} columns of X")
     progress = settings.progress if show_progress is None else show_progress
     return _build(
-        X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows,
+        X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows,
         show_progress=progress,
     )  # fmt: skip
 
@@ -235,7 +237,7 @@ def _iter_sentence_genes(
     *,
     n_genes: int | None,
     shuffle: bool,
-    seed: int | None,
+    random_state: int | None,
     block_rows: int | None,
 ):
     """``(start, stop, indptr, idx)`` per row block: the genes of each cell's sentence, in
@@ -247,10 +249,10 @@ def _iter_sentence_genes(
     keep = plan.keep
     keep = None if keep.all() else keep
     cut = plan._cut(n_genes)
-    priority, gene_of = _tie_priority(plan.n_vars, seed)
+    priority, gene_of = _tie_priority(plan.n_vars, random_state)
     shuffle_seed = (
-        (int(seed) & 0xFFFFFFFFFFFFFFFF)
-        if seed is not None
+        (int(random_state) & 0xFFFFFFFFFFFFFFFF)
+        if random_state is not None
         else int(np.random.default_rng().integers(2**63))
     )
     for a, b, csr in _iter_row_blocks(X, block_rows):
@@ -269,7 +271,7 @@ def _build(
     *,
     n_genes: int | None,
     shuffle: bool,
-    seed: int | None,
+    random_state: int | None,
     block_rows: int | None,
     show_progress: bool,
 ) -> list[str]:
@@ -277,7 +279,7 @@ def _build(
     text = _Names(plan.words)
     out: list[str] = []
     blocks = _iter_sentence_genes(
-        X, plan, n_genes=n_genes, shuffle=shuffle, seed=seed, block_rows=block_rows
+        X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows
     )
     with progress_bar(
         int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import sparse
 
 from ..._core._blocks import check_block_rows, iter_row_blocks
+from ..._utils import renamed_arg
 from ._numba import _pack_keys, _row_nonzeros, _top_k, _unpack_genes
 
 #: non-zero entries per row block when ``block_rows`` is not given (bounds memory)
@@ -64,12 +65,12 @@ def _check_values(data: np.ndarray) -> None:
         )
 
 
-def _tie_priority(n_vars: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _tie_priority(n_vars: int, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``(priority, gene_of)``: tie priority of each gene and the gene of each priority."""
-    if seed is None:
+    if random_state is None:
         ar = np.arange(n_vars, dtype=np.int64)
         return ar, ar
-    priority = np.random.default_rng(seed).permutation(n_vars).astype(np.int64)
+    priority = np.random.default_rng(random_state).permutation(n_vars).astype(np.int64)
     gene_of = np.empty(n_vars, dtype=np.int64)
     gene_of[priority] = np.arange(n_vars, dtype=np.int64)
     return priority, gene_of
@@ -143,11 +144,12 @@ def _check_n_genes(n_genes: int | None) -> int | None:
     return int(n_genes)
 
 
+@renamed_arg("seed", "random_state")
 def rank_genes(
     X,
     *,
     n_genes: int | None = None,
-    seed: int | None = 0,
+    random_state: int | None = 0,
     block_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Genes of each cell ordered by descending expression, zeros omitted.
@@ -159,9 +161,9 @@ def rank_genes(
         chunk by chunk) or a backed AnnData matrix.
     n_genes
         Keep at most this many leading genes per cell (``None``: all non-zero genes).
-    seed
+    random_state
         How equal values are ordered. ``None``: by gene index, ascending. An integer:
-        by a random priority of the genes, ``np.random.default_rng(seed).permutation(n_vars)``
+        by a random priority of the genes, ``np.random.default_rng(random_state).permutation(n_vars)``
         (gene ``g`` comes before an equally expressed gene ``h`` when
         ``priority[g] < priority[h]``), drawn once so it is the same for all cells.
     block_rows
@@ -175,7 +177,7 @@ def rank_genes(
     Examples
     --------
     >>> import numpy as np
-    >>> indptr, idx = rank_genes(np.array([[0, 2, 1, 2], [0, 0, 0, 0]]), seed=None)
+    >>> indptr, idx = rank_genes(np.array([[0, 2, 1, 2], [0, 0, 0, 0]]), random_state=None)
     >>> indptr.tolist(), idx.tolist()
     ([0, 3, 3], [1, 3, 2])
     """
@@ -183,7 +185,7 @@ def rank_genes(
     block_rows = check_block_rows(block_rows)
     if len(X.shape) != 2:
         raise ValueError(f"expected a 2-d cells x genes matrix, got shape {X.shape}")
-    priority, gene_of = _tie_priority(int(X.shape[1]), seed)
+    priority, gene_of = _tie_priority(int(X.shape[1]), random_state)
     ptrs, idxs = [np.zeros(1, dtype=np.int64)], []
     offset = 0
     for _, _, csr in _iter_row_blocks(X, block_rows):

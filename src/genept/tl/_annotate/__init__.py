@@ -15,26 +15,38 @@ Four annotators share one output layout (:mod:`._common`, see :func:`annotate_kn
   appendix A.3, including the two-stage flow on the top-3 labels of another annotator).
 """
 
-from ...models.scmpt import SCMPT_PAPER_GRID, ScMPTModel, ScMPTParams
-from ._chat import LLM_ANSWER_PROMPT, LLM_PROMPT, LLM_REASONING_PROMPT, UNPARSED
-from ._common import classification_metrics, proba_frame
-from ._knn import annotate_knn, annotate_knn_ensemble
-from ._llm import annotate_llm
-from ._neural import annotate_mlp, annotate_scmpt
+from __future__ import annotations
 
-__all__ = [
-    "LLM_ANSWER_PROMPT",
-    "LLM_PROMPT",
-    "LLM_REASONING_PROMPT",
-    "SCMPT_PAPER_GRID",
-    "UNPARSED",
-    "ScMPTModel",
-    "ScMPTParams",
-    "annotate_knn",
-    "annotate_knn_ensemble",
-    "annotate_llm",
-    "annotate_mlp",
-    "annotate_scmpt",
-    "classification_metrics",
-    "proba_frame",
-]
+from typing import TYPE_CHECKING
+
+from ..._core._lazy import attach
+
+if TYPE_CHECKING:
+    from ...models.scmpt import SCMPT_PAPER_GRID, ScMPTModel, ScMPTParams
+    from ._chat import LLM_ANSWER_PROMPT, LLM_PROMPT, LLM_REASONING_PROMPT, UNPARSED
+    from ._common import classification_metrics, proba_frame
+    from ._knn import annotate_knn, annotate_knn_ensemble
+    from ._llm import annotate_llm
+    from ._neural import annotate_mlp, annotate_scmpt
+
+# name -> module it lives in, imported on first access: the kNN annotators do not load
+# the LLM plumbing nor the neural models (and none of them imports torch before training)
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    attrs={
+        "LLM_ANSWER_PROMPT": "._chat",
+        "LLM_PROMPT": "._chat",
+        "LLM_REASONING_PROMPT": "._chat",
+        "SCMPT_PAPER_GRID": "...models.scmpt",
+        "UNPARSED": "._chat",
+        "ScMPTModel": "...models.scmpt",
+        "ScMPTParams": "...models.scmpt",
+        "annotate_knn": "._knn",
+        "annotate_knn_ensemble": "._knn",
+        "annotate_llm": "._llm",
+        "annotate_mlp": "._neural",
+        "annotate_scmpt": "._neural",
+        "classification_metrics": "._common",
+        "proba_frame": "._common",
+    },
+)
