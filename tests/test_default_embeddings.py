@@ -279,3 +279,172 @@ def test_lsa_encoder_embeds_missing_genes_in_the_table_space(tmp_path):
     assert np.array_equal(again, got)  # from the cache, bitwise
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     assert unit_rows(np.zeros((1, 3))).sum() == 0
+
+
+# ---------------------------------------------------------------- embed_genes with the defaults
+from anndata import AnnData  # noqa: E402
+
+import genept as gpt  # noqa: E402
+from genept.encoders import TextEncoder  # noqa: E402
+
+
+class _CountingEncoder(TextEncoder):
+    cache_id = "test-counting"
+    dim = 4
+
+    def __init__(self):
+        self.seen = []
+
+    def _encode(self, texts):
+        self.seen.extend(texts)
+        return np.array([[len(t), t.count(" "), 1.0, 0.5] for t in texts], dtype=np.float32)
+
+
+def _adata(names):
+    X = np.abs(np.random.default_rng(0).standard_normal((4, len(names)))).astype(np.float32)
+    return AnnData(X, var=pd.DataFrame(index=list(names)))
+
+
+import pandas as pd  # noqa: E402
+
+
+def test_default_is_the_shipped_table_bitwise(monkeypatch):
+    from genept.datasets._default_table import default_table
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the default must not load a text encoder")
+
+    monkeypatch.setattr("genept.tl._embed_genes.get_encoder", no_encoder)
+    names = ["CD3E", "MS4A1", "TP53", "cd3e", "NOT_A_GENE"]
+    a = _adata(names)
+    gpt.tl.embed_genes(a)
+    p = a.uns["genept"]["params"]
+    assert (p["model"], p["text_level"], p["dim"], p["source"]) == ("lsa", "card_nosym", 384, "cards")
+    assert a.var["genept_has_embedding"].tolist() == [True, True, True, True, False]
+    _, ref = default_table().rows(["CD3E", "MS4A1", "TP53", "CD3E"])
+    assert np.array_equal(a.varm["X_genept"][:4], ref)  # the table's rows, bitwise
+    assert not a.varm["X_genept"][4].any()
+    b = _adata(names)
+    gpt.tl.embed_genes(b, model="lsa", text_level="card_nosym")  # the same, by name
+    assert np.array_equal(a.varm["X_genept"], b.varm["X_genept"])
+    # biology, not spelling: CD3E is closer to CD3D/CD247 (TCR complex) than to CDK1
+    _, M = default_table().rows(["CD3E", "CD3D", "CD247", "CDK1"])
+    assert M[0] @ M[1] > M[0] @ M[3] and M[0] @ M[2] > M[0] @ M[3]
+
+
+def test_old_default_and_other_levels_by_name():
+    enc = _CountingEncoder()
+    a = _adata(["CD3E", "MS4A1"])
+    gpt.tl.embed_genes(a, model=enc)  # an encoder object: the card (genept 0.1's default text)
+    assert a.uns["genept"]["params"]["text_level"] == "card"
+    assert enc.seen[0].startswith("Gene CD3E (")
+    enc = _CountingEncoder()
+    gpt.tl.embed_genes(a, model=enc, text_level="card_nosym")
+    assert a.uns["genept"]["params"]["text_level"] == "card_nosym"
+    assert all("CD3E" not in t and "MS4A1" not in t for t in enc.seen)
+    with pytest.raises(ValueError, match=r"model='lsa'.*shipped default table"):
+        gpt.tl.embed_genes(a, source="name", model="lsa")
+    with pytest.raises(ValueError, match=r"card_nosym.*only for source='cards'"):
+        gpt.tl.embed_genes(a, source={"CD3E": "a text"}, model=_CountingEncoder(),
+                           text_level="card_nosym")
+    with pytest.raises(ValueError, match="text_level must be one of"):
+        gpt.tl.embed_genes(a, text_level="cards")
+
+
+def test_missing_genes_are_projected_and_cached(tmp_path, monkeypatch):
+    import hashlib
+
+    from genept._gene_sources import _cards
+    from genept.datasets import _default_table
+    from genept.datasets._card_variants import card_nosym_text
+    from genept.datasets._lsa import fit_lsa
+
+    genes = [str(g) for g in _cards().index[:300]] + ["CD3E", "CD3D"]
+    texts = list(card_nosym_text(_cards(), genes))
+    sha = hashlib.sha256(("\n".join(texts) + "\n").encode("utf-8")).hexdigest()
+    write_table(tmp_path / "t", genes, fit_lsa(texts, 16, seed=0), {"normalise_rows": True,
+                                                                    "text_sha256": sha})
+    small = load_table(tmp_path / "t")
+    monkeypatch.setattr(_default_table, "default_table", lambda: small)
+    warned = []
+    monkeypatch.setattr("genept.tl._embed_genes.logg.warning", lambda m, *a, **k: warned.append(m))
+    a = _adata(["CD3E", "MS4A1", "CD3D"])  # MS4A1 is not in the small table
+    gpt.tl.embed_genes(a)
+    assert a.var["genept_has_embedding"].all()
+    assert any("1 genes are not in the shipped default table" in m for m in warned)
+    M = a.varm["X_genept"]
+    np.testing.assert_allclose(np.linalg.norm(M, axis=1), 1.0, rtol=1e-5)
+    _, ref = small.rows(["CD3E", "CD3D"])
+    assert np.array_equal(M[[0, 2]], ref)
+    # the projected gene is cached: a second call does not build the projector again
+    monkeypatch.setattr("genept.datasets._lsa._projector",
+                        lambda t: (_ for _ in ()).throw(AssertionError("not cached")))
+    b = _adata(["CD3E", "MS4A1", "CD3D"])
+    gpt.tl.embed_genes(b)
+    assert np.array_equal(a.varm["X_genept"], b.varm["X_genept"])
+
+
+def test_corrupted_shipped_table_error_names_file_and_rebuild(tmp_path, monkeypatch):
+    from genept.datasets import _default_table
+
+    _table(tmp_path)
+    path = tmp_path / f"{STEM}_scale.npy"
+    np.save(path, np.ones(50, np.float32))  # right shape, wrong content
+    monkeypatch.setattr(_default_table, "_folder", lambda: tmp_path)
+    _default_table.default_table.cache_clear()
+    try:
+        a = _adata(["CD3E"])
+        with pytest.raises(DefaultTableError, match=r"default_gene_embeddings\.npy.*sha256.*build_default_embeddings"):
+            gpt.tl.embed_genes(a)
+        assert "X_genept" not in a.varm and "genept" not in a.uns  # nothing half-written
+    finally:
+        _default_table.default_table.cache_clear()
+
+
+def test_cost_estimate_logged_before_encoding_many_texts(monkeypatch):
+    warned = []
+    monkeypatch.setattr("genept.tl._embed_genes.logg.warning", lambda m, *a, **k: warned.append(m))
+    cards = gpt.datasets.gene_cards()
+    names = list(dict.fromkeys(cards.index[:400]))
+    enc = _CountingEncoder()
+    a = _adata(names)
+    gpt.tl.embed_genes(a, model=enc, text_level="card")
+    msg = [m for m in warned if m.startswith("encoding ")]
+    assert len(msg) == 1 and f"encoding {len(set(enc.seen))} gene texts" in msg[0]
+    assert "texts/s on the first" in msg[0] and "shipped default needs no encoding" in msg[0]
+    assert len(enc.seen) == len(set(enc.seen))  # the timed first batch is not encoded twice
+    warned.clear()
+    gpt.tl.embed_genes(a, model=_CountingEncoder(), text_level="card")  # all cached: no estimate
+    assert not [m for m in warned if m.startswith("encoding ")]
+    warned.clear()
+    gpt.tl.embed_genes(_adata(names[:50]), model=_CountingEncoder(), text_level="name")  # few texts
+    assert not [m for m in warned if m.startswith("encoding ")]
+
+
+def test_30k_genes_fast_and_reproducible():
+    import time
+
+    from genept.datasets._default_table import default_table
+
+    table = default_table()
+    names = list(table.genes[np.random.default_rng(0).choice(len(table.genes), 30_000, replace=False)])
+    a, b = _adata(names), _adata(names)
+    gpt.tl.embed_genes(a)  # warm: cards, alias maps
+    t = time.perf_counter()
+    gpt.tl.embed_genes(b)
+    dt = time.perf_counter() - t
+    assert np.array_equal(a.varm["X_genept"], b.varm["X_genept"])
+    assert b.var["genept_has_embedding"].all()
+    assert dt < 20  # measured ~1 s on 2 busy cores; generous for loaded CI machines
+
+
+def test_card_text_level_card_nosym_is_the_table_text():
+    from genept.datasets._card_variants import card_nosym_text
+
+    cards = gpt.datasets.gene_cards()
+    genes = ["TP53", "CD3E", "NOT_A_GENE"]
+    got = gpt.datasets.card_text(cards, genes, level="card_nosym")
+    want = card_nosym_text(cards, genes)
+    assert got.iloc[:2].tolist() == want.iloc[:2].tolist() and got.isna().tolist() == [False, False, True]
+    assert got["TP53"].startswith("Gene tumor protein p53 is a protein-coding gene.")
+    assert "TP53" not in got["TP53"] and "P53" not in got["TP53"].replace("p53", "")

@@ -96,7 +96,7 @@ def test_text_levels(cards):
     for section in ["Molecular functions: ", "Biological processes: ", "Cellular components: "]:
         assert section in text
     assert text.endswith(".")
-    assert set(CARD_LEVELS) == {"name", "name_full", "card"}
+    assert set(CARD_LEVELS) == {"name", "name_full", "card", "card_nosym"}
 
 
 def test_card_without_go_terms(cards):

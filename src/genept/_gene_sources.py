@@ -17,8 +17,12 @@ __all__ = ["TEXT_LEVELS", "TEXT_SOURCES", "GeneSource", "resolve_source"]
 TEXT_SOURCES = ("cards", "ncbi", "ncbi_uniprot", "name")
 #: precomputed sources
 PRECOMPUTED_SOURCES = ("genept",)
-#: the paper's three levels of gene text (appendix A)
-TEXT_LEVELS = ("name", "summary", "card")
+#: the paper's three levels of gene text (appendix A), and the card without symbol and
+#: aliases (``"card_nosym"``, gene cards only; the text of the shipped default table)
+TEXT_LEVELS = ("name", "summary", "card", "card_nosym")
+#: the shipped default: TF-IDF + SVD (LSA) of the ``card_nosym`` gene cards (issue 16)
+DEFAULT_MODEL = "lsa"
+DEFAULT_TEXT_LEVEL = "card_nosym"
 #: the first sentence of a gene card: "Gene SYM (full name) is a protein-coding gene."
 _CARD_HEAD = r"^Gene (\S+ \(.*?\))(?:, also known as .*?,)? is an? [\w -]+ gene\."
 #: models of the precomputed GenePT embeddings
@@ -44,6 +48,9 @@ class GeneSource:
     texts: pd.Series | Callable[[pd.Index], pd.Series] | None = None
     text_level: str | None = None
     model: str | None = None
+    #: the shipped precomputed table (:mod:`genept.datasets._default_table`): genes in it
+    #: are looked up, the others embedded from :attr:`texts` by the table's own projection
+    table: Any = None
 
     def texts_of(self, genes: pd.Index) -> pd.Series:
         """Texts of ``genes`` (all genes of the source)."""
@@ -120,9 +127,36 @@ def resolve_source(
     text_level: str,
     allow_pickle: bool = False,
 ) -> GeneSource:
-    """Turn the user's ``source`` argument into a :class:`GeneSource`."""
+    """Turn the user's ``source`` argument into a :class:`GeneSource`.
+
+    ``source="cards"`` with ``model`` ``None`` or ``"lsa"`` and ``text_level`` ``None`` or
+    ``"card_nosym"`` is the shipped default table; ``text_level=None`` means ``"card"``
+    otherwise; ``model="lsa"`` exists only for that table.
+    """
+    if (isinstance(source, str) and source == "cards" and model in (None, DEFAULT_MODEL)
+            and text_level in (None, DEFAULT_TEXT_LEVEL)):
+        from .datasets import card_text
+        from .datasets._default_table import default_table
+
+        cards = _cards()
+        table = default_table()
+        return GeneSource("cards", pd.Index(cards.index),
+                          texts=lambda genes: card_text(cards, genes, level=DEFAULT_TEXT_LEVEL),
+                          text_level=DEFAULT_TEXT_LEVEL, model=DEFAULT_MODEL, table=table)
+    if model == DEFAULT_MODEL:
+        raise ValueError(
+            f"model='lsa' is the shipped default table of the gene cards (source='cards', "
+            f"text_level='card_nosym'), not an encoder for source={source!r}, "
+            f"text_level={text_level!r}; choose a text encoder (e.g. model='all-MiniLM-L6-v2')"
+        )
+    text_level = "card" if text_level is None else text_level
     if text_level not in TEXT_LEVELS:
         raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
+    if text_level == "card_nosym" and source != "cards":
+        raise ValueError(
+            "text_level='card_nosym' (the gene card without symbol and aliases) exists only for "
+            f"source='cards', not {source!r}; use 'name', 'summary' or 'card'"
+        )
     if isinstance(source, str) and source in PRECOMPUTED_SOURCES:
         from .datasets import genept_embeddings
 

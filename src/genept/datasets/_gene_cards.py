@@ -20,8 +20,9 @@ __all__ = ["CARD_LEVELS", "card_text", "gene_cards"]
 _DATA = {"human": "gene_cards_human.tsv.gz"}
 _ALIASES = {"human": "human", "homo sapiens": "human", "hsapiens": "human", "9606": "human"}
 
-#: text levels understood by :func:`card_text`
-CARD_LEVELS = ("name", "name_full", "card")
+#: text levels understood by :func:`card_text` (``"card_nosym"``: the card without symbol
+#: and aliases, the text of the shipped default gene embeddings)
+CARD_LEVELS = ("name", "name_full", "card", "card_nosym")
 
 _ONTOLOGY_LABELS = {
     "go_bp": "Biological processes",
@@ -131,7 +132,7 @@ def _card(row: pd.Series, max_terms: int) -> str:
 def card_text(
     cards: pd.DataFrame | Iterable[str] | str | None = None,
     symbols: Iterable[str] | None = None,
-    level: Literal["name", "name_full", "card"] = "card",
+    level: Literal["name", "name_full", "card", "card_nosym"] = "card",
     *,
     max_terms: int = 15,
     resolve_aliases: bool = False,
@@ -158,7 +159,12 @@ def card_text(
             processes: c, d; Cellular components: e."`` (parts without values are
             left out). On GenePT's dosage-sensitive TF task with all-MiniLM-L6-v2
             this wording did best of the variants tried (ROC-AUC 0.905 LR /
-            0.92 RF; see ``benchmarks/validate_gene_cards.py``).
+            0.92 RF; see ``benchmarks/validate_gene_cards.py``);
+        ``"card_nosym"``
+            the card without symbol and aliases, ``"Gene tumor protein p53 is a
+            protein-coding gene. Molecular functions: ..."``: the text of the shipped
+            default gene embeddings (a small encoder otherwise groups genes by the
+            spelling of their symbols; see ``docs/embeddings.md``).
     max_terms
         Most GO terms per ontology in a card (the table keeps at most 30).
     resolve_aliases
@@ -223,7 +229,11 @@ def card_text(
     found = rows["symbol"].notna().to_numpy()
 
     out = np.full(len(symbols), np.nan, dtype=object)
-    if level == "name":
+    if level == "card_nosym":
+        from ._card_variants import _card_nosym
+
+        out[found] = [_card_nosym(row, max_terms) for _, row in rows[found].iterrows()]
+    elif level == "name":
         out[found] = rows["symbol"].to_numpy()[found]
     elif level == "name_full":
         sub = rows[found]

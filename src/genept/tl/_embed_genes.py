@@ -13,7 +13,7 @@ from scanpy import logging as logg
 
 from .._core._keys import sanitize_params, uns_key
 from .._gene_matching import build_alias_maps, is_missing_name, match_genes, mouse_like
-from .._gene_sources import TEXT_LEVELS, resolve_source
+from .._gene_sources import DEFAULT_MODEL, TEXT_LEVELS, resolve_source
 from .._utils import check_adata, get_var_names, write_results
 from ..encoders import TextEncoder, get_encoder
 
@@ -83,12 +83,63 @@ def _no_match_error(names: pd.Index, adata: AnnData, source_genes: pd.Index, gen
     )
 
 
+#: encode this many texts or fewer without a cost estimate
+_QUIET_TEXTS = 300
+
+
+def _encode(encoder: TextEncoder, texts: pd.Series, batch_size, cache, show_progress) -> np.ndarray:
+    """``encoder.encode`` of ``texts``; above :data:`_QUIET_TEXTS` uncached texts, the first
+    batch is encoded alone and timed, and the count and estimated time are logged first."""
+    import time
+
+    from ..encoders import default_cache
+
+    texts = [str(t) for t in texts]
+    store = default_cache() if cache is True else (cache or None)
+    unique = list(dict.fromkeys(texts))
+    todo = unique
+    if store is not None and len(unique) > _QUIET_TEXTS:
+        hits = store.get_many(encoder.cache_id, unique)
+        todo = [t for i, t in enumerate(unique) if i not in hits]
+    done: dict[str, np.ndarray] = {}
+    if len(todo) > _QUIET_TEXTS:
+        bs = int(batch_size or encoder.batch_size)
+        first = sorted(todo, key=len, reverse=True)[: max(1, min(bs, 64))]  # the longest: pessimistic
+        t0 = time.perf_counter()
+        vec = encoder.encode(first, batch_size=batch_size, cache=store or False, show_progress=False)
+        rate = len(first) / max(time.perf_counter() - t0, 1e-9)
+        done.update(zip(first, vec, strict=True))
+        eta = (len(todo) - len(first)) / rate
+        logg.warning(
+            f"encoding {len(todo)} gene texts with {encoder!r}: about {_duration(eta)} "
+            f"({rate:.0f} texts/s on the first {len(first)}, the longest)"
+            + ("; they are cached for next time" if store is not None else "")
+            + (". The shipped default needs no encoding: gpt.tl.embed_genes(adata) with the "
+               "default model and text_level" if getattr(encoder, "model_name", "") != DEFAULT_MODEL
+               else "")
+        )
+    rest = [t for t in unique if t not in done]
+    if rest:
+        out = encoder.encode(rest, batch_size=batch_size, cache=store or False,
+                             show_progress=show_progress, desc="embedding genes")
+        done.update(zip(rest, out, strict=True))
+    return np.stack([done[t] for t in texts]).astype(np.float32, copy=False)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def embed_genes(
     adata: AnnData,
     source: Any = "cards",
     *,
     model: str | TextEncoder | None = None,
-    text_level: str = "card",
+    text_level: str | None = None,
     gene_symbols: str | None = None,
     key_added: str = "X_genept",
     batch_size: int | None = None,
@@ -113,7 +164,12 @@ def embed_genes(
         Where embeddings come from:
 
         * ``"cards"`` (default, offline): the gene cards shipped with genept (NCBI Gene
-          full name, type, aliases and Gene Ontology terms) embedded by ``model``;
+          full name, type, aliases and Gene Ontology terms). With ``model`` and
+          ``text_level`` left at their defaults, the **shipped precomputed table**: TF-IDF
+          + SVD (LSA, 384-d) of the card without symbol and aliases, chosen by measurement
+          (best on gene-disjoint gene-gene interactions, least lexical leakage; see
+          ``docs/embeddings.md``), looked up (memory-mapped) in well under a second;
+          otherwise the card at ``text_level`` embedded by ``model``;
         * ``"ncbi"`` / ``"ncbi_uniprot"``: GenePT's NCBI (and UniProt) gene summaries,
           downloaded once from Zenodo, embedded by ``model``;
         * ``"name"``: the gene symbol alone, embedded by ``model`` (paper's control);
@@ -125,13 +181,20 @@ def embed_genes(
           file path (pickles need ``allow_pickle=True``).
     model
         Text encoder for text sources (see :func:`genept.encoders.get_encoder`):
-        default the packaged all-MiniLM-L6-v2; any sentence-transformers name or folder
-        (e.g. ``"llmrails/ember-v1"``); ``"openai:text-embedding-3-large"``. For
-        ``source="genept"``, the precomputed model.
+        default the packaged all-MiniLM-L6-v2 (for ``source="cards"`` with the default
+        text level: the shipped LSA table, also named ``"lsa"``); any sentence-transformers
+        name or folder (e.g. ``"llmrails/ember-v1"``); ``"openai:text-embedding-3-large"``.
+        For ``source="genept"``, the precomputed model. Before encoding more than
+        a few hundred texts, the number of texts and the time it will take (measured on
+        the first batch) are logged.
     text_level
         The paper's levels of gene text (appendix A): ``"name"`` (symbol only),
         ``"summary"`` (symbol and its functional summary) or ``"card"`` (everything:
-        full name, aliases, gene type and summary).
+        full name, aliases, gene type and summary); for ``source="cards"`` also
+        ``"card_nosym"``, the card without symbol and aliases. ``None`` (default):
+        ``"card_nosym"`` with the shipped table for ``source="cards"`` and the default
+        model, ``"card"`` otherwise (``text_level="card"`` with the default model is
+        genept 0.1's default: MiniLM on the full card, encoded on the CPU).
     gene_symbols
         Column of ``adata.var`` with gene symbols, if ``var_names`` are not. Missing
         symbols (NaN, ``None``, ``""``, ``"nan"``, ``"NA"``) stay without an embedding.
@@ -170,13 +233,16 @@ def embed_genes(
     --------
     >>> import scanpy as sc, genept as gpt
     >>> adata = sc.datasets.pbmc68k_reduced()
-    >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
+    >>> gpt.tl.embed_genes(adata)  # the shipped LSA table  # doctest: +SKIP
     >>> adata.varm["X_genept"].shape  # doctest: +SKIP
     (765, 384)
+    >>> gpt.tl.embed_genes(adata, text_level="card")  # MiniLM on the full card  # doctest: +SKIP
     """
     check_adata(adata)
-    if text_level not in TEXT_LEVELS:
+    if text_level is not None and text_level not in TEXT_LEVELS:
         raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
+    if isinstance(model, TextEncoder) and text_level is None:
+        text_level = "card"  # an encoder object embeds texts: not the shipped table
     start = logg.info("embedding genes")
     names, missing = _gene_names(adata, gene_symbols)
     if len(names) == 0:
@@ -184,8 +250,11 @@ def embed_genes(
     src = resolve_source(source, model=model if isinstance(model, str) or model is None else None,
                          text_level=text_level, allow_pickle=allow_pickle)
     mouse = _mouse_check(names, missing, src.genes)
-    aliases, ensembl = _alias_maps()
     query = np.where(missing, "", names.to_numpy(dtype=object))
+    if pd.Index(query[~missing]).isin(src.genes).all():
+        aliases, ensembl = {}, {}  # every name is a symbol of the source: no alias needed
+    else:
+        aliases, ensembl = _alias_maps()
     match = match_genes(list(query), list(src.genes), aliases=aliases, ensembl=ensembl,
                         use_aliases=not mouse)
     target = match.target.copy()
@@ -200,7 +269,22 @@ def embed_genes(
         + ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
     )
     needed = pd.Index(pd.unique(target[has]))
-    if src.embeddings is not None:
+    if src.table is not None:
+        found, vectors = src.table.rows(needed)
+        model_name = DEFAULT_MODEL
+        if not found.all():
+            from ..datasets._lsa import lsa_encoder
+
+            missing = needed[~found]
+            logg.warning(
+                f"{len(missing)} genes are not in the shipped default table "
+                f"({src.table.folder}; first: {', '.join(map(str, missing[:3]))}); projecting "
+                "their card texts into it (rebuild the table with "
+                "`python scripts/build_default_embeddings.py`)"
+            )
+            vectors[~found] = _encode(lsa_encoder(src.table), src.texts_of(missing),
+                                      batch_size, cache, show_progress)
+    elif src.embeddings is not None:
         pos = pd.Index(src.embeddings.genes).get_indexer(needed)
         vectors = src.embeddings.matrix[pos]
         model_name = src.model or src.embeddings.model or "precomputed"
@@ -210,13 +294,7 @@ def embed_genes(
             texts = pd.Series(needed.to_numpy(), index=needed)
         else:
             texts = src.texts_of(needed)
-        vectors = encoder.encode(
-            list(texts.astype(str)),
-            batch_size=batch_size,
-            cache=cache,
-            show_progress=show_progress,
-            desc="embedding genes",
-        )
+        vectors = _encode(encoder, texts, batch_size, cache, show_progress)
         model_name = getattr(encoder, "model_name", None) or encoder.cache_id
     dim = int(vectors.shape[1])
     M = np.zeros((len(names), dim), dtype=np.float32)

@@ -178,26 +178,36 @@ def leiden_programs(
 ) -> np.ndarray:
     """Leiden communities (RBConfiguration) of the graph on ``n`` nodes with edges ``(i, j)``.
 
+    igraph's C implementation of Leiden (``Graph.community_leiden``, objective
+    ``"modularity"`` with a resolution: the RBConfiguration quality of ``leidenalg``),
+    iterated until the partition no longer changes, seeded through igraph's random number
+    generator (restored afterwards). On the 19,464 embedded genes of a 33k-gene sample
+    (951,624 edges, resolution 13) it takes about 6 s where ``leidenalg`` took 340 s.
+
     Returns
     -------
     ``int`` label per node: programs of at least ``min_size`` nodes numbered ``0, 1, ...``
     by decreasing size (ties: smallest first node), ``-1`` elsewhere.
     """
+    import random
+
     import igraph as ig
-    import leidenalg
 
     labels = np.full(n, -1, dtype=np.int64)
     if n == 0 or len(i) == 0:
         return labels
-    g = ig.Graph(n=n, edges=np.column_stack([i, j]).tolist(), directed=False)
-    part = leidenalg.find_partition(
-        g,
-        leidenalg.RBConfigurationVertexPartition,
-        weights=None if weights is None else np.asarray(weights, dtype=float).tolist(),
-        resolution_parameter=float(resolution),
-        n_iterations=-1,
-        seed=int(seed),
-    )
+    edges = np.column_stack([np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)])
+    g = ig.Graph(n=n, edges=edges, directed=False)
+    ig.set_random_number_generator(random.Random(int(seed)))
+    try:
+        part = g.community_leiden(
+            objective_function="modularity",
+            weights=None if weights is None else np.asarray(weights, dtype=float).tolist(),
+            resolution=float(resolution),
+            n_iterations=-1,
+        )
+    finally:
+        ig.set_random_number_generator(random)
     memb = np.asarray(part.membership, dtype=np.int64)
     comms = [np.flatnonzero(memb == c) for c in np.unique(memb)]
     comms = [c for c in comms if len(c) >= min_size]
