@@ -11,6 +11,22 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def _allow_string_arrays() -> None:
+    """pandas >= 3 makes strings (``obs_names`` too) pandas string arrays, which anndata
+    0.12 writes only when asked: tests that call ``write_h5ad`` themselves ask here (the
+    package's own writes go through ``genept._utils.atomic_write_h5ad``, which asks)."""
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) >= 3:
+        import anndata
+
+        if hasattr(getattr(anndata, "settings", None), "allow_write_nullable_strings"):
+            anndata.settings.allow_write_nullable_strings = True
+
+
+_allow_string_arrays()
+
 #: real benchmark data beside the checkout (absent on a fresh machine: tests skip)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
