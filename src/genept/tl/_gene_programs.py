@@ -179,10 +179,12 @@ def leiden_programs(
     """Leiden communities (RBConfiguration) of the graph on ``n`` nodes with edges ``(i, j)``.
 
     igraph's C implementation of Leiden (``Graph.community_leiden``, objective
-    ``"modularity"`` with a resolution: the RBConfiguration quality of ``leidenalg``),
-    iterated until the partition no longer changes, seeded through igraph's random number
-    generator (restored afterwards). On the 19,464 embedded genes of a 33k-gene sample
-    (951,624 edges, resolution 13) it takes about 6 s where ``leidenalg`` took 340 s.
+    ``"modularity"`` with a resolution: the RBConfiguration quality of ``leidenalg``), two
+    iterations (``leidenalg``'s default), seeded through igraph's random number generator
+    (restored afterwards). On the 19,464 embedded genes of celltypist's 33k-gene sample
+    (951,624 edges, resolution 13) it takes 1-2 s where ``leidenalg`` run to convergence
+    took 266-340 s, with the same result: 159 programs either way (ARI 0.94), 82% of them
+    enriched for a GO process against 83% (``benchmarks/bench_gene_programs.py --real``).
 
     Returns
     -------
@@ -196,7 +198,8 @@ def leiden_programs(
     labels = np.full(n, -1, dtype=np.int64)
     if n == 0 or len(i) == 0:
         return labels
-    edges = np.column_stack([np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)])
+    # a list of int tuples is what igraph converts fastest (3x faster than an array)
+    edges = list(zip(np.asarray(i, dtype=np.int64).tolist(), np.asarray(j, dtype=np.int64).tolist(), strict=True))
     g = ig.Graph(n=n, edges=edges, directed=False)
     ig.set_random_number_generator(random.Random(int(seed)))
     try:
@@ -204,7 +207,7 @@ def leiden_programs(
             objective_function="modularity",
             weights=None if weights is None else np.asarray(weights, dtype=float).tolist(),
             resolution=float(resolution),
-            n_iterations=-1,
+            n_iterations=2,
         )
     finally:
         ig.set_random_number_generator(random)
