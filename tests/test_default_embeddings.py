@@ -448,3 +448,12 @@ def test_card_text_level_card_nosym_is_the_table_text():
     assert got.iloc[:2].tolist() == want.iloc[:2].tolist() and got.isna().tolist() == [False, False, True]
     assert got["TP53"].startswith("Gene tumor protein p53 is a protein-coding gene.")
     assert "TP53" not in got["TP53"] and "P53" not in got["TP53"].replace("p53", "")
+
+
+def test_params_name_the_table():
+    from genept.datasets._default_table import default_table
+
+    a = _adata(["CD3E"])
+    gpt.tl.embed_genes(a)
+    sha = default_table().meta["sha256"][:16]
+    assert a.uns["genept"]["params"]["table"] == f"lsa_card_nosym_384 sha256:{sha}"

@@ -275,14 +275,14 @@ def embed_genes(
         if not found.all():
             from ..datasets._lsa import lsa_encoder
 
-            missing = needed[~found]
+            absent = needed[~found]
             logg.warning(
-                f"{len(missing)} genes are not in the shipped default table "
-                f"({src.table.folder}; first: {', '.join(map(str, missing[:3]))}); projecting "
+                f"{len(absent)} genes are not in the shipped default table "
+                f"({src.table.folder}; first: {', '.join(map(str, absent[:3]))}); projecting "
                 "their card texts into it (rebuild the table with "
                 "`python scripts/build_default_embeddings.py`)"
             )
-            vectors[~found] = _encode(lsa_encoder(src.table), src.texts_of(missing),
+            vectors[~found] = _encode(lsa_encoder(src.table), src.texts_of(absent),
                                       batch_size, cache, show_progress)
     elif src.embeddings is not None:
         pos = pd.Index(src.embeddings.genes).get_indexer(needed)
@@ -330,6 +330,9 @@ def embed_genes(
         "gene_symbols": gene_symbols or "var_names",
         "key_added": key_added,
     }
+    if src.table is not None:  # which table: its name and content hash
+        meta = src.table.meta
+        params["table"] = f"{meta.get('name', 'default')} sha256:{str(meta.get('sha256', ''))[:16]}"
     out = write_results(
         adata,
         [
