@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     words = sentence_words(names)
     counts, budget = token_budget(enc, words)
     ptr, genes = _ranked_cells(adata.raw.X, args.cells)
-    ptr, genes = truncate_to_budget(ptr, genes, counts, budget)
+    ptr, genes = truncate_to_budget(ptr, genes, counts, budget=budget)
     texts = [" ".join(words[genes[a:b]]) for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
     model = enc.model
     table = enc.word_table(words)

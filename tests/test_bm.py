@@ -113,8 +113,8 @@ def test_degree_matched_negatives_keep_degrees(seed):
     pos = _hub_positives(seed=seed)
     deg_pos = pd.concat([pos.gene1, pos.gene2]).value_counts()
     key = set(map(frozenset, zip(pos.gene1, pos.gene2, strict=True)))
-    dm = sample_negative_pairs(pos, mode="degree_matched", seed=seed)
-    un = sample_negative_pairs(pos, mode="uniform", seed=seed)
+    dm = sample_negative_pairs(pos, mode="degree_matched", random_state=seed)
+    un = sample_negative_pairs(pos, mode="uniform", random_state=seed)
     for neg in (dm, un):
         assert len(neg) == len(pos) and (neg.label == 0).all()
         pairs = list(map(frozenset, zip(neg.gene1, neg.gene2, strict=True)))

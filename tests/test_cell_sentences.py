@@ -156,14 +156,20 @@ def test_truncate_to_budget_numerics():
     indptr = np.array([0, 3, 3, 5])
     idx = np.array([0, 1, 2, 2, 0])
     counts = np.array([2, 3, 1])
-    ip, out = truncate_to_budget(indptr, idx, counts, 5)
+    ip, out = truncate_to_budget(indptr, idx, counts, budget=5)
     assert ip.tolist() == [0, 2, 2, 4] and out.tolist() == [0, 1, 2, 0]
-    ip, out = truncate_to_budget(indptr, idx, counts, 1)
+    ip, out = truncate_to_budget(indptr, idx, counts, budget=1)
     assert ip.tolist() == [0, 0, 0, 1] and out.tolist() == [2]
-    ip, out = truncate_to_budget(indptr, idx, counts, 5, sep_tokens=1)
+    ip, out = truncate_to_budget(indptr, idx, counts, budget=5, sep_tokens=1)
     assert ip.tolist() == [0, 1, 1, 3]
     with pytest.raises(ValueError, match="budget"):
-        truncate_to_budget(indptr, idx, counts, -1)
+        truncate_to_budget(indptr, idx, counts, budget=-1)
+    # budget became keyword-only: the positional form still works, with a warning
+    with pytest.warns(FutureWarning, match="budget=..."):
+        old = truncate_to_budget(indptr, idx, counts, 5)
+    assert [a.tolist() for a in old] == [[0, 2, 2, 4], [0, 1, 2, 0]]
+    with pytest.raises(TypeError, match="multiple values"):
+        truncate_to_budget(indptr, idx, counts, 5, budget=5)
 
 
 @pytest.fixture(scope="module")

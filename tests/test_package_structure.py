@@ -107,6 +107,30 @@ def test_at_most_three_positional_parameters():
     _report(offenders, "public functions with more than 3 positional parameters")
 
 
+#: old parameter names that must be gone from public signatures (kept as deprecated aliases)
+RENAMED = {"seed": "random_state"}
+
+
+def test_one_name_for_the_random_seed():
+    """scanpy's ``random_state`` everywhere; ``seed=`` still works, with a FutureWarning."""
+    offenders = {}
+    for name, fn in _public_functions():
+        for old, new in RENAMED.items():
+            if old in inspect.signature(fn).parameters:
+                offenders[name] = f"{_source_file(fn)}: takes {old}= (scanpy's name: {new}=)"
+    _report(offenders, "public functions with an old parameter name")
+
+
+def test_old_seed_name_still_works():
+    X = np.array([[0, 2, 2, 1], [1, 1, 0, 0]], dtype=np.float32)
+    with pytest.warns(FutureWarning, match="random_state"):
+        old = gpt.pp.rank_genes(X, seed=3)
+    new = gpt.pp.rank_genes(X, random_state=3)
+    assert all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+    with pytest.raises(TypeError, match="random_state"):
+        gpt.pp.rank_genes(X, seed=3, random_state=3)
+
+
 def test_copy_is_keyword_only_and_false_by_default():
     offenders = {}
     for name, fn in _public_functions():

@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from ._core._lazy import attach
+from ._core._lazy import attach_stub
 from ._settings import settings
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager names
@@ -29,12 +29,6 @@ try:
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
-__getattr__, __dir__, _lazy = attach(
-    __name__,
-    submodules=["bm", "datasets", "encoders", "models", "pl", "pp", "tl"],
-    attrs={
-        "GeneEmbeddings": "._gene_embeddings",
-        "read_gene_embeddings": "._gene_embeddings",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, _lazy = attach_stub(__name__, __file__)
 __all__ = [*_lazy, "__version__", "settings"]

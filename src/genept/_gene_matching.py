@@ -37,8 +37,8 @@ __all__ = [
 
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{6,})(\.\d+)?$", re.IGNORECASE)
 MATCH_KINDS = ("exact", "ensembl", "case", "alias", "ambiguous", "missing", "none")
-#: what a missing value becomes as text (pandas, R, Python); no human gene has these names
-#: (the same set as the cell sentences' in genept._kernels.sentences._text)
+#: what a missing value becomes as text (pandas, R, Python); no human gene has these names.
+#: The one home of this set: the cell sentences (genept._kernels.sentences._text) use it too
 MISSING_NAMES = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "<NA>", "None", "null", "NULL"})
 #: NCBI placeholder symbols of genes without a name (``LOC102724594``)
 _PLACEHOLDER = re.compile(r"^LOC\d+$")

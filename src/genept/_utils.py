@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ __all__ = [
     "get_var_names",
     "import_optional",
     "is_dask",
+    "keyword_only",
     "renamed_arg",
     "write_results",
 ]
@@ -155,6 +157,54 @@ def renamed_arg(old: str, new: str, *, since: str = "0.2") -> Callable[[F], F]:
                 )
                 kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def keyword_only(*names: str, since: str = "0.2") -> Callable[[F], F]:
+    """Accept the keyword-only parameters ``names`` also positionally, with a
+    :class:`FutureWarning` (for options that became keyword-only).
+
+    Examples
+    --------
+    >>> @keyword_only("budget")
+    ... def f(a, *, budget=0):
+    ...     return a + budget
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     f(1, 2)
+    3
+    """
+
+    def decorate(fn: F) -> F:
+        n_pos = sum(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(fn).parameters.values()
+        )
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            extra = args[n_pos:]
+            if extra:
+                if len(extra) > len(names):
+                    raise TypeError(
+                        f"{fn.__name__}() takes {n_pos} positional arguments "
+                        f"but {len(args)} were given"
+                    )
+                given = names[: len(extra)]
+                for name, value in zip(given, extra, strict=True):
+                    if name in kwargs:
+                        raise TypeError(f"{fn.__name__}() got multiple values for {name!r}")
+                    kwargs[name] = value
+                warnings.warn(
+                    f"passing {', '.join(given)} to {fn.__name__}() by position is deprecated "
+                    f"since genept {since}; pass {', '.join(f'{n}=...' for n in given)}",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+            return fn(*args[:n_pos], **kwargs)
 
         return wrapper  # type: ignore[return-value]
 

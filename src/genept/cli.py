@@ -252,6 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------- the commands
+#: command-line options passed under the same name to the function a command runs
+EMBED_GENES_OPTIONS = (
+    "source", "model", "gene_symbols", "key_added", "batch_size", "allow_pickle",
+)  # fmt: skip
+EMBED_CELLS_OPTIONS = (
+    "method", "layer", "key_added", "normalize", "device", "precision", "model", "n_genes",
+    "prefix", "gene_symbols", "hash_names", "shuffle", "batch_size", "allow_counts",
+)  # fmt: skip
+
+
+def _options(args, names: Sequence[str]) -> dict:
+    """``{name: args.name}``: the options a command passes on unchanged."""
+    return {name: getattr(args, name) for name in names}
+
+
 def _embed_genes(args) -> None:
     from ._core._keys import uns_key
     from .tl import embed_genes
@@ -259,15 +274,7 @@ def _embed_genes(args) -> None:
     adata = _read(args.input, "input")
     options = {} if args.text_level is None else {"text_level": args.text_level}
     embed_genes(
-        adata,
-        source=args.source,
-        model=args.model,
-        **options,
-        gene_symbols=args.gene_symbols,
-        key_added=args.key_added,
-        batch_size=args.batch_size,
-        cache=not args.no_cache,
-        allow_pickle=args.allow_pickle,
+        adata, cache=not args.no_cache, **options, **_options(args, EMBED_GENES_OPTIONS)
     )
     _write(adata, args.output)
     p = adata.uns[uns_key(args.key_added)]["params"]
@@ -287,24 +294,7 @@ def _embed_cells(args) -> None:
                     f"{args.input} {args.input}` first or add --embed-genes"
                 )
             embed_genes(adata, source=args.gene_source)
-        embed_cells(
-            adata,
-            method=args.method,
-            layer=args.layer,
-            use_raw=args.use_raw or None,
-            key_added=args.key_added,
-            normalize=args.normalize,
-            device=args.device,
-            precision=args.precision,
-            model=args.model,
-            n_genes=args.n_genes,
-            prefix=args.prefix,
-            gene_symbols=args.gene_symbols,
-            hash_names=args.hash_names,
-            shuffle=args.shuffle,
-            batch_size=args.batch_size,
-            allow_counts=args.allow_counts,
-        )
+        embed_cells(adata, use_raw=args.use_raw or None, **_options(args, EMBED_CELLS_OPTIONS))
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched

@@ -104,6 +104,13 @@ def server_identity(base_url: str | None) -> str | None:
     return f"{host}{port}{parts.path.rstrip('/')}"
 
 
+def _openai():
+    """The ``openai`` module, or an ImportError naming the extra to install."""
+    from .._utils import import_optional
+
+    return import_optional("openai", extra="openai", purpose="OpenAI models and servers")
+
+
 def redact(text: str, secret: str | None = None) -> str:
     """``text`` without ``secret`` and without anything that looks like an API key."""
     if secret:
@@ -112,8 +119,12 @@ def redact(text: str, secret: str | None = None) -> str:
 
 
 def make_client(api_key: str | None, base_url: str | None, timeout: float):
-    """An :class:`openai.OpenAI` client with its own retries off (see :func:`call_with_retry`)."""
-    import openai
+    """An :class:`openai.OpenAI` client with its own retries off (see :func:`call_with_retry`).
+
+    Without the optional ``openai`` package: an :class:`ImportError` naming
+    ``pip install 'genept[openai]'``.
+    """
+    openai = _openai()
 
     return openai.OpenAI(
         api_key=get_api_key(api_key), base_url=base_url, max_retries=0, timeout=timeout
@@ -185,7 +196,7 @@ def call_with_retry(
     like a server error). ``fatal_hint(status, message)`` may give a better hint for a
     refused request. Messages are redacted of ``secret`` and of key-like tokens.
     """
-    import openai
+    openai = _openai()
 
     attempt = 0
     while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core._lazy import attach
+from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
     from ._cell_tasks import batch_metrics, cluster_metrics, knn_metrics
@@ -27,28 +27,5 @@ if TYPE_CHECKING:
     from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
     from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
 
-# name -> module it lives in; imported on first access (one line per public name)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "batch_metrics": "._cell_tasks",
-        "cluster_metrics": "._cell_tasks",
-        "knn_metrics": "._cell_tasks",
-        "as_embedding_frame": "._common",
-        "random_like": "._common",
-        "summarize": "._common",
-        "gene_function_accuracy": "._gene_tasks",
-        "gene_property_auc": "._gene_tasks",
-        "pair_auc": "._gene_tasks",
-        "pair_features": "._gene_tasks",
-        "sample_negative_pairs": "._gene_tasks",
-        "dosage_sensitive_tfs": "._loaders",
-        "gene2vec_ggi": "._loaders",
-        "huri": "._loaders",
-        "panglao_markers": "._loaders",
-        "lexical_leakage": "._leakage",
-        "ABLATION_MODES": "._probes",
-        "ablation_embeddings": "._probes",
-        "marker_similarity": "._probes",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -15,7 +15,16 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._core._docs import doc_params
 from .._utils import check_adata, is_dask, renamed_arg
+
+#: the first two parameters of every cell-level benchmark
+DOC_CELLS = """\
+adata
+    Cells with a representation in ``obsm[rep]`` (or ``"X"``) and their labels or
+    batches in ``obs``.
+rep
+    ``obsm`` key, e.g. ``"X_genept_w"``, or ``"X"``."""
 
 __all__ = ["batch_metrics", "cluster_metrics", "get_rep", "knn_metrics"]
 
@@ -47,6 +56,7 @@ def _tidy(rep: str, values: dict[str, float], **extra) -> pd.DataFrame:
     return pd.DataFrame([{"rep": rep, "metric": k, "value": float(v), **extra} for k, v in values.items()])
 
 
+@doc_params(doc_cells=DOC_CELLS)
 @renamed_arg("seed", "random_state")
 def knn_metrics(
     adata: AnnData,
@@ -62,10 +72,7 @@ def knn_metrics(
 
     Parameters
     ----------
-    adata
-        Cells with a representation in ``obsm[rep]`` (or ``"X"``) and labels.
-    rep
-        ``obsm`` key, e.g. ``"X_genept_w"``, or ``"X"``.
+    {doc_cells}
     label_key
         ``obs`` column with the labels.
     k
@@ -106,6 +113,7 @@ def knn_metrics(
     return _tidy(rep, {"accuracy": accuracy_score(y[te], pred), "precision": p, "recall": r, "f1": f})
 
 
+@doc_params(doc_cells=DOC_CELLS)
 @renamed_arg("seed", "random_state")
 def cluster_metrics(
     adata: AnnData,
@@ -119,10 +127,7 @@ def cluster_metrics(
 
     Parameters
     ----------
-    adata
-        Cells with a representation in ``obsm[rep]`` (or ``"X"``) and labels.
-    rep
-        ``obsm`` key, e.g. ``"X_genept_w"``, or ``"X"``.
+    {doc_cells}
     label_key
         ``obs`` column with the labels (k = their number).
     silhouette_metric
@@ -157,6 +162,7 @@ def cluster_metrics(
     })
 
 
+@doc_params(doc_cells=DOC_CELLS)
 @renamed_arg("seed", "random_state")
 def batch_metrics(
     adata: AnnData,
@@ -174,10 +180,7 @@ def batch_metrics(
 
     Parameters
     ----------
-    adata
-        Cells with a representation in ``obsm[rep]`` (or ``"X"``) and batches.
-    rep
-        ``obsm`` key, e.g. ``"X_genept_s"``, or ``"X"``.
+    {doc_cells}
     batch_key
         ``obs`` column with the batch (patient) of each cell.
     n_pcs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core._lazy import attach
+from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
     from .._cache import EmbeddingCache
@@ -20,18 +20,5 @@ if TYPE_CHECKING:
     from ._openai import OpenAIEncoder
     from ._sentence_transformers import SentenceTransformerEncoder, packaged_minilm_path
 
-# name -> module it lives in; imported on first access (one line per public name)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "EmbeddingCache": ".._cache",
-        "OPENAI_MODELS": "._factory",
-        "OpenAIEncoder": "._openai",
-        "OpenAIRequestError": ".._core._openai",
-        "SentenceTransformerEncoder": "._sentence_transformers",
-        "TextEncoder": "._base",
-        "default_cache": "._base",
-        "get_encoder": "._factory",
-        "packaged_minilm_path": "._sentence_transformers",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

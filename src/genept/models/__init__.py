@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core._lazy import attach
+from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
     from ._scgpt import (
@@ -21,17 +21,5 @@ if TYPE_CHECKING:
     )
     from .scmpt import SCMPT_PAPER_GRID, ScMPTModel, ScMPTParams
 
-# name -> module it lives in; imported on first access (one line per public name)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "SCGPT_SPECIAL_TOKENS": "._scgpt",
-        "SCMPT_PAPER_GRID": ".scmpt",
-        "ScGPTCheckpoint": "._scgpt",
-        "ScGPTConfig": "._scgpt",
-        "ScGPTEncoder": "._scgpt",
-        "ScMPTModel": ".scmpt",
-        "ScMPTParams": ".scmpt",
-        "load_scgpt": "._scgpt",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

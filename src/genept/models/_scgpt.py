@@ -267,6 +267,13 @@ def load_scgpt(
     -------
     The encoder with its vocabulary and configuration. Raises a clear error when files
     are missing or the encoder weights do not fit ``args.json``.
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> ckpt = gpt.models.load_scgpt("scGPT_human")  # doctest: +SKIP
+    >>> ckpt.config.d_model, len(ckpt.vocab)  # doctest: +SKIP
+    (512, 60697)
     """
     model_dir = Path(model_dir).expanduser()
     _check_files(model_dir)

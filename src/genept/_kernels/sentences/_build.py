@@ -258,7 +258,7 @@ def _iter_sentence_genes(
     for a, b, csr in _iter_row_blocks(X, block_rows):
         indptr, idx = _rank_block(csr, priority, gene_of, cut, keep=keep)
         if plan.token_counts is not None:
-            indptr, idx = truncate_to_budget(indptr, idx, plan.token_counts, plan.budget)
+            indptr, idx = truncate_to_budget(indptr, idx, plan.token_counts, budget=plan.budget)
         if shuffle and idx.size:
             idx = np.array(idx, copy=True)
             _shuffle_rows(indptr, idx, np.uint64(shuffle_seed), np.int64(a))

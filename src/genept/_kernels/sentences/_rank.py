@@ -6,7 +6,7 @@ import numpy as np
 from scipy import sparse
 
 from ..._core._blocks import check_block_rows, iter_row_blocks
-from ..._utils import renamed_arg
+from ..._utils import keyword_only, renamed_arg
 from ._numba import _pack_keys, _row_nonzeros, _top_k, _unpack_genes
 
 #: non-zero entries per row block when ``block_rows`` is not given (bounds memory)
@@ -197,12 +197,13 @@ def rank_genes(
     return np.concatenate(ptrs), idx.astype(np.int32, copy=False)
 
 
+@keyword_only("budget", "sep_tokens")
 def truncate_to_budget(
     indptr: np.ndarray,
     idx: np.ndarray,
     gene_token_counts: np.ndarray,
-    budget: int,
     *,
+    budget: int,
     sep_tokens: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep each cell's leading genes while their tokens fit in ``budget``.
@@ -230,7 +231,7 @@ def truncate_to_budget(
     Examples
     --------
     >>> import numpy as np
-    >>> truncate_to_budget(np.array([0, 3]), np.array([0, 1, 2]), np.array([2, 3, 1]), 5)
+    >>> truncate_to_budget(np.array([0, 3]), np.array([0, 1, 2]), np.array([2, 3, 1]), budget=5)
     (array([0, 2]), array([0, 1]))
     """
     indptr = np.asarray(indptr, dtype=np.int64)

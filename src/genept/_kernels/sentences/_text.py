@@ -10,21 +10,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..._gene_matching import MISSING_NAMES  # one home for what a missing name is
 from ._numba import _SLOT, _render, _row_bytes
 
 
 def hash_gene_name(name: str) -> str:
-    """The scMPT gene-name ablation: the first 10 hex digits of SHA-256 of the name."""
+    """The scMPT gene-name ablation: the first 10 hex digits of SHA-256 of the name.
+
+    scMPT section 3.2 replaces every gene symbol of a cell sentence by such a hash, to
+    test whether the text model uses what it knows about the names.
+
+    Parameters
+    ----------
+    name
+        A gene symbol (anything else is converted with ``str``).
+
+    Returns
+    -------
+    Ten lower-case hexadecimal digits, the same for the same name in every process.
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> gpt.pp.hash_gene_name("CD3E")
+    '7f2f472aa2'
+    """
     return hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:10]
 
 
-#: names that stand for a missing symbol (pandas/numpy NaN printed, R's NA, empty)
-MISSING_NAMES = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "<NA>", "None", "null", "NULL"})
 
 
 def missing_names(gene_names: Sequence[Any]) -> np.ndarray:
     """Boolean mask of the names that are missing: ``None``/NaN/``pd.NA`` or a string such
-    as ``"nan"``, ``"NA"``, ``"<NA>"``, ``""`` (what a missing symbol prints as).
+    as ``"nan"``, ``"NA"``, ``"<NA>"``, ``""`` (what a missing symbol prints as; the set
+    is :data:`genept._gene_matching.MISSING_NAMES`, shared with gene matching).
 
     Examples
     --------
@@ -42,6 +61,18 @@ def sentence_words(gene_names: Sequence[Any], *, hash_names: bool = False) -> np
 
     A missing symbol (see :func:`missing_names`) gets the word ``""``: that gene is never
     written in a sentence (it is not the word ``"nan"`` or ``"NA"``).
+
+    Parameters
+    ----------
+    gene_names
+        One name per gene (``var_names`` or a ``var`` column); ``None``, NaN, ``pd.NA``
+        and strings such as ``"nan"``, ``"NA"``, ``""`` count as missing.
+    hash_names
+        Write :func:`hash_gene_name` of each name instead (scMPT's ablation).
+
+    Returns
+    -------
+    An object array of words, ``""`` for missing names.
 
     Examples
     --------
@@ -81,6 +112,14 @@ def token_budget(
     Returns
     -------
     ``(token_counts, budget)``; ``budget`` is ``None`` when the encoder has no limit.
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> enc = gpt.encoders.get_encoder("all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> counts, budget = gpt.pp.token_budget(enc, ["CD3E", "MS4A1"])  # doctest: +SKIP
+    >>> counts.tolist(), budget  # doctest: +SKIP
+    ([3, 3], 254)
     """
     limit = max_tokens if max_tokens is not None else getattr(encoder, "max_tokens", None)
     words = np.asarray(words, dtype=object)

@@ -184,39 +184,14 @@ def _run(
     """GenePT-w on validated arguments (``device`` resolved, ``plan`` built)."""
     if out == "dask" and not is_dask(X):
         X = _as_dask(X, block_rows or _default_block_rows(X, plan.n_genes))
+    common = {"normalize": normalize, "n_total": n_total, "check": check}
     if is_dask(X):
         return _embed_dask(
-            X,
-            plan,
-            normalize=normalize,
-            n_total=n_total,
-            device=device,
-            precision=precision,
-            block_rows=block_rows,
-            n_jobs=n_jobs,
-            check=check,
-            out=out,
-        )
-    block_rows = block_rows or _default_block_rows(X, plan.n_genes)
+            X, plan, **common, device=device, precision=precision, block_rows=block_rows,
+            n_jobs=n_jobs, out=out,
+        )  # fmt: skip
+    common.update(block_rows=block_rows or _default_block_rows(X, plan.n_genes),
+                  show_progress=show_progress)  # fmt: skip
     if device.startswith("cuda"):
-        return _embed_torch(
-            X,
-            plan,
-            normalize=normalize,
-            n_total=n_total,
-            device=device,
-            precision=precision,
-            block_rows=block_rows,
-            check=check,
-            show_progress=show_progress,
-        )
-    return _embed_cpu(
-        X,
-        plan,
-        normalize=normalize,
-        n_total=n_total,
-        block_rows=block_rows,
-        n_jobs=_n_jobs(n_jobs),
-        check=check,
-        show_progress=show_progress,
-    )
+        return _embed_torch(X, plan, **common, device=device, precision=precision)
+    return _embed_cpu(X, plan, **common, n_jobs=_n_jobs(n_jobs))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._core._lazy import attach
+from ..._core._lazy import attach_stub
 
 if TYPE_CHECKING:
     from ...models.scmpt import SCMPT_PAPER_GRID, ScMPTModel, ScMPTParams
@@ -29,24 +29,5 @@ if TYPE_CHECKING:
     from ._llm import annotate_llm
     from ._neural import annotate_mlp, annotate_scmpt
 
-# name -> module it lives in, imported on first access: the kNN annotators do not load
-# the LLM plumbing nor the neural models (and none of them imports torch before training)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "LLM_ANSWER_PROMPT": "._chat",
-        "LLM_PROMPT": "._chat",
-        "LLM_REASONING_PROMPT": "._chat",
-        "SCMPT_PAPER_GRID": "...models.scmpt",
-        "UNPARSED": "._chat",
-        "ScMPTModel": "...models.scmpt",
-        "ScMPTParams": "...models.scmpt",
-        "annotate_knn": "._knn",
-        "annotate_knn_ensemble": "._knn",
-        "annotate_llm": "._llm",
-        "annotate_mlp": "._neural",
-        "annotate_scmpt": "._neural",
-        "classification_metrics": "._common",
-        "proba_frame": "._common",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -140,7 +140,19 @@ def proba_frame(adata: AnnData, key: str) -> pd.DataFrame:
     """``obsm[key + "_proba"]`` as a DataFrame (index ``obs_names``, columns the classes).
 
     Reads both this layout (array + ``uns[key]["classes"]``) and the DataFrame that
-    genept wrote before.
+    genept wrote before. Class names are stored in ``uns``, not as column names of a
+    written table, so any label (``"CD4+/CD25 T Reg"``) round-trips through h5ad.
+
+    Parameters
+    ----------
+    adata
+        The annotated query.
+    key
+        The annotator's ``key_added`` (``"genept_knn"``, ``"genept_scmpt"``…).
+
+    Returns
+    -------
+    Class probabilities, one row per cell (NaN rows for cells that got no label).
 
     Examples
     --------

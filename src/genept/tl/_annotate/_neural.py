@@ -257,43 +257,33 @@ def annotate_scmpt(
             raise ValueError(
                 "pass either `reference` (to train) or `model` (a trained one), not both"
             )
-        if not isinstance(model, ScMPTModel):
-            model = ScMPTModel.load(model)
+        fitted = model if isinstance(model, ScMPTModel) else ScMPTModel.load(model)
         info = {
-            "reps": model.reps,
-            "label_key": model.label_key,
-            "hidden": model.hidden,
-            "n_seeds": len(model.state_dicts),
+            "reps": fitted.reps,
+            "label_key": fitted.label_key,
+            "hidden": fitted.hidden,
+            "n_seeds": len(fitted.state_dicts),
             "pretrained": True,
             "device": p.torch_device(),
         }
-        return _write_model_results(
-            adata,
-            model,
-            method="scmpt",
-            params=info,
-            label_key=label_key,
-            key_added=key_added,
-            device=p.device,
-            copy=copy,
-        )
-    if reference is None:
-        raise TypeError("annotate_scmpt needs a labelled `reference` or a trained `model`")
-    keys = as_key_list(reps if reps is not None else [expr_rep, text_rep], "reps")
-    paired_reps(adata, reference, keys)  # fail before training
-    if save is not None:
-        ScMPTModel.check_save_path(save)  # fail before training, not after
-    fitted = ScMPTModel.fit(reference, label_key=label_key, reps=keys, params=p)
-    info = {
-        "reps": keys,
-        "label_key": label_key,
-        **p.as_dict(),
-        "hidden": fitted.hidden,
-        "device": p.torch_device(),
-        "pretrained": False,
-    }
-    if save is not None:
-        info["saved_to"] = str(fitted.save(save))
+    else:
+        if reference is None:
+            raise TypeError("annotate_scmpt needs a labelled `reference` or a trained `model`")
+        keys = as_key_list(reps if reps is not None else [expr_rep, text_rep], "reps")
+        paired_reps(adata, reference, keys)  # fail before training
+        if save is not None:
+            ScMPTModel.check_save_path(save)  # fail before training, not after
+        fitted = ScMPTModel.fit(reference, label_key=label_key, reps=keys, params=p)
+        info = {
+            "reps": keys,
+            "label_key": label_key,
+            **p.as_dict(),
+            "hidden": fitted.hidden,
+            "device": p.torch_device(),
+            "pretrained": False,
+        }
+        if save is not None:
+            info["saved_to"] = str(fitted.save(save))
     return _write_model_results(
         adata,
         fitted,
