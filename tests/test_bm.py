@@ -70,6 +70,13 @@ def test_gene_property_auc_planted_vs_random():
     a.var_names = emb.index
     a.varm["X_genept"] = emb.to_numpy()
     assert as_embedding_frame(a).equals(emb.astype(np.float32))
+    # one varm key name everywhere (gene_key, as embed_cells); key= still works
+    a.varm["X_mine"] = emb.to_numpy()
+    assert as_embedding_frame(a, gene_key="X_mine").equals(emb.astype(np.float32))
+    with pytest.warns(FutureWarning, match="gene_key"):
+        assert as_embedding_frame(a, key="X_mine").equals(emb.astype(np.float32))
+    with pytest.raises(KeyError, match=r"available: \['X_genept', 'X_mine'\]"):
+        as_embedding_frame(a, gene_key="X_other")
 
 
 def test_gene_function_accuracy():

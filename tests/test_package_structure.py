@@ -74,6 +74,30 @@ def test_import_genept_loads_nothing_heavy():
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
+@pytest.mark.parametrize(
+    "expr", ["gpt.tl.annotate_knn", "gpt.tl.annotate_knn_ensemble", "gpt.tl.proba_frame",
+             "gpt.models.ScMPTParams", "gpt.encoders.EmbeddingCache", "gpt.pp.cell_sentences"],
+)
+def test_light_functions_do_not_import_torch(expr):
+    """The kNN annotators, parameter objects and caches need no torch, openai nor
+    sentence-transformers (only training, scGPT and the text models do)."""
+    code = (f"import sys, genept as gpt\n{expr}\n"
+            "print([m for m in ('torch', 'sentence_transformers', 'openai') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_lazy_table_comes_from_the_type_checking_block(tmp_path):
+    """attach_stub reads the names once, from the package's TYPE_CHECKING imports."""
+    from genept._core._lazy import _type_checking_imports
+
+    src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+           "    from . import tl\n    from ._a import f, g\n    from .._b.c import h\n")
+    assert _type_checking_imports(src, "x.py") == (["tl"], {"f": "._a", "g": "._a", "h": ".._b.c"})
+    with pytest.raises(ValueError, match="relative"):
+        _type_checking_imports("if TYPE_CHECKING:\n    import numpy\n", "x.py")
+
+
 def test_subpackages_load_lazily_and_resolve():
     code = ("import sys, genept as gpt\n"
             "before = sorted(m for m in sys.modules if m.startswith('genept.') and m.count('.') == 1)\n"

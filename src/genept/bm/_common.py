@@ -16,19 +16,22 @@ from .._utils import renamed_arg
 __all__ = ["as_embedding_frame", "random_like", "summarize"]
 
 
-def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
+@renamed_arg("key", "gene_key")
+def as_embedding_frame(emb: Any, *, gene_key: str = "X_genept") -> pd.DataFrame:
     """Gene embeddings as a float32 DataFrame indexed by gene.
 
     ``emb`` may be a :class:`~genept.GeneEmbeddings`, a DataFrame indexed by gene, a dict
-    gene -> vector, or an AnnData whose ``varm[key]`` holds gene embeddings (genes
+    gene -> vector, or an AnnData whose ``varm[gene_key]`` holds gene embeddings (genes
     without one, i.e. all-zero rows or ``var['genept_has_embedding']`` False, are left out).
+
     Parameters
     ----------
     emb
         The embeddings, in any of the forms above.
-    key
-        ``varm`` key when ``emb`` is an AnnData; the array is checked (dense, finite).
-
+    gene_key
+        ``varm`` key when ``emb`` is an AnnData (the name :func:`genept.tl.embed_cells`
+        uses); the array is checked (dense, finite). ``key=`` is accepted with a
+        :class:`FutureWarning`.
 
     Examples
     --------
@@ -37,11 +40,14 @@ def as_embedding_frame(emb: Any, *, key: str = "X_genept") -> pd.DataFrame:
     (2, 3)
     """
     if isinstance(emb, AnnData):
-        if key not in emb.varm:
-            raise KeyError(f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first")
-        M = checked_varm(emb, key)
+        if gene_key not in emb.varm:
+            raise KeyError(
+                f"adata.varm has no {gene_key!r} (available: {list(emb.varm.keys())}); "
+                "run gpt.tl.embed_genes(adata) first"
+            )
+        M = checked_varm(emb, gene_key)
         has = np.abs(M).sum(axis=1) > 0
-        prefix = uns_key(key)
+        prefix = uns_key(gene_key)
         if f"{prefix}_has_embedding" in emb.var:
             has &= emb.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
         names = emb.var_names.astype(str)[has]

@@ -16,9 +16,17 @@ if TYPE_CHECKING:
     from .._cache import EmbeddingCache
     from .._core._openai import OpenAIRequestError
     from ._base import TextEncoder, default_cache
-    from ._factory import OPENAI_MODELS, get_encoder
+    from ._factory import get_encoder
     from ._openai import OpenAIEncoder
     from ._sentence_transformers import SentenceTransformerEncoder, packaged_minilm_path
 
+#: OpenAI embedding models and their output widths
+OPENAI_MODELS = {
+    "text-embedding-ada-002": 1536,
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+}
+
 # the names above, imported on first access
-__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)
+__getattr__, __dir__, _lazy = attach_stub(__name__, __file__)
+__all__ = sorted([*_lazy, "OPENAI_MODELS"])

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from . import OPENAI_MODELS
 from ._base import TextEncoder
 
-__all__ = ["OPENAI_MODELS", "get_encoder"]
+__all__ = ["get_encoder"]
 
-#: OpenAI embedding models and their output widths
-OPENAI_MODELS = {
-    "text-embedding-ada-002": 1536,
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-}
 
 
 def get_encoder(model: str | TextEncoder | None = None, **kwargs) -> TextEncoder:

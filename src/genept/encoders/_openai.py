@@ -34,7 +34,7 @@ _MAX_TOKENS = 8191
 
 
 def _openai_models() -> dict[str, int]:
-    from ._factory import OPENAI_MODELS
+    from . import OPENAI_MODELS
 
     return OPENAI_MODELS
 
