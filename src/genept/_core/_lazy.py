@@ -96,14 +96,13 @@ def attach_stub(
 
     Parameters
     ----------
-    package
-        The package's ``__name__``.
-    file
-        The package's ``__file__`` (its ``__init__.py``, read once at import).
+    package, file
+        The package's ``__name__`` and ``__file__`` (its ``__init__.py``, read once at
+        import; only its ``if TYPE_CHECKING:`` block counts).
 
-    Examples
-    --------
-    >>> __getattr__, __dir__, __all__ = attach_stub(__name__, __file__)  # doctest: +SKIP
+    Returns
+    -------
+    ``(__getattr__, __dir__, __all__)``, as :func:`attach`.
     """
     with open(file, encoding="utf-8") as f:
         subs, table = _type_checking_imports(f.read(), file)

@@ -10,7 +10,7 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
-from ..._core._docs import doc_copy, doc_params
+from ..._core._docs import doc_adata, doc_copy, doc_params
 from ..._core._labels import (
     as_key_list,
     check_key_added,
@@ -125,7 +125,7 @@ def _annotate_knn(
     return out
 
 
-@doc_params(doc_copy=doc_copy, output=OUTPUT_DOC)
+@doc_params(doc_adata=doc_adata, doc_copy=doc_copy, output=OUTPUT_DOC)
 def annotate_knn(
     adata: AnnData,
     reference: AnnData,
@@ -148,8 +148,8 @@ def annotate_knn(
 
     Parameters
     ----------
-    adata
-        Query cells.
+    {doc_adata}
+        The query cells to annotate.
     reference
         Labelled cells with the same representation. If it *is* ``adata``, each cell
         counts among its own neighbours.

@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from ..._core._docs import doc_copy, doc_params
+from ..._core._docs import doc_adata, doc_copy, doc_params
 from ..._core._keys import ResultKeys
 from ..._core._labels import check_key_added, check_query
 from ..._core._progress import progress_bar
@@ -40,7 +40,7 @@ from ._common import annotation_writes, proba_frame, query_metrics
 __all__ = ["annotate_llm"]
 
 
-@doc_params(doc_copy=doc_copy)
+@doc_params(doc_adata=doc_adata, doc_copy=doc_copy)
 def annotate_llm(
     adata: AnnData,
     *,
@@ -88,8 +88,8 @@ def annotate_llm(
 
     Parameters
     ----------
-    adata
-        Cells with sentences in ``obs[sentence_key]``.
+    {doc_adata}
+        The cells to annotate, with sentences in ``obs[sentence_key]``.
     candidates
         Possible labels (e.g. the reference's classes). Required unless ``top_k_from``
         is given.

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
-from ..._core._docs import doc_copy, doc_device, doc_params
+from ..._core._docs import doc_adata, doc_copy, doc_device, doc_params
 from ..._core._labels import as_key_list, check_key_added, check_query, paired_reps
 from ..._utils import check_adata, write_results
 from ...models.scmpt import ScMPTModel, ScMPTParams
@@ -172,7 +172,7 @@ def annotate_mlp(
 
 
 @ScMPTParams.document
-@doc_params(doc_copy=doc_copy)
+@doc_params(doc_adata=doc_adata, doc_copy=doc_copy)
 def annotate_scmpt(
     adata: AnnData,
     reference: AnnData | None = None,
@@ -209,8 +209,8 @@ def annotate_scmpt(
 
     Parameters
     ----------
-    adata
-        Query cells.
+    {doc_adata}
+        The query cells to annotate.
     reference
         Labelled cells with the same representations; not needed with ``model``.
     label_key
