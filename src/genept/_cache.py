@@ -35,12 +35,19 @@ def _valid(vec: np.ndarray) -> bool:
 
 
 class EmbeddingCache:
-    """A SQLite store of float32 text embeddings.
+    """A SQLite store of float32 text embeddings (public as
+    :class:`genept.encoders.EmbeddingCache`).
+
+    A table ``vectors`` of a :class:`~genept._core._store.KVStore` that is only a cache:
+    a damaged file is moved aside and rebuilt. Rows are keyed by the encoder's
+    ``cache_id`` and the SHA-256 of the text; the encoders use
+    :func:`genept.encoders.default_cache`
+    (``settings.cache_dir / "text_embeddings.sqlite"``) unless given another.
 
     Parameters
     ----------
     path
-        Database file; its folder is created.
+        The SQLite file (created with its folder when missing).
 
     Examples
     --------
