@@ -31,6 +31,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _report import md  # noqa: E402
 
 PAPER = {
     ("dosage", "lr"): 0.89, ("dosage", "rf"): 0.92,
@@ -38,15 +39,6 @@ PAPER = {
     ("dosage random", "lr"): 0.54, ("dosage random", "rf"): 0.49,
     "ggi": 0.82, "ggi random": 0.51,
 }
-
-
-def md(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [floatfmt.format(v) if isinstance(v, float | np.floating) else str(v) for v in r]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
