@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..._core._blocks import check_block_rows
+from ..._core._docs import doc_params, doc_random_state
 from ..._core._progress import progress_bar
 from ..._settings import settings
 from ..._utils import renamed_arg
@@ -134,6 +135,7 @@ def sentence_plan(
 _LEGACY = ("prefix", "token_counts", "budget", "hash_names")
 
 
+@doc_params(doc_random_state=doc_random_state)
 @renamed_arg("seed", "random_state")
 def build_sentences(
     X,
@@ -163,8 +165,8 @@ def build_sentences(
     shuffle
         Randomly permute the kept genes of each cell (scMPT ablation), after the cut,
         so a shuffled sentence holds the same genes as the ranked one.
-    random_state
-        Tie order (see :func:`rank_genes`) and the shuffle. The shuffle of a cell depends
+    {doc_random_state}
+        Here: the tie order (see :func:`rank_genes`) and the shuffle. The shuffle of a cell depends
         only on ``random_state`` and the cell's row; with ``random_state=None`` it is not reproducible.
     block_rows
         Rows per block (default: about 16M non-zeros or dense entries).

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import sparse
 
 from ..._core._blocks import check_block_rows, iter_row_blocks
+from ..._core._docs import doc_params, doc_random_state
 from ..._utils import keyword_only, renamed_arg
 from ._numba import _pack_keys, _row_nonzeros, _top_k, _unpack_genes
 
@@ -144,6 +145,7 @@ def _check_n_genes(n_genes: int | None) -> int | None:
     return int(n_genes)
 
 
+@doc_params(doc_random_state=doc_random_state)
 @renamed_arg("seed", "random_state")
 def rank_genes(
     X,
@@ -161,8 +163,8 @@ def rank_genes(
         chunk by chunk) or a backed AnnData matrix.
     n_genes
         Keep at most this many leading genes per cell (``None``: all non-zero genes).
-    random_state
-        How equal values are ordered. ``None``: by gene index, ascending. An integer:
+    {doc_random_state}
+        Here: how equal values are ordered. ``None``: by gene index, ascending. An integer:
         by a random priority of the genes, ``np.random.default_rng(random_state).permutation(n_vars)``
         (gene ``g`` comes before an equally expressed gene ``h`` when
         ``priority[g] < priority[h]``), drawn once so it is the same for all cells.

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..._core._blocks import check_block_rows
 from ..._core._device import resolve_device, resolve_n_jobs
+from ..._core._docs import doc_device, doc_params
 from ..._settings import settings
 from ..._utils import is_dask
 from ._cpu import _embed_cpu
@@ -57,6 +58,7 @@ def check_values_dtype(X: Any, name: str = "X") -> None:
         )
 
 
+@doc_params(doc_device=doc_device)
 def weighted_embedding(
     X: Any,
     E: Any,
@@ -89,9 +91,7 @@ def weighted_embedding(
         official GenePT notebook. ``"none"``: raw ``X @ E``.
     n_genes_total
         Divisor of ``"notebook"``; defaults to ``X.shape[1]``.
-    device
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (:attr:`genept.settings.device`,
-        by default CUDA when available).
+    {doc_device}
     precision
         GPU GEMM precision: ``"fp32"`` (default), ``"tf32"`` or ``"bf16"`` (inputs
         rounded, fp32 accumulation). The CPU path is always fp32.
