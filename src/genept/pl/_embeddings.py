@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,24 @@ from ._utils import savefig_or_show
 __all__ = ["bm_results", "embeddings"]
 
 
+#: panel titles of the usual representations, in words
+REP_TITLES = {
+    "X": "expression",
+    "X_pca": "expression PCA",
+    "X_genept_w": "GenePT-w",
+    "X_genept_s": "GenePT-s",
+    "X_scGPT": "scGPT",
+    "X_scgpt": "scGPT",
+    "X_umap": "UMAP",
+}
+
+
+def _rep_title(rep: str, titles) -> str:
+    if titles and rep in titles:
+        return str(titles[rep])
+    return REP_TITLES.get(rep, rep.removeprefix("X_"))
+
+
 @renamed_arg("point_size", "size")
 @renamed_arg("seed", "random_state")
 def embeddings(
@@ -21,11 +39,12 @@ def embeddings(
     reps: Sequence[str] = ("X_pca", "X_genept_w", "X_genept_s"),
     color: str | Sequence[str] | None = None,
     *,
+    titles: Mapping[str, str] | None = None,
     n_neighbors: int = 15,
     metric: str = "cosine",
     random_state: int = 0,
     size: float | None = None,
-    panel_size: float = 3.6,
+    panel_size: float = 3.2,
     ax=None,
     show: bool | None = None,
     save: bool | str | None = None,
@@ -33,7 +52,10 @@ def embeddings(
     """UMAPs of several cell representations side by side (GenePT figure 3 style).
 
     For each representation, neighbours and UMAP are computed on a light copy (``adata``
-    is not modified); rows are representations, columns the ``color`` keys.
+    is not modified). The representations are the **columns** of the figure, the
+    ``color`` keys its rows; each row has **one** legend (or colour bar), right of its
+    last panel, and the same colours in every panel. Panels are titled in words
+    (``"GenePT-w"``, ``"expression PCA"``), not by their ``obsm`` keys.
 
     Parameters
     ----------
@@ -44,6 +66,9 @@ def embeddings(
         ``obsm`` keys (or ``"X"``).
     color
         ``obs`` columns to colour by, e.g. ``[label_key, batch_key]``.
+    titles
+        Panel titles ``{rep: title}``, for representations beyond the known ones
+        (``X_pca``, ``X_genept_w``, ``X_genept_s``, ``X_scGPT``, ``X``).
     n_neighbors, metric, random_state
         Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap` (``seed=`` is
         deprecated).
@@ -63,8 +88,9 @@ def embeddings(
 
     Returns
     -------
-    ``(n_reps, n_colors)`` array of :class:`~matplotlib.axes.Axes`, unless the figure was
-    shown (then ``None``).
+    Array of :class:`~matplotlib.axes.Axes` indexed ``[rep, color]`` (shape
+    ``(n_reps, n_colors)``; drawn with the representations side by side), unless the
+    figure was shown (then ``None``).
 
     Examples
     --------
@@ -77,8 +103,11 @@ def embeddings(
     colors = [color] if isinstance(color, str) else list(color or [])
     for c in colors:
         if c not in adata.obs:
-            raise KeyError(f"color={c!r} is not a column of adata.obs")
+            raise KeyError(f"color={c!r} is not a column of adata.obs ({list(adata.obs.columns)})")
     light = AnnData(obs=adata.obs[colors].copy() if colors else pd.DataFrame(index=adata.obs_names))
+    for c in colors:  # the same colours in every panel: scanpy's palette, or adata's
+        if f"{c}_colors" in adata.uns:
+            light.uns[f"{c}_colors"] = adata.uns[f"{c}_colors"]
     use = []
     for rep in reps:
         if rep == "X":
@@ -99,8 +128,10 @@ def embeddings(
         raise ValueError(f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})")
     ncol = max(1, len(colors))
     if ax is None:
-        fig, axes = plt.subplots(len(use), ncol, squeeze=False,
-                                 figsize=(panel_size * ncol + 1.5 * bool(colors), panel_size * len(use)))
+        legend_w = 2.2 if colors else 0.0
+        fig, grid = plt.subplots(ncol, len(use), squeeze=False,
+                                 figsize=(panel_size * len(use) + legend_w, panel_size * ncol))
+        axes = grid.T  # [rep, color]
     else:
         axes = np.asarray(ax, dtype=object).reshape(-1)
         if axes.size != len(use) * ncol:
@@ -110,17 +141,22 @@ def embeddings(
         fig = axes[0, 0].figure
     for r, rep in enumerate(use):
         tmp = AnnData(obs=light.obs.copy())
+        tmp.uns.update({k: v for k, v in light.uns.items() if k.endswith("_colors")})
         tmp.obsm[rep] = light.obsm[rep]
         sc.pp.neighbors(tmp, use_rep=rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), metric=metric,
                         random_state=random_state)
         sc.tl.umap(tmp, random_state=random_state)
+        last = r == len(use) - 1
         for c in range(ncol):
-            ax = axes[r, c]
             col = colors[c] if colors else None
-            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=ax, show=False, size=size,
-                            title=f"{rep}" + (f" · {col}" if col else ""),
-                            legend_loc="right margin",
-                            frameon=False)
+            title = _rep_title(rep, titles)
+            if ncol > 1 and col:
+                title = f"{title}: {col}"
+            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=axes[r, c], show=False, size=size,
+                            title=title, legend_loc="right margin" if last else "none",
+                            colorbar_loc="right" if last else None, frameon=False)
+            if col is not None and f"{col}_colors" in tmp.uns:  # first panel fixes the palette
+                light.uns[f"{col}_colors"] = tmp.uns[f"{col}_colors"]
     if ax is None:
         fig.tight_layout()
     return savefig_or_show("embeddings", fig, axes, show=show, save=save)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -12,20 +14,68 @@ from ._utils import savefig_or_show
 __all__ = ["gene_umap"]
 
 
+#: words for the clusters of genes outside any program
+_NO_PROGRAM = "no program"
+
+
+def _leiden(g: AnnData, resolution: float, random_state: int) -> np.ndarray:
+    """Leiden clusters of the gene kNN graph in ``g.obsp["connectivities"]``."""
+    import igraph as ig
+    import leidenalg
+    from scipy import sparse
+
+    A = sparse.triu(sparse.csr_matrix(g.obsp["connectivities"]), k=1).tocoo()
+    graph = ig.Graph(n=g.n_obs, edges=list(zip(A.row.tolist(), A.col.tolist(), strict=True)))
+    part = leidenalg.find_partition(
+        graph,
+        leidenalg.RBConfigurationVertexPartition,
+        weights=A.data.tolist(),
+        resolution_parameter=resolution,
+        seed=random_state,
+    )
+    labels = np.asarray(part.membership)
+    # clusters numbered by size, largest first
+    order = np.argsort(-np.bincount(labels), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[labels]
+
+
+def _central_genes(E: np.ndarray, names: np.ndarray, sel: np.ndarray, k: int) -> list[str]:
+    """The ``k`` genes of ``sel`` closest (cosine) to their mean embedding."""
+    V = E[sel]
+    V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+    centre = V.mean(axis=0)
+    return list(names[sel][np.argsort(-(V @ centre), kind="stable")[:k]])
+
+
 @renamed_arg("key", "gene_key")
 def gene_umap(
     adata: AnnData,
     *,
     gene_key: str = "X_genept",
-    color: str | None = "gene_type",
+    color: str | None = "program",
+    genes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    program_key: str = "genept_program",
+    n_labels: int = 3,
+    max_labelled: int = 12,
+    resolution: float = 1.0,
     n_neighbors: int = 15,
     random_state: int = 0,
+    size: float = 8.0,
     title: str | None = None,
     ax=None,
     show: bool | None = None,
     save: bool | str | None = None,
 ):
     """UMAP of the gene embeddings in ``adata.varm[gene_key]``, one dot per gene.
+
+    By default genes are coloured by **gene program** and the largest programs are
+    labelled on the plot with the names of a few of their most central genes (closest
+    to the program's mean embedding): the programs of :func:`genept.tl.gene_programs`
+    when ``adata.var[program_key]`` holds them, otherwise Leiden clusters of the
+    gene-embedding kNN graph that the UMAP is built on. ``genes=`` highlights gene sets
+    of your own instead.
 
     Parameters
     ----------
@@ -35,10 +85,26 @@ def gene_umap(
         ``varm`` key of the gene embeddings (as in :func:`genept.tl.embed_cells`;
         ``key=`` is deprecated).
     color
-        A column of ``adata.var``, or ``"gene_type"`` (looked up in the shipped gene
-        cards when ``var`` has no such column). ``None``: one colour.
+        ``"program"`` (default, see above), a column of ``adata.var``, or
+        ``"gene_type"`` (looked up in the shipped gene cards when ``var`` has no such
+        column). ``None``: one colour. Ignored when ``genes`` is given.
+    genes
+        Gene sets to highlight: ``{"T cell": ["CD3E", ...], ...}`` or one list. Their
+        genes are coloured by set and named on the plot; all other genes are grey.
+        Genes without an embedding or not in ``adata`` are left out (a warning names
+        them).
+    program_key
+        ``var`` column of :func:`genept.tl.gene_programs` (its ``key_added``).
+    n_labels
+        Gene names written next to each labelled program.
+    max_labelled
+        Label at most this many programs (the largest; ``0``: none).
+    resolution
+        Leiden resolution of the clusters when ``var[program_key]`` is absent.
     n_neighbors, random_state
-        Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap`.
+        Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap` (and Leiden).
+    size
+        Dot size (points²).
     title
         Axes title.
     ax
@@ -57,56 +123,110 @@ def gene_umap(
     Examples
     --------
     >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
-    >>> gpt.pl.gene_umap(adata, color="gene_type")  # doctest: +SKIP
+    >>> gpt.pl.gene_umap(adata, show=False)  # coloured by gene program  # doctest: +SKIP
+    >>> gpt.pl.gene_umap(adata, genes={"T cell": ["CD3D", "CD3E"], "B cell": ["MS4A1"]})  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     import scanpy as sc
+    from scanpy import logging as logg
 
     if gene_key not in adata.varm:
         raise KeyError(
             f"adata.varm has no {gene_key!r}; run gpt.tl.embed_genes(adata) first "
             f"(varm keys: {list(adata.varm.keys())})"
         )
-    E = np.asarray(adata.varm[gene_key])
+    E = np.asarray(adata.varm[gene_key], dtype=np.float32)
     has = np.abs(E).sum(axis=1) > 0
     if has.sum() < 3:
         raise ValueError(f"only {int(has.sum())} genes have an embedding; need at least 3")
-    g = AnnData(E[has].astype(np.float32), obs=pd.DataFrame(index=adata.var_names[has].astype(str)))
-    labels = None
-    if color is not None:
-        if color in adata.var.columns:
-            labels = adata.var[color].to_numpy()[has]
-        elif color == "gene_type":
-            from ..datasets import gene_cards
-
-            cards = gene_cards("human")
-            cards = cards[~cards.index.duplicated(keep="first")]
-            sym_col = "genept_gene" if "genept_gene" in adata.var else None
-            syms = (adata.var[sym_col].astype(str) if sym_col else adata.var_names.to_series()).to_numpy()[has]
-            labels = cards["gene_type"].reindex(syms).fillna("unknown").to_numpy()
-        else:
-            raise KeyError(f"color={color!r} is not a column of adata.var")
+    names = adata.var_names[has].astype(str).to_numpy()
+    g = AnnData(E[has], obs=pd.DataFrame(index=names))
     sc.pp.neighbors(g, use_rep="X", n_neighbors=min(n_neighbors, g.n_obs - 1), metric="cosine",
                     random_state=random_state)
     sc.tl.umap(g, random_state=random_state)
     xy = g.obsm["X_umap"]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = plt.subplots(figsize=(6.5, 5))
     fig = ax.figure
-    if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, linewidths=0)
+    texts: list[tuple[float, float, str]] = []  # (x, y, text) written on the plot
+    if genes is not None:
+        sets = {"genes": list(genes)} if not isinstance(genes, Mapping) else dict(genes)
+        where = {n: i for i, n in enumerate(names)}
+        ax.scatter(xy[:, 0], xy[:, 1], s=size * 0.6, linewidths=0, color="0.85", zorder=1)
+        cmap = plt.get_cmap("tab10")
+        missing = []
+        for i, (set_name, members) in enumerate(sets.items()):
+            idx = [where[m] for m in members if m in where]
+            missing += [m for m in members if m not in where]
+            ax.scatter(xy[idx, 0], xy[idx, 1], s=size * 4, color=cmap(i % 10), edgecolors="k",
+                       linewidths=0.3, label=f"{set_name} ({len(idx)})", zorder=3)
+            texts += [(xy[j, 0], xy[j, 1], names[j]) for j in idx] if len(idx) <= 30 else []
+        if missing:
+            logg.warning(f"gene_umap: {len(missing)} genes have no embedding or are not in adata: "
+                         f"{missing[:10]}")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="gene set")
+        for x, y, t in texts:
+            ax.annotate(t, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, zorder=4)
+        default_title = f"{int(has.sum())} gene embeddings: gene sets"
+    elif color == "program":
+        if program_key in adata.var.columns:
+            lab = adata.var[program_key].astype("string").fillna("").to_numpy()[has]
+            lab = np.where(lab == "", _NO_PROGRAM, lab).astype(object)
+            source = "gene programs"
+        else:
+            lab = np.array([f"C{k}" for k in _leiden(g, resolution, random_state)], dtype=object)
+            source = "clusters of the gene-embedding graph"
+        counts = pd.Series(lab).value_counts(sort=True)
+        progs = [p for p in counts.index if p != _NO_PROGRAM]
+        palette = sc.pl.palettes.default_20 if len(progs) <= 20 else sc.pl.palettes.default_102
+        if _NO_PROGRAM in counts.index:
+            sel = lab == _NO_PROGRAM
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=size * 0.6, linewidths=0, color="0.85", zorder=1)
+        for i, p in enumerate(progs):
+            sel = lab == p
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=size, linewidths=0,
+                       color=palette[i % len(palette)], zorder=2)
+            if i < max_labelled and sel.sum() >= 3:
+                central = _central_genes(E[has], names, sel, n_labels)
+                x, y = np.median(xy[sel], axis=0)
+                texts.append((x, y, ", ".join(central)))
+        for x, y, t in texts:
+            ax.text(x, y, t, fontsize=7.5, ha="center", va="center", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+        default_title = f"{int(has.sum())} gene embeddings, {len(progs)} {source}"
     else:
-        cats = pd.Categorical(labels.astype(str))
-        cmap = plt.get_cmap("tab10" if len(cats.categories) <= 10 else "tab20")
-        for i, c in enumerate(cats.categories):
-            sel = cats == c
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, linewidths=0, color=cmap(i % cmap.N),
-                       label=f"{c} ({int(sel.sum())})")
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2,
-                  title=color)
+        labels = None
+        if color is not None:
+            if color in adata.var.columns:
+                labels = adata.var[color].to_numpy()[has]
+            elif color == "gene_type":
+                from ..datasets import gene_cards
+
+                cards = gene_cards("human")
+                cards = cards[~cards.index.duplicated(keep="first")]
+                sym_col = "genept_gene" if "genept_gene" in adata.var else None
+                syms = (adata.var[sym_col].astype(str) if sym_col else adata.var_names.to_series()).to_numpy()[has]
+                labels = cards["gene_type"].reindex(syms).fillna("unknown").to_numpy()
+            else:
+                raise KeyError(f"color={color!r} is not a column of adata.var; use 'program', "
+                               f"'gene_type' or one of {list(adata.var.columns)}")
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=size, linewidths=0)
+        else:
+            cats = pd.Categorical(labels.astype(str))
+            cmap = plt.get_cmap("tab10" if len(cats.categories) <= 10 else "tab20")
+            for i, c in enumerate(cats.categories):
+                sel = cats == c
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, linewidths=0, color=cmap(i % cmap.N),
+                           label=f"{c} ({int(sel.sum())})")
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2,
+                      title=color)
+        default_title = f"{int(has.sum())} gene embeddings"
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    ax.set_title(title or f"{int(has.sum())} gene embeddings ({gene_key})")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title or default_title)
     return savefig_or_show("gene_umap", fig, ax, show=show, save=save)

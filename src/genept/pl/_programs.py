@@ -27,6 +27,33 @@ def _scale(M: np.ndarray, how: str | None) -> np.ndarray:
     raise ValueError(f"standard_scale must be 'program', 'zscore' or None, got {how!r}")
 
 
+def _shrunken_means(S: np.ndarray, g: np.ndarray, cats: list) -> tuple[np.ndarray, np.ndarray]:
+    """Group means of each program, shrunk towards the overall mean (empirical Bayes).
+
+    For program ``p`` and group ``c`` with ``n_c`` cells, mean ``m_c``, within-group
+    variance ``s2`` (pooled) and overall mean ``m``, the shrunken mean is
+    ``m + w_c (m_c - m)`` with ``w_c = tau2 / (tau2 + s2 / n_c)``; ``tau2``, the variance
+    of the true group means, is estimated by the method of moments
+    (``max(0, var(m_c) - mean(s2 / n_c))``). A group's mean is trusted in proportion to
+    how far its sampling noise (``s2 / n_c``) is below the real spread between groups:
+    a program whose groups differ only by noise collapses to one value (``tau2 = 0``),
+    and a group of 8 cells keeps less of its noisy deviation than a group of 200.
+    Returns the shrunken means (programs x groups) and the weights ``w``.
+    """
+    n = np.array([(g == c).sum() for c in cats], dtype=float)
+    means = np.stack([S[g == c].mean(axis=0) for c in cats], axis=1)  # programs x groups
+    resid = np.concatenate([S[g == c] - means[:, i] for i, c in enumerate(cats)], axis=0)
+    dof = max(len(S) - len(cats), 1)
+    s2 = (resid**2).sum(axis=0) / dof  # pooled within-group variance per program
+    overall = S.mean(axis=0)
+    noise = s2[:, None] / n[None, :]
+    tau2 = np.maximum(0.0, ((means - means.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
+                      - noise.mean(axis=1))
+    w = np.divide(tau2[:, None], tau2[:, None] + noise, out=np.zeros_like(noise),
+                  where=(tau2[:, None] + noise) > 0)
+    return overall[:, None] + w * (means - overall[:, None]), w
+
+
 @renamed_arg("seed", "random_state")
 def gene_programs(
     adata: AnnData,
@@ -37,6 +64,8 @@ def gene_programs(
     style: str = "heatmap",
     show_members: int | bool = 6,
     standard_scale: str | None = "program",
+    shrink: bool = True,
+    min_cells: int = 5,
     cmap: str = "viridis",
     random_state: int = 0,
     ax=None,
@@ -61,13 +90,24 @@ def gene_programs(
         ``key_added`` of :func:`genept.tl.gene_programs`.
     style
         ``"heatmap"`` (programs x groups) or ``"dotplot"`` (colour: scaled mean score; size:
-        fraction of the group's cells scoring above the program's overall 75th percentile).
+        fraction of the group's cells scoring above the program's overall 75th percentile,
+        with a legend of dot sizes).
     show_members
         List up to this many genes of each program in its label (``True``: all,
         ``False``/``0``: none).
     standard_scale
         ``"program"``: scale each program to 0..1 across groups; ``"zscore"``; ``None``:
         raw mean scores.
+    shrink
+        Shrink each group's mean towards the overall mean by how reliable it is
+        (empirical Bayes: weight ``tau2 / (tau2 + s2 / n)`` with ``s2`` the within-group
+        variance, ``n`` the group's cells and ``tau2`` the between-group variance of the
+        program). Without it, min-max scaling stretches a program whose groups differ
+        only by noise to the full colour range, and the smallest group, whose mean is the
+        noisiest, lights up most often. ``False``: plain means.
+    min_cells
+        Leave out groups with fewer cells (a warning names them). The x labels give
+        each group's size.
     cmap
         Colour map.
     random_state
@@ -118,10 +158,22 @@ def gene_programs(
         names = list(programs)
     groups = adata.obs[groupby]
     groups = groups.astype("category") if not isinstance(groups.dtype, pd.CategoricalDtype) else groups
-    cats = [c for c in groups.cat.categories if (groups == c).any()]
-    S = scores[names].to_numpy(dtype=float)
-    g = groups.to_numpy()
-    mean = np.stack([S[g == c].mean(axis=0) for c in cats], axis=1)  # programs x groups
+    sizes = groups.value_counts()
+    small = [str(c) for c in groups.cat.categories if 0 < sizes.get(c, 0) < min_cells]
+    if small:
+        from scanpy import logging as logg
+
+        logg.warning(f"gene_programs: groups with fewer than min_cells={min_cells} cells left out: {small}")
+    cats = [c for c in groups.cat.categories if sizes.get(c, 0) >= max(min_cells, 1)]
+    if not cats:
+        raise ValueError(f"no group of {groupby!r} has min_cells={min_cells} cells; lower min_cells")
+    keep = groups.isin(cats).to_numpy()
+    S = scores[names].to_numpy(dtype=float)[keep]
+    g = groups.to_numpy()[keep]
+    if shrink:
+        mean, _ = _shrunken_means(S, g, cats)
+    else:
+        mean = np.stack([S[g == c].mean(axis=0) for c in cats], axis=1)  # programs x groups
     M = _scale(mean, standard_scale)
 
     def label(p):
@@ -134,7 +186,7 @@ def gene_programs(
 
     labels = [label(p) for p in names]
     if ax is None:
-        w = max(4.0, 0.45 * len(cats) + 3.5)
+        w = max(4.0, 0.45 * len(cats) + 3.5) + (1.6 if style == "dotplot" else 0.0)
         h = max(3.0, 0.32 * len(names) + 1.5)
         fig, ax = plt.subplots(figsize=(w, h))
     fig = ax.figure
@@ -145,17 +197,30 @@ def gene_programs(
         q = np.quantile(S, 0.75, axis=0)
         frac = np.stack([(S[g == c] > q).mean(axis=0) for c in cats], axis=1)
         yy, xx = np.mgrid[0 : len(names), 0 : len(cats)]
-        im = ax.scatter(xx.ravel(), yy.ravel(), c=M.ravel(), s=20 + 220 * frac.ravel(), cmap=cmap,
+
+        def area(f):
+            return 15 + 235 * np.asarray(f)
+
+        im = ax.scatter(xx.ravel(), yy.ravel(), c=M.ravel(), s=area(frac.ravel()), cmap=cmap,
                         edgecolors="0.3", linewidths=0.3)
         ax.set_xlim(-0.6, len(cats) - 0.4)
         ax.set_ylim(len(names) - 0.4, -0.6)
         ax.set_axisbelow(True)
         ax.grid(True, color="0.92")
+        handles = [ax.scatter([], [], s=area(f), color="0.5", edgecolors="0.3", linewidths=0.3)
+                   for f in (0.25, 0.5, 0.75, 1.0)]
+        ax.legend(handles, ["25%", "50%", "75%", "100%"], title="cells above the\n75th percentile",
+                  loc="upper left", bbox_to_anchor=(1.12, 1.02), frameon=False, labelspacing=1.2,
+                  borderpad=0.8, fontsize=8, title_fontsize=8)
     ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels([str(c) for c in cats], rotation=90)
+    ax.set_xticklabels([f"{c} ({int(sizes[c])})" for c in cats], rotation=90)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel(groupby)
-    ax.set_title("gene programs")
-    fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.04, pad=0.02)
+    ax.set_title("gene programs" + (" (shrunken group means)" if shrink else ""))
+    if style == "dotplot":  # colour bar, then the size legend, right of the dots
+        cax = ax.inset_axes((1.02, 0.0, 0.03, 1.0))
+        fig.colorbar(im, cax=cax, label=cbar_label)
+    else:
+        fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.04, pad=0.02)
     return savefig_or_show("gene_programs", fig, ax, show=show, save=save)
