@@ -76,11 +76,13 @@ def test_import_genept_loads_nothing_heavy():
 
 @pytest.mark.parametrize(
     "expr", ["gpt.tl.annotate_knn", "gpt.tl.annotate_knn_ensemble", "gpt.tl.proba_frame",
-             "gpt.models.ScMPTParams", "gpt.encoders.EmbeddingCache", "gpt.pp.cell_sentences"],
+             "gpt.tl.annotate_mlp", "gpt.tl.annotate_llm", "gpt.tl.embed_cells",
+             "gpt.tl.embed_genes", "gpt.tl.gene_programs", "gpt.models.ScMPTParams",
+             "gpt.encoders.EmbeddingCache", "gpt.pp.cell_sentences", "gpt.bm.knn_metrics"],
 )
 def test_light_functions_do_not_import_torch(expr):
-    """The kNN annotators, parameter objects and caches need no torch, openai nor
-    sentence-transformers (only training, scGPT and the text models do)."""
+    """Looking a function up imports no torch, openai nor sentence-transformers: they load
+    when a model is trained or a text model encodes (scGPT's module alone needs torch)."""
     code = (f"import sys, genept as gpt\n{expr}\n"
             "print([m for m in ('torch', 'sentence_transformers', 'openai') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
