@@ -98,7 +98,7 @@ def real_case(path: str, seed: int = 0) -> None:
     print(f"embed_genes (default: {p['model']}, {p['text_level']}): {time.perf_counter() - t:.2f} s, "
           f"{p['n_genes_matched']} genes matched")
     t = time.perf_counter()
-    gpt.tl.gene_programs(a, seed=seed)
+    gpt.tl.gene_programs(a, random_state=seed)
     dt = time.perf_counter() - t
     info = a.uns["genept_programs"]
     gp = info["params"]

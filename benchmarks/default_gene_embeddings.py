@@ -90,7 +90,7 @@ def gene_disjoint(pairs: pd.DataFrame, fractions, seed: int) -> list[pd.DataFram
 def ggi_auc(frame: pd.DataFrame, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> float:
     from genept.bm import pair_auc
 
-    r = pair_auc(frame, tr, te, include_random=False, seed=seed)
+    r = pair_auc(frame, tr, te, include_random=False, random_state=seed)
     return float(r["auc"].iloc[0])
 
 
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         best_tf: T,
         f"concat_{best_w}": concat[best_w],
     }
-    cands["random"] = random_like(frame(card), seed=args.seed).to_numpy()
+    cands["random"] = random_like(frame(card), random_state=args.seed).to_numpy()
 
     # ---------------------------------------------------------------- tasks
     rows = {c: {"candidate": c, "dim": int(M.shape[1])} for c, M in cands.items()}
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
             rows[c][f"dosage_{r['model']}"] = r["mean"]
             rows[c][f"dosage_{r['model']}_sd"] = r["sd"]
         rows[c]["ggi_test"] = ggi_auc(F, g_tr, g_te, args.seed)
-        hu = pair_auc(F, h_tr, h_te, negatives="degree_matched", include_random=False, seed=args.seed)
+        hu = pair_auc(F, h_tr, h_te, negatives="degree_matched", include_random=False, random_state=args.seed)
         rows[c]["huri_dm"] = float(hu["auc"].iloc[0])
         rows[c]["marker_auc"], n_ct = marker_auc(F, mk)
         ms = gpt.bm.marker_similarity(F, mk)
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
 def gene_property_auc_(F, labels, seed):
     from genept.bm import gene_property_auc
 
-    return gene_property_auc(F, labels, n_splits=5, seed=seed, include_random=False)
+    return gene_property_auc(F, labels, n_splits=5, random_state=seed, include_random=False)
 
 
 def embed_costs(build, texts, *, tfidf_dim, tfidf_text, seed, n_target=30_000, n_probe=256):

@@ -82,7 +82,7 @@ def lexical_leakage(
     max_terms: int | None = 15,
     genes: Any = None,
     include_random: bool = True,
-    seed: int = 0,
+    random_state: int = 0,
     name: str | None = None,
 ) -> pd.DataFrame:
     """Share of nearest-neighbour pairs that look alike but share no biology.
@@ -121,7 +121,7 @@ def lexical_leakage(
         Restrict to these genes (then intersected with the embedded, well-annotated ones).
     include_random
         Also evaluate Gaussian random vectors of the same width (the negative control).
-    seed
+    random_state
         Seed of the random control.
     name
         Name of ``emb`` in the ``embedding`` column (default ``"genept"``).
@@ -169,6 +169,6 @@ def lexical_leakage(
     sub = frame.loc[idx]
     embs = {name or "genept": sub}
     if include_random:
-        embs["random"] = random_like(sub, seed=seed)
+        embs["random"] = random_like(sub, random_state=random_state)
     rows = [{"embedding": ename, **_leakage_of(f, go, k, prefix), "k": k} for ename, f in embs.items()]
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ from scipy import sparse
 from .._core._blocks import check_block_rows, iter_row_blocks
 from .._core._keys import sanitize_params, uns_key
 from .._gene_embeddings import checked_varm
-from .._utils import check_adata, get_matrix, get_var_names, write_results
+from .._utils import check_adata, get_matrix, get_var_names, renamed_arg, write_results
 
 __all__ = [
     "PAPER_THRESHOLDS",
@@ -308,6 +308,7 @@ def _model_of(adata: AnnData, key: str) -> str | None:
     return str(p["model"]) if isinstance(p, dict) and "model" in p else None
 
 
+@renamed_arg("seed", "random_state")
 def gene_programs(
     adata: AnnData,
     *,
@@ -320,7 +321,7 @@ def gene_programs(
     n_neighbors: int | None = None,
     layer: str | None = None,
     use_raw: bool | None = None,
-    seed: int = 0,
+    random_state: int = 0,
     key_added: str = "genept_program",
     copy: bool = False,
 ) -> AnnData | None:
@@ -369,8 +370,9 @@ def gene_programs(
         log-transformed data. Scaled data (negative values) gives means of z-scores and
         a warning. With ``use_raw=True`` the program genes are looked up by name in
         ``adata.raw.var_names``, which must then be unique.
-    seed
-        Leiden seed and the sample used to estimate a quantile on many genes.
+    random_state
+        Leiden seed and the sample used to estimate a quantile on many genes (``seed=``
+        still works, with a FutureWarning).
     key_added
         ``var`` key of the program labels; ``uns`` gets ``f"{key_added}s"`` and ``obsm``
         ``f"{key_added}_scores"``.
@@ -437,12 +439,12 @@ def gene_programs(
         thr, how = PAPER_THRESHOLDS[model], f"calibrated for {model}"
     else:
         quantile = DEFAULT_QUANTILE if quantile is None else float(quantile)
-        thr = similarity_quantile(E, quantile, seed=seed)
+        thr = similarity_quantile(E, quantile, seed=random_state)
         how = f"quantile {quantile:g} of pairwise similarities"
     res = default_resolution(len(idx)) if resolution is None else float(resolution)
     i, j, _ = similarity_edges(E, thr, n_neighbors=n_neighbors)
     logg.info(f"    {len(idx)} genes, {len(i)} pairs with cosine similarity > {thr:.4f} ({how})")
-    labels = leiden_programs(len(idx), i, j, resolution=res, min_size=min_size, seed=seed)
+    labels = leiden_programs(len(idx), i, j, resolution=res, min_size=min_size, seed=random_state)
     n_prog = int(labels.max()) + 1 if len(labels) else 0
     names = [f"GP{k}" for k in range(n_prog)]
     var_names = adata.var_names.astype(str)
@@ -494,7 +496,7 @@ def gene_programs(
         "genes": genes if isinstance(genes, str) else ("all" if genes is None else "list"),
         "layer": layer,
         "use_raw": bool(use_raw),
-        "seed": int(seed),
+        "random_state": int(random_state),
     }
     params = sanitize_params(params)
     uns = {
