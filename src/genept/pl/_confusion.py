@@ -188,6 +188,7 @@ def confusion_matrix(
     n = counts.to_numpy(dtype=int)
     vmax = 1.0 if normalize else max(values.max(), 1.0)
     im = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.grid(False)  # scanpy's figure params switch grids on
     cbar_label = {"pred": "fraction of predicted class", "all": "fraction of all cells"}.get(
         normalize, "fraction of true class" if normalize else "cells"
     )

@@ -73,7 +73,8 @@ def embeddings(
         Passed to :func:`scanpy.pp.neighbors` / :func:`scanpy.tl.umap` (``seed=`` is
         deprecated).
     size
-        Dot size (default: scanpy's; ``point_size=`` is deprecated).
+        Dot size (default: half of scanpy's ``120000 / n_cells``, for the smaller panels;
+        ``point_size=`` is deprecated).
     panel_size
         Inches per panel.
     ax
@@ -127,6 +128,8 @@ def embeddings(
     if not use:
         raise ValueError(f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})")
     ncol = max(1, len(colors))
+    if size is None:
+        size = 60000 / max(adata.n_obs, 1)
     if ax is None:
         legend_w = 2.2 if colors else 0.0
         fig, grid = plt.subplots(ncol, len(use), squeeze=False,
