@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     # ---- gene programs on pbmc68k_reduced
     t = time.time()
     gpt.tl.embed_genes(pb, source="cards")
-    gene_programs(pb, use_raw=True, seed=args.seed)
+    gene_programs(pb, use_raw=True, random_state=args.seed)
     info = pb.uns["genept_programs"]
     p = info["params"]
     sizes = sorted(info["sizes"].values(), reverse=True)
