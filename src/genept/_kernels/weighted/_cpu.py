@@ -6,16 +6,21 @@ container (numpy, scipy sparse, dask, h5py / anndata backed), then normalises ro
 
 CPU kernels (chosen per row block)
 ----------------------------------
-* **sparse**: each sub-block of ``_SUB_ROWS`` rows is compacted (in cache) to a CSR
+* **sparse**: each sub-block of ``_SPARSE_ROWS`` rows is compacted (in cache) to a CSR
   over the genes that have an embedding, then processed gene chunk by gene chunk: a
-  chunk's slab of ``E`` (``_SLAB_BYTES``, L2-resident) is shared by all rows of the
-  sub-block, and each row adds its non-zeros of that chunk into an accumulator the size
-  of one output row that stays in L1. Per non-zero the kernel reads one embedding row
-  from L2 and writes nothing, where scipy's CSR @ dense streams that row from memory
-  (and an earlier column-wise version of ours read and wrote an output row in L2).
-  Numba, ``nogil``, sub-blocks run on ``n_jobs`` threads. Each output element is summed
-  over genes in increasing order in float32, the order of scipy's CSR kernel on sorted
-  indices, so results are bitwise equal to ``scipy X @ E`` (float32) on canonical CSR.
+  chunk of ``_gene_chunk(d)`` genes of ``E`` (128 genes: 192 KiB at d=384, 768 KiB at
+  d=1536) stays in L2 for all rows of the sub-block, and each row adds its non-zeros of
+  that chunk to its output row 64 columns at a time, the 64 accumulators held in vector
+  registers across the non-zeros (:func:`._numba._axpy_segment`): per non-zero one load
+  of a 256-byte embedding segment from L2, a multiply and an add; the output row is read
+  and written once per chunk. The kernel is bound by L2 bandwidth (about 24-28 of the
+  32 bytes per cycle an AMD EPYC core reads from L2), where scipy's CSR @ dense streams
+  each embedding row from memory and our previous kernel also loaded and stored an L1
+  accumulator per non-zero (1.5-1.7x slower). Numba, ``nogil``, sub-blocks run on
+  ``n_jobs`` threads. Each output element is summed over genes in increasing order in
+  float32, multiply then add (never fused), the operations of scipy's CSR kernel on
+  sorted indices, so results are bitwise equal to ``scipy X @ E`` (float32) on
+  canonical CSR.
 * **dense**: the block is densified to the used genes only and multiplied with BLAS
   (float32 GEMM).
 
@@ -49,7 +54,16 @@ from ._plan import (
     _sub_ranges,
 )
 
-_SLAB_BYTES = 3 * 2**18  # gene chunk of E shared by a sub-block's rows: 768 KiB (~L2)
+_SLAB_BYTES = 3 * 2**18  # at most this much of E per gene chunk: 768 KiB (~L2)
+_SPARSE_ROWS = 512  # rows per sparse sub-block (one task of the thread pool)
+
+
+def _gene_chunk(d: int) -> int:
+    """Genes per chunk of the sparse kernel: 128 (192 KiB of ``E`` at d=384, 768 KiB at
+    d=1536; measured best of 48-512 on 2 cores with 512-row sub-blocks, whose output rows
+    share L2 with the chunk), more for small d (192 KiB), fewer above 1536 (768 KiB).
+    """
+    return min(max(128, 192 * 1024 // (4 * d)), max(16, _SLAB_BYTES // (4 * d)))
 
 
 def _dense_threshold(d: int) -> float:
@@ -120,7 +134,7 @@ def _cpu_block(
         out[:] = 0
         return "none"
     block = _as_block(block)
-    subs = _sub_ranges(n, _SUB_ROWS)
+    subs = _sub_ranges(n, _SPARSE_ROWS)
 
     if not sparse.issparse(block):
         # dense block: scan, then GEMM or CSR + sparse kernel
@@ -163,14 +177,12 @@ def _cpu_block(
 def _sparse_kernel(block, plan: _Plan, out, pool, subs) -> None:
     indptr, indices, data = block.indptr, block.indices, block.data
     Eu = plan.E_used
-    chunk = max(16, _SLAB_BYTES // (4 * plan.d))
+    chunk = _gene_chunk(plan.d)
 
     def work(rng):
         a, b = rng
         ip, ci, cv = _compact_csr(indptr[a : b + 1], indices, data, plan.colmap)
-        ptr = np.empty(b - a, np.int64)
-        acc = np.empty(plan.d, np.float32)
-        _spmm_gene_chunks(ip, ci, cv, Eu, out[a:b], chunk, ptr, acc)
+        _spmm_gene_chunks(ip, ci, cv, Eu, out[a:b], chunk, np.empty(b - a, np.int64))
 
     _pmap(pool, work, subs)
 
