@@ -86,3 +86,32 @@ def test_kernel_never_fuses_multiply_add():
     assert "fadd <64 x float>" in ir and "fmul <64 x float>" in ir
     assert "llvm.fma" not in ir and "fmuladd" not in ir
     assert "fadd fast" not in ir and "contract" not in ir
+
+
+def test_scan_fused_into_compaction_equals_separate_scan(monkeypatch):
+    """A block sparse for sure (non-zeros / (rows x used genes) under the threshold) is
+    scanned while compacted; one that needs the exact density is scanned first. Same
+    numbers, bitwise, weight sums included."""
+    X, E = _skewed(700, 400, 40, seed=5), _E(400, 48, seed=5, coverage=0.5)
+    used = np.any(E != 0, axis=1)
+    n_used = int(used.sum())
+    density = X[:, used].nnz / (X.shape[0] * n_used)  # exact, over used genes
+    bound = X.nnz / (X.shape[0] * n_used)  # what the fused path tests
+    assert density < 0.8 * bound
+    seen = []
+    real = cpu_mod._cpu_block
+    monkeypatch.setattr(cpu_mod, "_cpu_block", lambda *a, **k: seen.append(real(*a, **k)))
+    got = {}
+    for name, thr in {"scan first": (density + bound) / 2, "fused": 2.0}.items():
+        monkeypatch.setattr(cpu_mod, "_dense_threshold", lambda d, thr=thr: thr)
+        got[name] = weighted_embedding(X, E, normalize="none", device="cpu", show_progress=False)
+    assert seen and set(seen) == {"sparse"}
+    np.testing.assert_array_equal(got["fused"][0], got["scan first"][0])
+    np.testing.assert_array_equal(got["fused"][1], got["scan first"][1])
+    np.testing.assert_array_equal(got["fused"][0], (X @ E).astype(np.float32))
+    np.testing.assert_allclose(got["fused"][1], X[:, used].sum(axis=1).A1, rtol=1e-6)
+
+    Xn = X.copy()
+    Xn.data[3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        weighted_embedding(Xn, E, device="cpu", show_progress=False)

@@ -41,7 +41,13 @@ from typing import Any, Literal
 import numpy as np
 from scipy import sparse
 
-from ._numba import _compact_csr, _densify_used, _scan_csr, _scan_dense, _spmm_gene_chunks
+from ._numba import (
+    _compact_scan_csr,
+    _densify_used,
+    _scan_csr,
+    _scan_dense,
+    _spmm_gene_chunks,
+)
 from ._plan import (
     _SUB_ROWS,
     _as_block,
@@ -59,9 +65,11 @@ _SPARSE_ROWS = 512  # rows per sparse sub-block (one task of the thread pool)
 
 
 def _gene_chunk(d: int) -> int:
-    """Genes per chunk of the sparse kernel: 128 (192 KiB of ``E`` at d=384, 768 KiB at
-    d=1536; measured best of 48-512 on 2 cores with 512-row sub-blocks, whose output rows
-    share L2 with the chunk), more for small d (192 KiB), fewer above 1536 (768 KiB).
+    """Genes per chunk of the sparse kernel.
+
+    128 (192 KiB of ``E`` at d=384, 768 KiB at d=1536: measured best of 48-512 on 2
+    cores with 512-row sub-blocks, whose output rows share L2 with the chunk), more for
+    small d (192 KiB), fewer above d=1536 (768 KiB).
     """
     return min(max(128, 192 * 1024 // (4 * d)), max(16, _SLAB_BYTES // (4 * d)))
 
@@ -153,6 +161,13 @@ def _cpu_block(
         return "sparse"
 
     indptr, indices, data = block.indptr, block.indices, block.data
+    nnz_all = int(indptr[n]) - int(indptr[0])
+    if force == "sparse" or (
+        force is None and nnz_all < _dense_threshold(plan.d) * n * plan.n_used
+    ):
+        # sparse for sure (even if every non-zero were on a used gene): scan while compacting
+        res = _sparse_kernel(block, plan, out, pool, subs, wsum=wsum)
+        return _choose_kernel(res, stats, check=check, n=n, plan=plan, force="sparse")
 
     def scan(rng):
         a, b = rng
@@ -174,17 +189,24 @@ def _cpu_block(
     return "sparse"
 
 
-def _sparse_kernel(block, plan: _Plan, out, pool, subs) -> None:
+def _sparse_kernel(block, plan: _Plan, out, pool, subs, wsum=None) -> list:
+    """The sparse kernel over sub-blocks ``subs``.
+
+    With ``wsum``, also the scan (weight sums into ``wsum``; each sub-block's
+    ``(min, n_bad, nnz_used)`` returned), saving a pass over the block.
+    """
     indptr, indices, data = block.indptr, block.indices, block.data
     Eu = plan.E_used
     chunk = _gene_chunk(plan.d)
 
     def work(rng):
         a, b = rng
-        ip, ci, cv = _compact_csr(indptr[a : b + 1], indices, data, plan.colmap)
+        ws = wsum[a:b] if wsum is not None else np.empty(b - a)
+        ip, ci, cv, *res = _compact_scan_csr(indptr[a : b + 1], indices, data, plan.colmap, ws)
         _spmm_gene_chunks(ip, ci, cv, Eu, out[a:b], chunk, np.empty(b - a, np.int64))
+        return res
 
-    _pmap(pool, work, subs)
+    return _pmap(pool, work, subs)
 
 
 def _embed_cpu(

@@ -61,10 +61,12 @@ def _scan_dense(block, used_mask, wsum):  # pragma: no cover - numba
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
-def _compact_csr(indptr, indices, data, colmap):  # pragma: no cover - numba
-    """CSR (sub-)block -> CSR over the used genes only (columns renumbered, order kept).
+def _compact_scan_csr(indptr, indices, data, colmap, wsum):  # pragma: no cover - numba
+    """:func:`_compact_csr` and :func:`_scan_csr` in one pass over the (sub-)block.
 
-    Branch-free: every entry is written, the write position advances only for used genes.
+    Returns ``(ip, ci, cv, min_value, n_nonfinite, nnz_used)``; weight sums into ``wsum``.
+    Branch-free on the used/unused test: every entry is written, the write position
+    advances only for used genes.
     """
     n = indptr.size - 1
     lo = indptr[0]
@@ -72,15 +74,36 @@ def _compact_csr(indptr, indices, data, colmap):  # pragma: no cover - numba
     ip = np.empty(n + 1, np.int64)
     ci = np.empty(total, np.int32)
     cv = np.empty(total, np.float32)
+    vmin = np.inf
+    n_bad = 0
     m = 0
     ip[0] = 0
     for r in range(n):
+        s = 0.0
         for k in range(indptr[r], indptr[r + 1]):
+            v = data[k]
             c = colmap[indices[k]]
+            u = c >= 0
             ci[m] = c
-            cv[m] = data[k]
-            m += c >= 0
+            cv[m] = v
+            m += u
+            if not np.isfinite(v):
+                n_bad += 1
+                continue
+            if v < vmin:
+                vmin = v
+            s += v if u else 0.0
         ip[r + 1] = m
+        wsum[r] = s
+    return ip, ci, cv, vmin, n_bad, m
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _compact_csr(indptr, indices, data, colmap):  # pragma: no cover - numba
+    """CSR (sub-)block -> CSR over the used genes only (columns renumbered, order kept)."""
+    ip, ci, cv, _, _, _ = _compact_scan_csr(
+        indptr, indices, data, colmap, np.empty(indptr.size - 1)
+    )
     return ip, ci, cv
 
 
