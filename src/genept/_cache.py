@@ -35,8 +35,7 @@ def _valid(vec: np.ndarray) -> bool:
 
 
 class EmbeddingCache:
-    """A SQLite store of float32 text embeddings (public as
-    :class:`genept.encoders.EmbeddingCache`).
+    """A SQLite store of float32 text embeddings (public as :class:`genept.encoders.EmbeddingCache`).
 
     A table ``vectors`` of a :class:`~genept._core._store.KVStore` that is only a cache:
     a damaged file is moved aside and rebuilt. Rows are keyed by the encoder's

@@ -215,8 +215,7 @@ def as_gene_embeddings(obj: Any, *, allow_pickle: bool = False, **kw) -> GeneEmb
 
 
 def checked_varm(adata, key: str) -> np.ndarray:
-    """``adata.varm[key]`` as a finite float32 ``(n_vars, dim)`` array, or a clear error
-    (sparse, complex or non-numeric, zero-width, NaN/inf rows named by gene)."""
+    """``adata.varm[key]`` as a finite float32 ``(n_vars, dim)`` array, or a clear error (sparse, complex or non-numeric, zero-width, NaN/inf rows named by gene)."""
     from scipy import sparse
 
     V = adata.varm[key]

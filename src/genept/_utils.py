@@ -164,8 +164,7 @@ def renamed_arg(old: str, new: str, *, since: str = "0.2") -> Callable[[F], F]:
 
 
 def keyword_only(*names: str, since: str = "0.2") -> Callable[[F], F]:
-    """Accept the keyword-only parameters ``names`` also positionally, with a
-    :class:`FutureWarning` (for options that became keyword-only).
+    """Accept the keyword-only parameters ``names`` also positionally, with a :class:`FutureWarning` (for options that became keyword-only).
 
     Examples
     --------
@@ -228,9 +227,7 @@ def import_optional(module: str, *, extra: str, purpose: str):
 
 
 def _string_arrays_writable():
-    """With pandas >= 3 (string columns and ``obs_names`` are pandas string arrays),
-    let anndata releases that still refuse them by default write them; a no-op with
-    pandas 2, so files stay readable by old anndata."""
+    """With pandas >= 3 (string columns and ``obs_names`` are pandas string arrays), let anndata releases that still refuse them by default write them; a no-op with pandas 2, so files stay readable by old anndata."""
     import contextlib
 
     import anndata

@@ -68,13 +68,13 @@ def as_embedding_frame(emb: Any, *, gene_key: str = "X_genept") -> pd.DataFrame:
 @renamed_arg("seed", "random_state")
 def random_like(frame: pd.DataFrame, random_state: int = 0) -> pd.DataFrame:
     """The papers' negative control: Gaussian unit vectors, same genes and width, seeded.
+
     Parameters
     ----------
     frame
         Embeddings indexed by gene (:func:`as_embedding_frame`).
     random_state
         Seed of the Gaussian vectors.
-
 
     Examples
     --------

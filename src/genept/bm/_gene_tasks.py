@@ -371,13 +371,13 @@ def sample_negative_pairs(
 
 def pair_features(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
     """Sum of the two genes' embeddings per pair (order-free, as in GenePT).
+
     Parameters
     ----------
     frame
         Embeddings indexed by gene (:func:`as_embedding_frame`).
     pairs
         Columns ``gene1`` and ``gene2``; every gene must have an embedding.
-
 
     Examples
     --------

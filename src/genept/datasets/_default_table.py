@@ -1,6 +1,4 @@
-"""The shipped default gene-embedding table (issue 16): every human gene of the gene cards,
-embedded once by ``scripts/build_default_embeddings.py`` and stored in the package as int8
-codes with a float32 scale per row (``row = codes[i] * scale[i]``).
+"""The shipped default gene-embedding table (issue 16): every human gene of the gene cards, embedded once by ``scripts/build_default_embeddings.py`` and stored in the package as int8 codes with a float32 scale per row (``row = codes[i] * scale[i]``).
 
 The codes are memory-mapped, so looking up the genes of a dataset reads only their rows;
 the content hash (codes + scales) and the shapes are checked against the table's metadata
@@ -71,9 +69,7 @@ class DefaultTable:
         return int(self.codes.shape[1])
 
     def rows(self, genes) -> tuple[np.ndarray, np.ndarray]:
-        """``(found, matrix)``: a mask of the ``genes`` in the table and their float32
-        rows (zero rows for genes not found), decoded as ``codes * scale`` (and scaled to
-        unit length when the metadata says ``normalise_rows``)."""
+        """``(found, matrix)``: a mask of the ``genes`` in the table and their float32 rows (zero rows for genes not found), decoded as ``codes * scale`` (and scaled to unit length when the metadata says ``normalise_rows``)."""
         pos = self.genes.get_indexer(pd.Index(genes))
         found = pos >= 0
         out = np.zeros((len(pos), self.dim), dtype=np.float32)
@@ -91,8 +87,7 @@ class DefaultTable:
 
 
 def quantise(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes and float32 per-row scales: ``codes * scale`` approximates ``m``
-    (``scale = max|row| / 127``; an all-zero row gets scale 0)."""
+    """int8 codes and float32 per-row scales: ``codes * scale`` approximates ``m`` (``scale = max|row| / 127``; an all-zero row gets scale 0)."""
     m = np.asarray(m, dtype=np.float32)
     scale = (np.abs(m).max(axis=1) / 127.0).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -110,9 +105,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_table(folder: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None) -> dict:
-    """Quantise ``matrix`` (row ``i`` for ``genes[i]``) and write a table into ``folder``:
-    ``<stem>.npy`` (int8 codes), ``<stem>_scale.npy``, ``<stem>_genes.txt.gz`` and the
-    metadata ``<stem>.json`` (written last, each file atomically). Returns the metadata."""
+    """Quantise ``matrix`` (row ``i`` for ``genes[i]``) and write a table into ``folder``: ``<stem>.npy`` (int8 codes), ``<stem>_scale.npy``, ``<stem>_genes.txt.gz`` and the metadata ``<stem>.json`` (written last, each file atomically). Returns the metadata."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     genes = [str(g) for g in genes]

@@ -287,8 +287,7 @@ class _Source:
 
 
 def _fingerprint(path: Path, edge: int = 1 << 16) -> str | None:
-    """Size, modification time and the first and last 64 KiB of a file (the end of a zip
-    holds its directory with every member's CRC), hashed; ``None`` if it is not a file."""
+    """Size, modification time and the first and last 64 KiB of a file (the end of a zip holds its directory with every member's CRC), hashed; ``None`` if it is not a file."""
     try:
         st = path.stat()
         if not path.is_file():

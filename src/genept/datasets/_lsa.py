@@ -1,5 +1,4 @@
-"""TF-IDF + truncated SVD (latent semantic analysis) of gene-card texts: genept's default
-gene embedding (issue 16; chosen in ``benchmarks/default_gene_embeddings.py``).
+"""TF-IDF + truncated SVD (latent semantic analysis) of gene-card texts: genept's default gene embedding (issue 16; chosen in ``benchmarks/default_gene_embeddings.py``).
 
 The shipped table holds ``Y = X V`` (the SVD scores, before L2 normalisation) for every
 human gene of the cards, where ``X`` is the TF-IDF matrix of the card texts and ``V`` the
@@ -87,8 +86,7 @@ class LsaProjector:
 
 
 def lsa_encoder(table=None):
-    """A :class:`~genept.encoders.TextEncoder` projecting texts into the space of the shipped
-    LSA table (the fallback for genes missing from it; cached under the table's hash).
+    """A :class:`~genept.encoders.TextEncoder` projecting texts into the space of the shipped LSA table (the fallback for genes missing from it; cached under the table's hash).
 
     The projector is built on first use from the table and the ``card_nosym`` texts of its
     genes (about a minute on one core: the TF-IDF vectoriser is refitted).

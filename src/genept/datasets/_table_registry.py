@@ -45,8 +45,7 @@ TABLE_REGISTRY: dict[str, dict] = {
 
 
 def write_archive(path: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None) -> str:
-    """Write a table archive (``.npz``: int8 ``codes``, float32 ``scale``, ``genes``, JSON
-    ``meta``) for the registry; returns its sha256."""
+    """Write a table archive (``.npz``: int8 ``codes``, float32 ``scale``, ``genes``, JSON ``meta``) for the registry; returns its sha256."""
     import hashlib
 
     from ._default_table import content_sha256, genes_sha256, quantise

@@ -1,5 +1,4 @@
-"""Models used by genept: scGPT's cell encoder (loaded without the ``scgpt`` package) and
-the scMPT fusion classifier.
+"""Models used by genept: scGPT's cell encoder (loaded without the ``scgpt`` package) and the scMPT fusion classifier.
 
 Names load on first use: :class:`ScMPTParams` and :class:`ScMPTModel` do not import torch
 until a model is trained or loaded; the scGPT names do.

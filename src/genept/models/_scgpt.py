@@ -203,8 +203,7 @@ class ScGPTCheckpoint:
 
 
 def read_scgpt_vocab(path: str | os.PathLike) -> dict[str, int]:
-    """scGPT's ``vocab.json`` (token -> id), with ``<pad>``, ``<cls>``, ``<eoc>`` appended
-    when missing, as ``embed_data`` does (``GeneVocab.append_token``)."""
+    """scGPT's ``vocab.json`` (token -> id), with ``<pad>``, ``<cls>``, ``<eoc>`` appended when missing, as ``embed_data`` does (``GeneVocab.append_token``)."""
     with open(path) as f:
         vocab = json.load(f)
     if not isinstance(vocab, dict):

@@ -67,8 +67,7 @@ def _sample_rows(X, n: int = _SAMPLE_ROWS, windows: int = _SAMPLE_WINDOWS):
 
 
 def _looks_like_counts(X) -> bool:
-    """Whether a sample of rows spread over ``X`` holds only non-negative integers with
-    large values (raw counts)."""
+    """Whether a sample of rows spread over ``X`` holds only non-negative integers with large values (raw counts)."""
     parts = [s.data if sparse.issparse(s) else np.asarray(s).ravel() for s in _sample_rows(X)]
     data = np.concatenate(parts) if parts else np.zeros(0)
     if data.size == 0 or not np.isfinite(data).all():

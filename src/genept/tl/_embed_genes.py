@@ -21,8 +21,7 @@ __all__ = ["embed_genes", "uns_key_for"]
 
 
 def uns_key_for(key_added: str) -> str:
-    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key
-    (kept for callers; the rule lives in :func:`genept._core._keys.uns_key`)."""
+    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key (kept for callers; the rule lives in :func:`genept._core._keys.uns_key`)."""
     return uns_key(key_added)
 
 
@@ -46,8 +45,7 @@ def _gene_names(adata: AnnData, gene_symbols: str | None) -> tuple[pd.Index, np.
 
 
 def _mouse_check(names: pd.Index, missing: np.ndarray, source_genes: pd.Index) -> bool:
-    """True when most names look like mouse symbols (the aliases are human); warns unless
-    the source is itself mouse-like (the user's own mouse table)."""
+    """True when most names look like mouse symbols (the aliases are human); warns unless the source is itself mouse-like (the user's own mouse table)."""
     mouse = mouse_like(list(names))
     n = int((~missing).sum())
     if n == 0 or mouse[~missing].sum() <= _MOUSE_SHARE * n:
@@ -88,8 +86,7 @@ _QUIET_TEXTS = 300
 
 
 def _encode(encoder: TextEncoder, texts: pd.Series, batch_size, cache, show_progress) -> np.ndarray:
-    """``encoder.encode`` of ``texts``; above :data:`_QUIET_TEXTS` uncached texts, the first
-    batch is encoded alone and timed, and the count and estimated time are logged first."""
+    """``encoder.encode`` of ``texts``; above :data:`_QUIET_TEXTS` uncached texts, the first batch is encoded alone and timed, and the count and estimated time are logged first."""
     import time
 
     from ..encoders import default_cache

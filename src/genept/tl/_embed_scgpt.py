@@ -73,8 +73,7 @@ __all__ = [
 
 
 def _digitize(x: np.ndarray, bins: np.ndarray, rng) -> np.ndarray:
-    """``scgpt.preprocess._digitize(side="both")``: a value equal to several edges gets a
-    uniformly random bin among them. ``rng.random(n)`` replaces ``np.random.rand(n)``."""
+    """``scgpt.preprocess._digitize(side="both")``: a value equal to several edges gets a uniformly random bin among them. ``rng.random(n)`` replaces ``np.random.rand(n)``."""
     left = np.digitize(x, bins)
     right = np.digitize(x, bins, right=True)
     rands = rng.random(len(x))

@@ -54,8 +54,7 @@ _MAX_RESOLUTION = 20.0  # the paper's value, reached at 30,000 genes
 
 
 def default_resolution(n_genes: int) -> float:
-    """Leiden resolution for a graph of ``n_genes`` genes: 1 up to 1,500 genes, then
-    growing linearly to the paper's 20 at 30,000 genes.
+    """Leiden resolution for a graph of ``n_genes`` genes: 1 up to 1,500 genes, then growing linearly to the paper's 20 at 30,000 genes.
 
     RBConfiguration's resolution is relative to the graph's size: at a fixed value,
     programs of a fixed size merge as the graph grows (on 30,000 genes with 300 planted

@@ -85,8 +85,7 @@ def sentence_plan(
     encoder: Any = None,
     max_tokens: int | None = None,
 ) -> SentencePlan:
-    """The words of the genes and, with an encoder, their token budget: the one entry point
-    of the cell-sentence pipeline (words, then tokens, then :func:`build_sentences`).
+    """The words of the genes and, with an encoder, their token budget: the one entry point of the cell-sentence pipeline (words, then tokens, then :func:`build_sentences`).
 
     Parameters
     ----------
@@ -242,8 +241,7 @@ def _iter_sentence_genes(
     random_state: int | None,
     block_rows: int | None,
 ):
-    """``(start, stop, indptr, idx)`` per row block: the genes of each cell's sentence, in
-    sentence order (ranked, cut to ``n_genes`` and the budget, shuffled if asked).
+    """``(start, stop, indptr, idx)`` per row block: the genes of each cell's sentence, in sentence order (ranked, cut to ``n_genes`` and the budget, shuffled if asked).
 
     The text-free half of :func:`_build`: a token-id gather can map ``idx`` through
     per-gene token ids instead of writing and re-tokenizing the text.

@@ -124,8 +124,7 @@ def _splitmix64(x):  # pragma: no cover - jit
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _shuffle_rows(indptr, idx, seed, row_offset):  # pragma: no cover - jit
-    """Permute each row's entries in place, Fisher-Yates with draws hashed from
-    ``(seed, global row, j)``.
+    """Permute each row's entries in place, Fisher-Yates with draws hashed from ``(seed, global row, j)``.
 
     The permutation of a cell depends on the seed and the cell's row number only, not on
     the block size or the number of threads.

@@ -62,8 +62,7 @@ def inmemory_csr(X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def block_bounds(indptr: np.ndarray, *, block_nnz: int, max_rows: int) -> list[tuple[int, int]]:
-    """Row ranges of at most ``block_nnz`` non-zeros (one row may exceed it) and
-    ``max_rows`` rows each."""
+    """Row ranges of at most ``block_nnz`` non-zeros (one row may exceed it) and ``max_rows`` rows each."""
     n = indptr.shape[0] - 1
     out, a = [], 0
     base = int(indptr[0])
@@ -159,8 +158,7 @@ class BlockCompute:
         self.nbad = torch.zeros((), dtype=torch.int64, device=mm.dev)
 
     def __call__(self, ptr, idx, val, rows: int, *, remapped: bool = False, use_sparse=False):
-        """``ptr`` int64 (rows + 1, from 0), ``idx`` gene (or, ``remapped``, used-gene)
-        indices, ``val`` fp32. Returns ``(emb fp32 (rows, d), weight sums fp64 (rows,))``."""
+        """``ptr`` int64 (rows + 1, from 0), ``idx`` gene (or, ``remapped``, used-gene) indices, ``val`` fp32. Returns ``(emb fp32 (rows, d), weight sums fp64 (rows,))``."""
         import torch
 
         mm, dev = self.mm, self.mm.dev
@@ -236,8 +234,7 @@ class _Slot:
 
 
 def _prefault(arr: np.ndarray, run, threads: int) -> list[Future]:
-    """Touch every page of a fresh output array from the pool (the kernel zero-fills
-    pages at first touch: done in parallel, ahead of the copies, not inside them)."""
+    """Touch every page of a fresh output array from the pool (the kernel zero-fills pages at first touch: done in parallel, ahead of the copies, not inside them)."""
     flat = arr.reshape(-1)
     step = max(1, 4096 // flat.itemsize)
     return [run(_touch, flat, p, q, step) for p, q in _split(0, flat.size, threads, align=step)]
@@ -293,8 +290,7 @@ def embed_csr_stream(
         return pool.submit(fn, *a)
 
     def stage(j: int):
-        """Block ``j`` into its slot, by the pool; the copies first wait for the slot's
-        previous upload (a CUDA event, normally long done)."""
+        """Block ``j`` into its slot, by the pool; the copies first wait for the slot's previous upload (a CUDA event, normally long done)."""
         a, b = bounds[j]
         slot = slots[j % N_SLOTS]
         gate, slot.event = slot.event, None

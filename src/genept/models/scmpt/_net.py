@@ -17,8 +17,7 @@ __all__ = ["FusionNet", "make_net", "predict", "val_loss"]
 
 
 class FusionNet(nn.Module):
-    """Branches ``in_dims[i] -> hidden[0] -> ... -> hidden[-1]`` (ReLU), concatenated, then a
-    linear layer to ``n_classes`` logits."""
+    """Branches ``in_dims[i] -> hidden[0] -> ... -> hidden[-1]`` (ReLU), concatenated, then a linear layer to ``n_classes`` logits."""
 
     def __init__(self, in_dims: Sequence[int], hidden: Sequence[int], n_classes: int):
         super().__init__()

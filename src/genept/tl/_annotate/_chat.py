@@ -1,5 +1,4 @@
-"""The chat side of LLM annotation: prompts, prices, the reply parser, the reply cache
-and the chat client (scMPT section 3.3, appendix A.3)."""
+"""The chat side of LLM annotation: prompts, prices, the reply parser, the reply cache and the chat client (scMPT section 3.3, appendix A.3)."""
 
 from __future__ import annotations
 
@@ -146,8 +145,7 @@ def check_template(template: str, fields: set[str], name: str) -> None:
 
 
 class ReplyCache:
-    """Chat replies in the SQLite key-value store, keyed by a hash of
-    (model, server identity, messages, options).
+    """Chat replies in the SQLite key-value store, keyed by a hash of (model, server identity, messages, options).
 
     The server identity (:func:`genept._core._openai.server_identity`: host, port and
     path, no credentials) is part of the key, so two servers serving one model name
@@ -198,8 +196,7 @@ def _reply_text(resp: Any) -> str:
 
 
 class Chat:
-    """Chat completions with the reply cache, token usage and :mod:`genept._core._openai`'s
-    retries and redaction."""
+    """Chat completions with the reply cache, token usage and :mod:`genept._core._openai`'s retries and redaction."""
 
     def __init__(
         self, *, model, api_key, base_url, temperature, max_tokens, timeout, max_retries, cache

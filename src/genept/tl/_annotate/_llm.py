@@ -1,5 +1,4 @@
-"""LLM annotation: a generative model picks each cell's label from candidates given its
-cell sentence (scMPT sections 3.3 and 4.2, the two-stage flow of appendix A.3)."""
+"""LLM annotation: a generative model picks each cell's label from candidates given its cell sentence (scMPT sections 3.3 and 4.2, the two-stage flow of appendix A.3)."""
 
 from __future__ import annotations
 
