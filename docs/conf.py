@@ -16,11 +16,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _sync_tutorials() -> None:
-    """Copy the tutorial sources of ``tutorials/`` into ``docs/tutorials/``.
+    """Copy the tutorial notebooks of ``tutorials/`` into ``docs/tutorials/``.
 
-    The MyST notebooks live at the repository root, next to the code, where users open
-    them (Jupyter with jupytext, or any editor); the docs build renders and executes a
-    copy. ``docs/tutorials/`` is generated (gitignored), so no file is kept twice, no
+    The ``.ipynb`` notebooks (outputs stripped) live at the repository root, next to the
+    code, where users open them in Jupyter; the docs build renders and executes a copy
+    with myst-nb. ``docs/tutorials/`` is generated (gitignored), so no file is kept twice, no
     symlink is needed (Windows, sdists, Read the Docs), and a plain ``sphinx-build``
     works. Files are copied only when their content changed, keeping their times, so
     Sphinx's incremental build and the notebook execution cache stay valid.
