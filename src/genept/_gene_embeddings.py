@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._utils import is_text_column
+
 __all__ = ["GeneEmbeddings", "checked_varm", "read_gene_embeddings"]
 
 
@@ -193,7 +195,7 @@ def read_gene_embeddings(
 
 
 def _first_col_index(df: pd.DataFrame) -> pd.DataFrame:
-    if df.index.dtype == object or (isinstance(df.index, pd.Index) and not isinstance(df.index, pd.RangeIndex)):
+    if is_text_column(df.index) or not isinstance(df.index, pd.RangeIndex):
         return df
     return df.set_index(df.columns[0])
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._gene_embeddings import GeneEmbeddings, as_gene_embeddings
+from ._utils import is_text_column
 
 __all__ = ["TEXT_LEVELS", "TEXT_SOURCES", "GeneSource", "resolve_source"]
 
@@ -207,7 +208,7 @@ def resolve_source(
         )
     # user texts: a mapping / Series of strings
     if isinstance(source, pd.Series) and (
-        source.dtype == object and source.map(lambda v: isinstance(v, str)).all()
+        is_text_column(source) and source.map(lambda v: isinstance(v, str)).all()
     ):
         source = source.to_dict()
     if isinstance(source, Mapping) and source and all(isinstance(v, str) for v in source.values()):

@@ -226,6 +226,19 @@ def import_optional(module: str, *, extra: str, purpose: str):
         ) from e
 
 
+def is_text_column(values) -> bool:
+    """Whether a column or index holds strings (object, ``str`` or categorical dtype).
+
+    pandas >= 3 stores strings as its ``str`` dtype, not ``object``.
+    """
+    dtype = getattr(values, "dtype", None)
+    return dtype is not None and (
+        pd.api.types.is_object_dtype(dtype)
+        or isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_string_dtype(dtype)
+    )
+
+
 def _string_arrays_writable():
     """With pandas >= 3 (string columns and ``obs_names`` are pandas string arrays), let anndata releases that still refuse them by default write them; a no-op with pandas 2, so files stay readable by old anndata."""
     import contextlib

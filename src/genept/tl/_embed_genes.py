@@ -14,7 +14,7 @@ from scanpy import logging as logg
 from .._core._keys import sanitize_params, uns_key
 from .._gene_matching import build_alias_maps, is_missing_name, match_genes, mouse_like
 from .._gene_sources import DEFAULT_MODEL, TEXT_LEVELS, resolve_source
-from .._utils import check_adata, get_var_names, write_results
+from .._utils import check_adata, get_var_names, is_text_column, write_results
 from ..encoders import TextEncoder, get_encoder
 
 __all__ = ["embed_genes", "uns_key_for"]
@@ -67,8 +67,7 @@ def _mouse_check(names: pd.Index, missing: np.ndarray, source_genes: pd.Index) -
 def _no_match_error(names: pd.Index, adata: AnnData, source_genes: pd.Index, gene_symbols):
     examples = ", ".join(map(str, names[:5]))
     source_ex = ", ".join(map(str, source_genes[:5]))
-    cols = [c for c in adata.var.columns if adata.var[c].dtype == object or
-            isinstance(adata.var[c].dtype, pd.CategoricalDtype)]
+    cols = [c for c in adata.var.columns if is_text_column(adata.var[c])]
     hint = (
         f" Pass gene_symbols= one of the var columns {cols} holding gene symbols?"
         if cols and gene_symbols is None

@@ -55,6 +55,7 @@ from .._utils import (
     check_adata,
     get_matrix,
     get_var_names,
+    is_text_column,
     renamed_arg,
     write_results,
 )
@@ -242,11 +243,7 @@ def match_scgpt_vocab(names: pd.Index, vocab: dict[str, int]) -> np.ndarray:
 
 def _no_match_error(names: pd.Index, adata: AnnData, vocab: dict[str, int], gene_col, use_raw):
     var = adata.raw.var if use_raw else adata.var
-    cols = [
-        c
-        for c in var.columns
-        if var[c].dtype == object or isinstance(var[c].dtype, pd.CategoricalDtype)
-    ]
+    cols = [c for c in var.columns if is_text_column(var[c])]
     hint = (
         f" Pass gene_col= one of the var columns {cols} holding gene symbols?"
         if cols and gene_col is None
