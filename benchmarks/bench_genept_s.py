@@ -22,6 +22,7 @@ fp16/bf16; H100/H200 SXM: 989).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
     counts, budget = token_budget(enc, words)
     ptr, genes = _ranked_cells(adata.raw.X, args.cells)
     ptr, genes = truncate_to_budget(ptr, genes, counts, budget=budget)
-    texts = [" ".join(words[genes[a:b]]) for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+    texts = [" ".join(words[genes[a:b]]) for a, b in itertools.pairwise(ptr)]
     model = enc.model
     table = enc.word_table(words)
     lens = table.lengths(ptr, genes)
