@@ -195,7 +195,7 @@ def gene_umap(
             anchor = np.array([(x, y + 0.025 * span[1]) for x, y, _ in texts])
             pos = _spread_labels(anchor, [t for _, _, t in texts], span * [1.0, 0.8])
             for (x, y, t), (px, py) in zip(texts, pos, strict=True):
-                ax.annotate(t, (x, y), xytext=(px, py), fontsize=7, ha="center", va="center",
+                ax.annotate(t, (x, y), xytext=(px, py), fontsize=8, ha="center", va="center",
                             zorder=4, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
         default_title = f"{int(has.sum())} gene embeddings: gene sets"
     elif color == "program":
