@@ -100,7 +100,8 @@ def gene_umap(
     to the program's mean embedding): the programs of :func:`genept.tl.gene_programs`
     when ``adata.var[program_key]`` holds them, otherwise Leiden clusters of the
     gene-embedding kNN graph that the UMAP is built on. ``genes=`` highlights gene sets
-    of your own instead.
+    of your own instead. The view holds the central 99 % of the genes on each axis; the
+    x label counts the few outlying genes left outside it.
 
     Parameters
     ----------
@@ -258,9 +259,17 @@ def gene_umap(
             ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2,
                       title=color)
         default_title = f"{int(has.sum())} gene embeddings"
+    # a few far-away genes (isolated in the kNN graph) would shrink the rest to a corner:
+    # the view holds the central 99 % of genes on each axis, with a margin
+    lo, hi = np.quantile(xy, 0.005, axis=0), np.quantile(xy, 0.995, axis=0)
+    pad = 0.08 * (hi - lo)
+    outside = int((((xy < lo - pad) | (xy > hi + pad)).any(axis=1)).sum())
+    if outside:
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel("UMAP1")
+    ax.set_xlabel("UMAP1" + (f" ({outside} outlying genes outside the view)" if outside else ""))
     ax.set_ylabel("UMAP2")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
