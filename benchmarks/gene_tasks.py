@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     enc = get_encoder(None)
     embs = {}
     for name, level in (("cards", "card"), ("name", "name")):
-        texts = card_text(cards, universe, level=level)
+        texts = card_text(cards, universe, text_level=level)
         M = enc.encode(list(texts), desc=f"{name} texts")
         embs[name] = pd.DataFrame(M, index=pd.Index(universe))
     embs["random"] = random_like(embs["cards"], random_state=args.seed)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
             if level == "card":  # cards only for markers already embedded (keeps the run short)
                 genes &= set(universe)
             genes = sorted(genes)
-            E = pd.DataFrame(enc.encode(list(card_text(cards, genes, level=level)), desc=f"markers {name}"),
+            E = pd.DataFrame(enc.encode(list(card_text(cards, genes, text_level=level)), desc=f"markers {name}"),
                              index=pd.Index(genes))
             r = marker_similarity(E, mk, cell_types=immune)
             rows.append({"embedding": name, **r.attrs["summary"], "cell types": len(r), "markers": len(genes)})

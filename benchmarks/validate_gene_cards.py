@@ -66,7 +66,7 @@ def texts_for(level: str, lab, cards, symbols, max_terms: int) -> list[str]:
         src = resolve_source("cards", model=None, text_level="summary")
         out = src.texts_of(pd.Index(symbols[found]))
     else:
-        out = card_text(cards, symbols[found], level=level, max_terms=max_terms)
+        out = card_text(cards, symbols[found], text_level=level, max_terms=max_terms)
     texts[found] = out.to_numpy()
     return [t if isinstance(t, str) else g for t, g in zip(texts, lab["gene_name"], strict=True)]
 

@@ -403,7 +403,7 @@ def test_replaced_local_archive_is_reconverted(tmp_path):
 
 
 def test_card_text_symbols_alone():
-    t = gpt.datasets.card_text(["CD3E", "NOT_A_GENE"], level="name_full")
+    t = gpt.datasets.card_text(["CD3E", "NOT_A_GENE"], text_level="name_full")
     assert t["CD3E"] == "CD3E (CD3 epsilon subunit of T-cell receptor complex)"
     assert t.isna()["NOT_A_GENE"]
     assert gpt.datasets.card_text("CD3E").iloc[0].startswith("Gene CD3E (")

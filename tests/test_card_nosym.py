@@ -9,7 +9,7 @@ from genept.datasets._card_variants import card_nosym_text
 def test_card_nosym_drops_symbol_and_aliases_keeps_the_rest():
     cards = gpt.datasets.gene_cards()
     genes = ["TP53", "PSMB2", "NOT_A_GENE"]
-    full = gpt.datasets.card_text(cards, genes, level="card")
+    full = gpt.datasets.card_text(cards, genes, text_level="card")
     nosym = card_nosym_text(cards, genes)
     assert list(nosym.index) == genes
     assert nosym.isna()["NOT_A_GENE"]

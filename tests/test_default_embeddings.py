@@ -355,7 +355,6 @@ def test_missing_genes_are_projected_and_cached(tmp_path, monkeypatch):
     import hashlib
 
     from genept._gene_sources import _cards
-    from genept.datasets import _default_table
     from genept.datasets._card_variants import card_nosym_text
     from genept.datasets._lsa import fit_lsa
 
@@ -365,7 +364,7 @@ def test_missing_genes_are_projected_and_cached(tmp_path, monkeypatch):
     write_table(tmp_path / "t", genes, fit_lsa(texts, 16, seed=0), {"normalise_rows": True,
                                                                     "text_sha256": sha})
     small = load_table(tmp_path / "t")
-    monkeypatch.setattr(_default_table, "default_table", lambda: small)
+    monkeypatch.setattr(gpt.datasets, "default_table", lambda: small)  # the public face
     warned = []
     monkeypatch.setattr("genept.tl._embed_genes.logg.warning", lambda m, *a, **k: warned.append(m))
     a = _adata(["CD3E", "MS4A1", "CD3D"])  # MS4A1 is not in the small table
@@ -443,7 +442,7 @@ def test_card_text_level_card_nosym_is_the_table_text():
 
     cards = gpt.datasets.gene_cards()
     genes = ["TP53", "CD3E", "NOT_A_GENE"]
-    got = gpt.datasets.card_text(cards, genes, level="card_nosym")
+    got = gpt.datasets.card_text(cards, genes, text_level="card_nosym")
     want = card_nosym_text(cards, genes)
     assert got.iloc[:2].tolist() == want.iloc[:2].tolist() and got.isna().tolist() == [False, False, True]
     assert got["TP53"].startswith("Gene tumor protein p53 is a protein-coding gene.")

@@ -70,7 +70,7 @@ def test_cards_source_with_encoder_only_embeds_needed_genes():
     adata = make_adata(["CD3E", "MS4A1", "cd3e"])
     gpt.tl.embed_genes(adata, source="cards", model=enc)
     assert len(enc.seen) == 2  # CD3E once, MS4A1 once
-    texts = gpt.datasets.card_text(gpt.datasets.gene_cards(), ["CD3E", "MS4A1"], level="card")
+    texts = gpt.datasets.card_text(gpt.datasets.gene_cards(), ["CD3E", "MS4A1"], text_level="card")
     np.testing.assert_array_equal(adata.varm["X_genept"][0], enc._encode([texts["CD3E"]])[0])
     np.testing.assert_array_equal(adata.varm["X_genept"][0], adata.varm["X_genept"][2])
     assert adata.uns["genept"]["params"]["text_level"] == "card"

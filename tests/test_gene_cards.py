@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genept.datasets._gene_cards import CARD_LEVELS, card_text, gene_cards
+from genept.datasets import TEXT_LEVELS, card_text, gene_cards
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_shared_symbol_prefers_protein_coding(cards):
     hbd = cards.loc[["HBD"]]
     assert len(hbd) == 2
     assert hbd["gene_type"].iloc[0] == "protein-coding"
-    assert card_text(cards, ["HBD"], level="name_full")["HBD"] == "HBD (hemoglobin subunit delta)"
+    assert card_text(cards, ["HBD"], text_level="name_full")["HBD"] == "HBD (hemoglobin subunit delta)"
 
 
 def test_returns_copy():
@@ -78,10 +78,10 @@ def test_returns_copy():
 
 def test_text_levels(cards):
     genes = ["CD3E", "TP53"]
-    name = card_text(cards, genes, level="name")
+    name = card_text(cards, genes, text_level="name")
     assert name.tolist() == genes
     assert list(name.index) == genes
-    full = card_text(cards, genes, level="name_full")
+    full = card_text(cards, genes, text_level="name_full")
     assert full["CD3E"] == "CD3E (CD3 epsilon subunit of T-cell receptor complex)"
     card = card_text(cards, genes)  # default level "card"
     text = card["TP53"]
@@ -96,7 +96,7 @@ def test_text_levels(cards):
     for section in ["Molecular functions: ", "Biological processes: ", "Cellular components: "]:
         assert section in text
     assert text.endswith(".")
-    assert set(CARD_LEVELS) == {"name", "name_full", "card", "card_nosym"}
+    assert TEXT_LEVELS == ("name", "name_full", "summary", "card", "card_nosym")
 
 
 def test_card_without_go_terms(cards):
@@ -135,7 +135,7 @@ def test_aliases_capped_in_card(cards):
     n = cards["aliases"].str.count(r"\|") + 1
     gene = n.idxmax()
     assert n[gene] > 10
-    text = card_text(cards, [gene], level="card")[gene]
+    text = card_text(cards, [gene], text_level="card")[gene]
     named = text.split("also known as ")[1].split(", is a ")[0].split(", ")
     assert named == cards.loc[gene, "aliases"].split("|")[:10]
 
@@ -147,7 +147,7 @@ def test_missing_genes_are_nan(cards):
 
 
 def test_resolve_aliases(cards):
-    out = card_text(cards, ["MT-ND1", "P53", "CD3E", "NOT_A_GENE"], level="name",
+    out = card_text(cards, ["MT-ND1", "P53", "CD3E", "NOT_A_GENE"], text_level="name",
                     resolve_aliases=True)  # fmt: skip
     assert out.tolist()[:3] == ["ND1", "TP53", "CD3E"]
     assert np.isnan(out["NOT_A_GENE"])
@@ -155,14 +155,14 @@ def test_resolve_aliases(cards):
 
 def test_all_symbols_and_subsets(cards):
     sub = cards.loc[["CD3E", "TP53"]]
-    out = card_text(sub, level="name")
+    out = card_text(sub, text_level="name")
     assert out.tolist() == ["CD3E", "TP53"]
-    assert card_text(sub, "CD3E", level="name").tolist() == ["CD3E"]
+    assert card_text(sub, "CD3E", text_level="name").tolist() == ["CD3E"]
 
 
 def test_bad_arguments(cards):
-    with pytest.raises(ValueError, match="unknown level"):
-        card_text(cards, ["TP53"], level="summary")
+    with pytest.raises(ValueError, match="unknown text_level 'paragraph'"):
+        card_text(cards, ["TP53"], text_level="paragraph")
     with pytest.raises(ValueError, match="max_terms"):
         card_text(cards, ["TP53"], max_terms=-1)
     with pytest.raises(ValueError, match="lacks the columns"):
@@ -177,3 +177,18 @@ def test_bad_organism(organism):
 
 def test_organism_synonyms():
     assert len(gene_cards("Homo sapiens")) == len(gene_cards("human"))
+
+
+def test_one_vocabulary_of_text_levels(cards):
+    """card_text and embed_genes share TEXT_LEVELS; ``level=`` still works, with a warning."""
+    import genept as gpt
+
+    assert gpt.datasets.TEXT_LEVELS is TEXT_LEVELS
+    card = card_text(cards, ["TP53"], text_level="card")["TP53"]
+    summary = card_text(cards, ["TP53"], text_level="summary")["TP53"]
+    # the card without aliases and gene type: its functional sentences, unchanged
+    assert summary.startswith("Gene TP53 (tumor protein p53). Molecular functions: ")
+    assert card.endswith(summary.split(". ", 1)[1]) and "also known as" not in summary
+    with pytest.warns(FutureWarning, match="text_level"):
+        old = card_text(cards, ["TP53"], level="summary")
+    assert old["TP53"] == summary

@@ -161,7 +161,7 @@ def test_gene_selection_and_errors():
     gene_programs(a, threshold=0.8, genes=list(a.var_names[truth == 1]))
     assert a.uns["genept_programs"]["params"]["n_programs"] == 1
     with pytest.raises(KeyError, match="varm"):
-        gene_programs(a, key="X_nope")
+        gene_programs(a, gene_key="X_nope")
     with pytest.raises(KeyError, match=r"not in adata\.var_names"):
         gene_programs(a, genes=["nope"])
     # nothing half-written on error
@@ -178,3 +178,14 @@ def test_leiden_seeded_and_min_size():
     assert _partition(lab) == {frozenset({0, 1, 2}), frozenset({3, 4, 5})}
     assert lab[6] == -1
     assert (leiden_programs(7, i, j, min_size=4) == -1).all()
+
+
+def test_gene_key_name():
+    """One varm key name (gene_key, as embed_cells); key= still works, with a FutureWarning."""
+    a, _ = _planted()
+    a.varm["X_mine"] = a.varm["X_genept"]
+    new = gene_programs(a, gene_key="X_mine", threshold=0.8, random_state=3, copy=True)
+    with pytest.warns(FutureWarning, match="gene_key"):
+        old = gene_programs(a, key="X_mine", threshold=0.8, random_state=3, copy=True)
+    pd.testing.assert_series_equal(old.var["genept_program"], new.var["genept_program"])
+    assert new.uns["genept_programs"]["params"]["gene_key"] == "X_mine"

@@ -11,9 +11,7 @@
   ``genept.pp._cell_sentences``); ``genept._core`` and the top-level private modules are
   the shared plumbing everyone may use.
 
-Each check collects *all* offenders. Offenders in files still being reworked by other
-owners make the check xfail (listing them) instead of failing; offenders in the house
-engineer's files (``pl``, the CLI, the ``__init__`` files) fail.
+Each check collects *all* offenders and fails listing them.
 """
 
 from __future__ import annotations
@@ -37,11 +35,6 @@ SRC = Path(gpt.__file__).resolve().parent
 SUBPACKAGES = ["pp", "tl", "pl", "bm", "datasets", "encoders", "models"]
 HEAVY = ("torch", "sentence_transformers", "openai", "sklearn", "matplotlib.pyplot")
 
-#: files whose offenders fail the test (the rest xfail, listing them)
-OWNED = re.compile(r"^(pl/|cli\.py|_demo\.py|_utils\.py|__init__\.py|[a-z]+/__init__\.py|"
-                   r"_core/_(progress|keys|docs|lazy)\.py)")
-
-
 def _public_functions():
     out = []
     for sub in SUBPACKAGES:
@@ -58,12 +51,10 @@ def _source_file(fn) -> str:
 
 
 def _report(offenders: dict[str, str], what: str) -> None:
-    """Fail on offenders in owned files; xfail (listing them) on the others' files."""
-    mine = {k: v for k, v in offenders.items() if OWNED.match(v.split(":")[0])}
-    assert not mine, f"{what}:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(mine.items()))
-    if offenders:
-        pytest.xfail(f"{len(offenders)} {what} in files reworked by other owners:\n"
-                     + "\n".join(f"  {k} ({v})" for k, v in sorted(offenders.items())))
+    """Fail, listing every offender."""
+    assert not offenders, f"{len(offenders)} {what}:\n" + "\n".join(
+        f"  {k}: {v}" for k, v in sorted(offenders.items())
+    )
 
 
 # ------------------------------------------------------------------ lazy imports

@@ -62,7 +62,7 @@ def run_demo(out: str | os.PathLike = "genept_demo", *, model: str | None = None
     p = adata.uns["genept"]["params"]
     dt = time.perf_counter() - t
     _say(
-        f"[2] gene embeddings ({p['model']}, {p['dim']}-d, text level {p['text_level']}): "
+        f"[2] gene embeddings ({p['model']}, {p['dim']}-d, text level {p.get('text_level', 'none')}): "
         f"{p['n_genes_matched']}/{p['n_genes_total']} genes matched in {dt:.1f} s"
     )
     cov = pd.DataFrame(

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ._gene_embeddings import GeneEmbeddings, as_gene_embeddings
 from ._utils import is_text_column
+from .datasets import TEXT_LEVELS
 
 __all__ = ["TEXT_LEVELS", "TEXT_SOURCES", "GeneSource", "resolve_source"]
 
@@ -18,14 +19,13 @@ __all__ = ["TEXT_LEVELS", "TEXT_SOURCES", "GeneSource", "resolve_source"]
 TEXT_SOURCES = ("cards", "ncbi", "ncbi_uniprot", "name")
 #: precomputed sources
 PRECOMPUTED_SOURCES = ("genept",)
-#: the paper's three levels of gene text (appendix A), and the card without symbol and
-#: aliases (``"card_nosym"``, gene cards only; the text of the shipped default table)
-TEXT_LEVELS = ("name", "summary", "card", "card_nosym")
+#: the levels of gene text: one vocabulary, :data:`genept.datasets.TEXT_LEVELS` (the
+#: paper's three of appendix A, ``"name_full"`` and ``"card_nosym"`` of the gene cards)
+#: levels that only the gene cards have
+CARD_ONLY_LEVELS = ("name_full", "card_nosym")
 #: the shipped default: TF-IDF + SVD (LSA) of the ``card_nosym`` gene cards (issue 16)
 DEFAULT_MODEL = "lsa"
 DEFAULT_TEXT_LEVEL = "card_nosym"
-#: the first sentence of a gene card: "Gene SYM (full name) is a protein-coding gene."
-_CARD_HEAD = r"^Gene (\S+ \(.*?\))(?:, also known as .*?,)? is an? [\w -]+ gene\."
 #: models of the precomputed GenePT embeddings
 GENEPT_MODELS = {
     "ada-002": "ada-002",
@@ -136,13 +136,12 @@ def resolve_source(
     """
     if (isinstance(source, str) and source == "cards" and model in (None, DEFAULT_MODEL)
             and text_level in (None, DEFAULT_TEXT_LEVEL)):
-        from .datasets import card_text
-        from .datasets._default_table import default_table
+        from .datasets import card_text, default_table
 
         cards = _cards()
         table = default_table()
         return GeneSource("cards", pd.Index(cards.index),
-                          texts=lambda genes: card_text(cards, genes, level=DEFAULT_TEXT_LEVEL),
+                          texts=lambda genes: card_text(cards, genes, text_level=DEFAULT_TEXT_LEVEL),
                           text_level=DEFAULT_TEXT_LEVEL, model=DEFAULT_MODEL, table=table)
     if model == DEFAULT_MODEL:
         raise ValueError(
@@ -153,9 +152,9 @@ def resolve_source(
     text_level = "card" if text_level is None else text_level
     if text_level not in TEXT_LEVELS:
         raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
-    if text_level == "card_nosym" and source != "cards":
+    if text_level in CARD_ONLY_LEVELS and source != "cards":
         raise ValueError(
-            "text_level='card_nosym' (the gene card without symbol and aliases) exists only for "
+            f"text_level={text_level!r} (a level of the gene cards) exists only for "
             f"source='cards', not {source!r}; use 'name', 'summary' or 'card'"
         )
     if isinstance(source, str) and source in PRECOMPUTED_SOURCES:
@@ -177,10 +176,7 @@ def resolve_source(
             level = "name" if source == "name" else text_level
 
             def texts(genes: pd.Index) -> pd.Series:
-                out = card_text(cards, genes, level="card" if level == "summary" else level)
-                if level == "summary":  # the functional text without the gene-type metadata
-                    out = out.str.replace(_CARD_HEAD, r"Gene \1.", n=1, regex=True)
-                return out
+                return card_text(cards, genes, text_level=level)
 
             return GeneSource(source, pd.Index(cards.index), texts=texts, text_level=level)
         from .datasets import ncbi_summaries

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core._lazy import attach
+from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
-    from ._gene_cards import card_text, gene_cards
+    from ._default_table import default_table
+    from ._gene_cards import TEXT_LEVELS, card_text, gene_cards
     from ._genept_zenodo import genept_embeddings, ncbi_summaries
 
-# name -> module it lives in; imported on first access (one line per public name)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "card_text": "._gene_cards",
-        "gene_cards": "._gene_cards",
-        "genept_embeddings": "._genept_zenodo",
-        "ncbi_summaries": "._genept_zenodo",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -85,6 +85,15 @@ class DefaultTable:
             out[found] = rows
         return found, out
 
+    def encoder(self):
+        """A :class:`~genept.encoders.TextEncoder` projecting texts into this table (LSA fold-in).
+
+        Used for genes missing from the table; cached under the table's hash.
+        """
+        from ._lsa import lsa_encoder
+
+        return lsa_encoder(self)
+
 
 def quantise(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 codes and float32 per-row scales: ``codes * scale`` approximates ``m`` (``scale = max|row| / 127``; an all-zero row gets scale 0)."""
@@ -210,5 +219,24 @@ def load_table(folder: str | os.PathLike | None = None, *, verify: bool = True) 
 
 @lru_cache(maxsize=1)
 def default_table() -> DefaultTable:
-    """The package's table, opened and verified once per session."""
+    """The gene embedding table shipped with genept, opened and verified once per session.
+
+    TF-IDF + truncated SVD (LSA, 384 components) of the gene cards without symbol and
+    aliases (``text_level="card_nosym"``), stored as int8 codes with a scale per row and
+    checked against the sha256 of its metadata. :func:`genept.tl.embed_genes` uses it by
+    default; see ``docs/embeddings.md`` for how it was chosen.
+
+    Returns
+    -------
+    The table: ``genes`` (symbols), ``dim``, ``meta`` and ``rows(genes)`` (a mask of the
+    genes found and their float32 vectors).
+
+    Examples
+    --------
+    >>> import genept as gpt
+    >>> table = gpt.datasets.default_table()
+    >>> found, vectors = table.rows(["CD3E", "NOT_A_GENE"])
+    >>> found.tolist(), vectors.shape[1] == table.dim
+    ([True, False], True)
+    """
     return load_table()

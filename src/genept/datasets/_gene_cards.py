@@ -15,14 +15,23 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["CARD_LEVELS", "card_text", "gene_cards"]
+from .._utils import renamed_arg
+
+__all__ = ["CARD_LEVELS", "TEXT_LEVELS", "card_text", "gene_cards"]
 
 _DATA = {"human": "gene_cards_human.tsv.gz"}
 _ALIASES = {"human": "human", "homo sapiens": "human", "hsapiens": "human", "9606": "human"}
 
-#: text levels understood by :func:`card_text` (``"card_nosym"``: the card without symbol
-#: and aliases, the text of the shipped default gene embeddings)
-CARD_LEVELS = ("name", "name_full", "card", "card_nosym")
+#: the levels of gene text, one vocabulary for :func:`card_text` and
+#: :func:`genept.tl.embed_genes` (``text_level=``): ``"name"`` the symbol; ``"name_full"``
+#: symbol and full name; ``"summary"`` the functional text (GenePT's NCBI summary; of a
+#: card: symbol, full name and GO terms); ``"card"`` the full card; ``"card_nosym"`` the
+#: card without symbol and aliases (the text of the shipped default gene embeddings)
+TEXT_LEVELS = ("name", "name_full", "summary", "card", "card_nosym")
+#: the levels a gene card is written at: all of them (kept name)
+CARD_LEVELS = TEXT_LEVELS
+#: the first sentence of a card: "Gene SYM (full name), also known as ..., is a ... gene."
+_CARD_HEAD = r"^Gene (\S+ \(.*?\))(?:, also known as .*?,)? is an? [\w -]+ gene\."
 
 _ONTOLOGY_LABELS = {
     "go_bp": "Biological processes",
@@ -129,10 +138,11 @@ def _card(row: pd.Series, max_terms: int) -> str:
     return text
 
 
+@renamed_arg("level", "text_level")
 def card_text(
     cards: pd.DataFrame | Iterable[str] | str | None = None,
     symbols: Iterable[str] | None = None,
-    level: Literal["name", "name_full", "card", "card_nosym"] = "card",
+    text_level: Literal["name", "name_full", "summary", "card", "card_nosym"] = "card",
     *,
     max_terms: int = 15,
     resolve_aliases: bool = False,
@@ -147,11 +157,17 @@ def card_text(
     symbols
         Gene symbols to describe, in the order wanted; ``None``: every symbol of
         ``cards``.
-    level
+    text_level
+        One of :data:`TEXT_LEVELS` (``level=`` is accepted with a :class:`FutureWarning`):
+
         ``"name"``
             the symbol alone, ``"TP53"``;
         ``"name_full"``
             symbol and full name, ``"TP53 (tumor protein p53)"``;
+        ``"summary"``
+            the functional text without aliases and gene type: ``"Gene TP53 (tumor
+            protein p53). Molecular functions: ..."`` (what GenePT's NCBI summaries are
+            for genes of the paper's table);
         ``"card"``
             the full card: symbol, full name, aliases (at most 10), gene type and
             GO terms, ``"Gene TP53 (tumor protein p53), also known as BCC7, …,
@@ -180,12 +196,12 @@ def card_text(
     --------
     >>> import genept as gpt
     >>> cards = gpt.datasets.gene_cards()
-    >>> texts = gpt.datasets.card_text(cards, ["CD3E", "NOT_A_GENE"], level="name_full")
+    >>> texts = gpt.datasets.card_text(cards, ["CD3E", "NOT_A_GENE"], text_level="name_full")
     >>> texts["CD3E"]
     'CD3E (CD3 epsilon subunit of T-cell receptor complex)'
     >>> bool(texts.isna()["NOT_A_GENE"])
     True
-    >>> gpt.datasets.card_text(["CD3E"], level="name")["CD3E"]  # symbols alone
+    >>> gpt.datasets.card_text(["CD3E"], text_level="name")["CD3E"]  # symbols alone
     'CD3E'
     """
     if not isinstance(cards, pd.DataFrame):
@@ -198,7 +214,7 @@ def card_text(
                     "alone: card_text(cards, ['CD3E']) or card_text(['CD3E'])"
                 )
             if isinstance(symbols, str):  # card_text(["CD3E"], "name"): the level
-                level = symbols
+                text_level = symbols
             symbols = cards
             cards = gene_cards("human")
         else:
@@ -206,8 +222,8 @@ def card_text(
                 f"`cards` must be the table of gpt.datasets.gene_cards() or gene symbols, got "
                 f"{type(cards).__name__}"
             )
-    if level not in CARD_LEVELS:
-        raise ValueError(f"unknown level {level!r}; choose one of {CARD_LEVELS}")
+    if text_level not in TEXT_LEVELS:
+        raise ValueError(f"unknown text_level {text_level!r}; choose one of {TEXT_LEVELS}")
     if max_terms < 0:
         raise ValueError(f"max_terms must be >= 0, got {max_terms}")
     missing_cols = {"symbol", "name", "gene_type", *_CARD_SECTIONS} - set(cards.columns)
@@ -229,18 +245,21 @@ def card_text(
     found = rows["symbol"].notna().to_numpy()
 
     out = np.full(len(symbols), np.nan, dtype=object)
-    if level == "card_nosym":
+    if text_level == "card_nosym":
         from ._card_variants import _card_nosym
 
         out[found] = [_card_nosym(row, max_terms) for _, row in rows[found].iterrows()]
-    elif level == "name":
+    elif text_level == "name":
         out[found] = rows["symbol"].to_numpy()[found]
-    elif level == "name_full":
+    elif text_level == "name_full":
         sub = rows[found]
         out[found] = (sub["symbol"] + " (" + sub["name"] + ")").to_numpy()
     else:
         out[found] = [_card(row, max_terms) for _, row in rows[found].iterrows()]
-    return pd.Series(out, index=symbols, name=f"text_{level}")
+        if text_level == "summary":  # the functional text without the gene-type sentence
+            text = pd.Series(out[found], dtype=object)
+            out[found] = text.str.replace(_CARD_HEAD, r"Gene \1.", n=1, regex=True).to_numpy()
+    return pd.Series(out, index=symbols, name=f"text_{text_level}")
 
 
 def _resolve(cards: pd.DataFrame, symbols: pd.Index) -> pd.Index:

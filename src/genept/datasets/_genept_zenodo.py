@@ -27,6 +27,7 @@ import numpy as np
 
 from .._gene_embeddings import GeneEmbeddings
 from .._settings import settings
+from ._fetch import check_file, retrieve
 
 __all__ = ["genept_embeddings", "ncbi_summaries"]
 
@@ -220,52 +221,22 @@ class _Source:
         return self._zip
 
     def _check_local(self, path: Path) -> Path:
-        from pooch.hashes import file_hash, hash_algorithm
-
         if not path.is_file():
             raise FileNotFoundError(f"no GenePT archive at {path}")
         if self.known_hash is not None:
-            alg = hash_algorithm(self.known_hash)
-            got = file_hash(str(path), alg=alg)
-            if got.lower() != self.known_hash.split(":")[-1].lower():
-                raise ValueError(
-                    f"{path} failed its hash check (expected {self.known_hash}, got {alg}:{got}); "
-                    "the file was left in place: download it again or check known_hash"
-                )
+            check_file(path, self.known_hash, hint="download it again or check known_hash")
         return path
 
     def _download(self) -> Path:
-        import pooch
-        import requests
-
         name = PurePosixPath(unquote(urlsplit(self.url).path)).name or ZIP_NAME
         if self.url != ZIP_URL:
             name = f"{self.tag}_{name}"
-        downloader = None
-        if self.url.startswith(("http://", "https://")):
-            downloader = pooch.HTTPDownloader(progressbar=self.progress, timeout=60)
-        try:
-            path = pooch.retrieve(
-                self.url,
-                known_hash=self.known_hash,
-                fname=name,
-                path=self.folder,
-                downloader=downloader,
-                progressbar=self.progress,
-            )
-        except ValueError as e:
-            if "hash" not in str(e).lower():
-                raise
-            raise ValueError(
-                f"download of {self.url} failed its hash check (expected {self.known_hash}); "
-                "the bad file was removed; retry or check the url"
-            ) from None
-        except requests.exceptions.RequestException as e:
-            raise OSError(
-                f"could not download the GenePT archive from {self.url} ({e}); check the "
-                "network, or download it yourself and pass url=<path of the .zip>"
-            ) from e
-        return Path(path)
+        return retrieve(
+            self.url, known_hash=self.known_hash, fname=name, path=self.folder,
+            progress=self.progress,
+            hint="check the network, or download the GenePT archive yourself and pass "
+            "url=<path of the .zip>",
+        )
 
     def open_member(self, member: str):
         """A binary stream of ``member`` (found with or without the archive's folder)."""

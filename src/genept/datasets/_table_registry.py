@@ -19,6 +19,7 @@ import numpy as np
 
 from .._settings import settings
 from ._default_table import DefaultTable, DefaultTableError, load_table, write_table
+from ._fetch import check_file, retrieve
 
 __all__ = ["TABLES_URL_ENV", "TABLE_REGISTRY", "fetch_table"]
 
@@ -135,8 +136,6 @@ def fetch_table(
     >>> table = fetch_table("minilm_card", url="https://example.org/tables/")  # doctest: +SKIP
     >>> found, rows = table.rows(["CD3E", "TP53"])  # doctest: +SKIP
     """
-    import pooch
-
     entry = _registry_entry(name, registry)
     sha = str(entry["sha256"]).lower()
     base = Path(settings.cache_dir / "tables" if cache_dir is None else cache_dir).expanduser()
@@ -156,30 +155,17 @@ def fetch_table(
         )
     downloads = base / "downloads"
     if "://" not in url or url.startswith("file://"):  # a local folder: checked in place
-        from pooch.hashes import file_hash
-
         src = Path(url.removeprefix("file://")).expanduser() / entry["file"]
         if not src.is_file():
             raise FileNotFoundError(f"no file {src} for the precomputed table {name!r}")
-        if file_hash(str(src), alg="sha256").lower() != sha:
-            raise DefaultTableError(
-                f"{src} failed its sha256 check (expected {sha}); it was left in place: replace it "
-                "with the published file"
-            )
+        check_file(src, f"sha256:{sha}", error=DefaultTableError,
+                   hint="replace it with the published file")
         _unpack(src, folder, sha)
         return load_table(folder)
     url = url.rstrip("/") + "/" + entry["file"]
     show = settings.progress if progress is None else bool(progress)
-    try:
-        path = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=entry["file"], path=downloads,
-                              progressbar=show)
-    except ValueError as e:
-        if "hash" not in str(e).lower():
-            raise
-        raise DefaultTableError(
-            f"download of {url} failed its sha256 check (expected {sha}): the file is truncated or "
-            "was tampered with and has been removed; retry, or check the URL"
-        ) from None
+    path = retrieve(url, known_hash=f"sha256:{sha}", fname=entry["file"], path=downloads,
+                    progress=show, error=DefaultTableError)
     try:
         _unpack(Path(path), folder, sha)
     finally:

@@ -17,12 +17,8 @@ from .._gene_sources import DEFAULT_MODEL, TEXT_LEVELS, resolve_source
 from .._utils import check_adata, get_var_names, is_text_column, write_results
 from ..encoders import TextEncoder, get_encoder
 
-__all__ = ["embed_genes", "uns_key_for"]
+__all__ = ["embed_genes"]
 
-
-def uns_key_for(key_added: str) -> str:
-    """``"X_genept"`` -> ``"genept"``: the ``uns``/``var`` prefix of a ``varm`` key (kept for callers; the rule lives in :func:`genept._core._keys.uns_key`)."""
-    return uns_key(key_added)
 
 
 @lru_cache(maxsize=1)
@@ -269,8 +265,6 @@ def embed_genes(
         found, vectors = src.table.rows(needed)
         model_name = DEFAULT_MODEL
         if not found.all():
-            from ..datasets._lsa import lsa_encoder
-
             absent = needed[~found]
             logg.warning(
                 f"{len(absent)} genes are not in the shipped default table "
@@ -278,7 +272,7 @@ def embed_genes(
                 "their card texts into it (rebuild the table with "
                 "`python scripts/build_default_embeddings.py`)"
             )
-            vectors[~found] = _encode(lsa_encoder(src.table), src.texts_of(absent),
+            vectors[~found] = _encode(src.table.encoder(), src.texts_of(absent),
                                       batch_size, cache, show_progress)
     elif src.embeddings is not None:
         pos = pd.Index(src.embeddings.genes).get_indexer(needed)
@@ -316,7 +310,7 @@ def embed_genes(
     params = {
         "source": src.name,
         "model": str(model_name),
-        "text_level": str(src.text_level or "none"),
+        "text_level": src.text_level,  # None (a table of vectors) is left out
         "dim": dim,
         "n_genes_matched": int(has.sum()),
         "n_genes_total": len(names),

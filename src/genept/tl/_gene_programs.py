@@ -307,11 +307,12 @@ def _model_of(adata: AnnData, key: str) -> str | None:
     return str(p["model"]) if isinstance(p, dict) and "model" in p else None
 
 
+@renamed_arg("key", "gene_key")
 @renamed_arg("seed", "random_state")
 def gene_programs(
     adata: AnnData,
     *,
-    key: str = "X_genept",
+    gene_key: str = "X_genept",
     threshold: float | None = None,
     quantile: float | None = None,
     resolution: float | None = None,
@@ -327,7 +328,7 @@ def gene_programs(
     """Gene programs: Leiden communities of the cosine graph of gene embeddings.
 
     Two genes are joined when the cosine similarity of their embeddings
-    (``adata.varm[key]``) exceeds the threshold; the graph is clustered with Leiden
+    (``adata.varm[gene_key]``) exceeds the threshold; the graph is clustered with Leiden
     (RBConfiguration, seeded) and communities of at least ``min_size`` genes are kept
     (GenePT section 4.1 and appendix B.4). Each cell is scored by the mean expression of
     each program's genes.
@@ -340,8 +341,9 @@ def gene_programs(
     adata
         Data with gene embeddings (:func:`genept.tl.embed_genes`) and normalised,
         log-transformed expression (for the scores).
-    key
-        ``varm`` key of the gene embeddings.
+    gene_key
+        ``varm`` key of the gene embeddings (the name :func:`embed_cells` uses;
+        ``key=`` still works, with a FutureWarning).
     threshold
         Cosine similarity above which two genes are joined. Default: the value calibrated
         for the embedding model in :data:`PAPER_THRESHOLDS` (0.9 for ada-002, the paper's),
@@ -401,9 +403,9 @@ def gene_programs(
     """
     check_adata(adata)
     start = logg.info("computing gene programs")
-    if key not in adata.varm:
+    if gene_key not in adata.varm:
         raise KeyError(
-            f"adata.varm has no {key!r}; run gpt.tl.embed_genes(adata) first "
+            f"adata.varm has no {gene_key!r}; run gpt.tl.embed_genes(adata) first "
             f"(varm keys: {list(adata.varm.keys())})"
         )
     if threshold is not None and quantile is not None:
@@ -419,19 +421,19 @@ def gene_programs(
         )
     if quantile is not None and not (np.isfinite(quantile) and 0.0 < quantile < 1.0):
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    E_all = checked_varm(adata, key)
+    E_all = checked_varm(adata, gene_key)
     has = np.abs(E_all).sum(axis=1) > 0
-    prefix = uns_key(key)
+    prefix = uns_key(gene_key)
     if f"{prefix}_has_embedding" in adata.var:
         has &= adata.var[f"{prefix}_has_embedding"].to_numpy(dtype=bool)
     sel = _gene_mask(adata, genes) & has
     idx = np.flatnonzero(sel)
     if len(idx) < 2:
         raise ValueError(
-            f"only {len(idx)} selected genes have an embedding in varm[{key!r}]; need at least 2"
+            f"only {len(idx)} selected genes have an embedding in varm[{gene_key!r}]; need at least 2"
         )
     E = E_all[idx]
-    model = _model_of(adata, key)
+    model = _model_of(adata, gene_key)
     if threshold is not None:
         thr, how = float(threshold), "given"
     elif quantile is None and model in PAPER_THRESHOLDS:
@@ -481,7 +483,7 @@ def gene_programs(
     lab[idx[labels >= 0]] = [names[k] for k in labels[labels >= 0]]
     var_col = pd.Categorical(lab, categories=names)
     params: dict[str, Any] = {
-        "key": key,
+        "gene_key": gene_key,
         "model": model or "unknown",
         "threshold": float(thr),
         "threshold_source": how,
