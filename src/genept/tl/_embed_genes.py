@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._core._docs import doc_adata, doc_copy, doc_params
 from .._core._keys import sanitize_params, uns_key
 from .._gene_matching import build_alias_maps, is_missing_name, match_genes, mouse_like
 from .._gene_sources import DEFAULT_MODEL, TEXT_LEVELS, resolve_source
@@ -126,6 +127,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+@doc_params(doc_adata=doc_adata, doc_copy=doc_copy)
 def embed_genes(
     adata: AnnData,
     source: Any = "cards",
@@ -149,9 +151,8 @@ def embed_genes(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix; ``var_names`` (or ``var[gene_symbols]``) are gene symbols
-        or Ensembl ids.
+    {doc_adata}
+        ``var_names`` (or ``var[gene_symbols]``) are gene symbols or Ensembl ids.
     source
         Where embeddings come from:
 
@@ -202,8 +203,7 @@ def embed_genes(
         Allow reading a user-supplied pickle file (it can run code; only for files you trust).
     show_progress
         Progress bar (default ``genept.settings.progress``).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {doc_copy}
 
     Returns
     -------

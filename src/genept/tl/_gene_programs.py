@@ -24,6 +24,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._core._blocks import check_block_rows, iter_row_blocks
+from .._core._docs import doc_adata, doc_copy, doc_params, doc_random_state
 from .._core._keys import sanitize_params, uns_key
 from .._gene_embeddings import checked_varm
 from .._utils import check_adata, get_matrix, get_var_names, renamed_arg, write_results
@@ -307,6 +308,7 @@ def _model_of(adata: AnnData, key: str) -> str | None:
     return str(p["model"]) if isinstance(p, dict) and "model" in p else None
 
 
+@doc_params(doc_adata=doc_adata, doc_copy=doc_copy, doc_random_state=doc_random_state)
 @renamed_arg("key", "gene_key")
 @renamed_arg("seed", "random_state")
 def gene_programs(
@@ -338,8 +340,8 @@ def gene_programs(
 
     Parameters
     ----------
-    adata
-        Data with gene embeddings (:func:`genept.tl.embed_genes`) and normalised,
+    {doc_adata}
+        With gene embeddings (:func:`genept.tl.embed_genes`) and normalised,
         log-transformed expression (for the scores).
     gene_key
         ``varm`` key of the gene embeddings (the name :func:`embed_cells` uses;
@@ -371,14 +373,12 @@ def gene_programs(
         log-transformed data. Scaled data (negative values) gives means of z-scores and
         a warning. With ``use_raw=True`` the program genes are looked up by name in
         ``adata.raw.var_names``, which must then be unique.
-    random_state
-        Leiden seed and the sample used to estimate a quantile on many genes (``seed=``
-        still works, with a FutureWarning).
+    {doc_random_state}
+        Here: Leiden and the sample used to estimate a quantile on many genes.
     key_added
         ``var`` key of the program labels; ``uns`` gets ``f"{key_added}s"`` and ``obsm``
         ``f"{key_added}_scores"``.
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {doc_copy}
 
     Returns
     -------
