@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 
-from ._gene_cards import _CARD_SECTIONS, _ONTOLOGY_LABELS, _resolve, _split
+from ._gene_cards import _go_sections, card_text
 
 __all__ = ["CARD_VARIANTS", "card_nosym_text"]
 
@@ -23,15 +22,7 @@ CARD_VARIANTS = ("card_nosym",)
 
 
 def _card_nosym(row: pd.Series, max_terms: int) -> str:
-    text = f"Gene {row['name']} is a {row['gene_type']} gene."
-    sections = [
-        f"{_ONTOLOGY_LABELS[col]}: {', '.join(terms)}"
-        for col in _CARD_SECTIONS
-        if (terms := _split(row[col], max_terms))
-    ]
-    if sections:
-        text += " " + "; ".join(sections) + "."
-    return text
+    return f"Gene {row['name']} is a {row['gene_type']} gene." + _go_sections(row, max_terms)
 
 
 def card_nosym_text(
@@ -74,22 +65,6 @@ def card_nosym_text(
     >>> card_nosym_text(cards, ["TP53"])["TP53"][:49]
     'Gene tumor protein p53 is a protein-coding gene. '
     """
-    if max_terms < 0:
-        raise ValueError(f"max_terms must be >= 0, got {max_terms}")
-    missing_cols = {"symbol", "name", "gene_type", *_CARD_SECTIONS} - set(cards.columns)
-    if missing_cols:
-        raise ValueError(
-            f"`cards` lacks the columns {sorted(missing_cols)}; pass the table of gene_cards()"
-        )
-    unique = cards[~cards.index.duplicated(keep="first")]
-    if symbols is None:
-        symbols = unique.index
-    elif isinstance(symbols, str):
-        symbols = [symbols]
-    symbols = pd.Index(list(symbols), dtype=object)
-    keys = _resolve(unique, symbols) if resolve_aliases else symbols
-    rows = unique.reindex(keys)
-    found = rows["symbol"].notna().to_numpy()
-    out = np.full(len(symbols), np.nan, dtype=object)
-    out[found] = [_card_nosym(row, max_terms) for _, row in rows[found].iterrows()]
-    return pd.Series(out, index=symbols, name="text_card_nosym")
+    return card_text(cards, symbols, text_level="card_nosym", max_terms=max_terms,
+                     resolve_aliases=resolve_aliases)
+

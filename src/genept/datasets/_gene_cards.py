@@ -123,19 +123,21 @@ def _split(value, max_terms: int) -> list[str]:
     return value.split("|")[:max_terms]
 
 
-def _card(row: pd.Series, max_terms: int) -> str:
-    text = f"Gene {row['symbol']} ({row['name']})"
-    if aliases := _split(row["aliases"], _MAX_ALIASES):
-        text += f", also known as {', '.join(aliases)},"
-    text += f" is a {row['gene_type']} gene."
+def _go_sections(row: pd.Series, max_terms: int) -> str:
+    """`` Molecular functions: a, b; Biological processes: c; ...`` (``""`` without GO terms)."""
     sections = [
         f"{_ONTOLOGY_LABELS[col]}: {', '.join(terms)}"
         for col in _CARD_SECTIONS
         if (terms := _split(row[col], max_terms))
     ]
-    if sections:
-        text += " " + "; ".join(sections) + "."
-    return text
+    return " " + "; ".join(sections) + "." if sections else ""
+
+
+def _card(row: pd.Series, max_terms: int) -> str:
+    text = f"Gene {row['symbol']} ({row['name']})"
+    if aliases := _split(row["aliases"], _MAX_ALIASES):
+        text += f", also known as {', '.join(aliases)},"
+    return text + f" is a {row['gene_type']} gene." + _go_sections(row, max_terms)
 
 
 @renamed_arg("level", "text_level")
