@@ -16,7 +16,7 @@ CPU kernels (chosen per row block)
   and written once per chunk. The kernel is bound by L2 bandwidth (about 24-28 of the
   32 bytes per cycle an AMD EPYC core reads from L2), where scipy's CSR @ dense streams
   each embedding row from memory and our previous kernel also loaded and stored an L1
-  accumulator per non-zero (1.5-1.7x slower). Numba, ``nogil``, sub-blocks run on
+  accumulator per non-zero (1.7-2.1x slower). Numba, ``nogil``, sub-blocks run on
   ``n_jobs`` threads. Each output element is summed over genes in increasing order in
   float32, multiply then add (never fused), the operations of scipy's CSR kernel on
   sorted indices, so results are bitwise equal to ``scipy X @ E`` (float32) on
