@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core._lazy import attach
+from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
     from ._confusion import confusion_matrix
@@ -12,14 +12,5 @@ if TYPE_CHECKING:
     from ._genes import gene_umap
     from ._programs import gene_programs
 
-# name -> module it lives in; imported on first access (one line per public name)
-__getattr__, __dir__, __all__ = attach(
-    __name__,
-    attrs={
-        "bm_results": "._embeddings",
-        "confusion_matrix": "._confusion",
-        "embeddings": "._embeddings",
-        "gene_programs": "._programs",
-        "gene_umap": "._genes",
-    },
-)
+# the names above, imported on first access
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)
