@@ -25,10 +25,16 @@ def gene_universe(data: Path, cards: pd.DataFrame, extra=(), cap: int = 6000, se
     add(dos["gene_name"].astype(str))
     add(extra)
     ggi = data / "gene_tasks" / "gene2vec_ggi"
-    te = pd.read_csv(ggi / "test_text.txt", sep=r"\s+", header=None, dtype=str, keep_default_na=False)
+    te = pd.read_csv(
+        ggi / "test_text.txt", sep=r"\s+", header=None, dtype=str, keep_default_na=False
+    )
     add(sorted(set(te[0]) | set(te[1])))
-    tr = pd.read_csv(ggi / "train_text.txt", sep=r"\s+", header=None, dtype=str, keep_default_na=False)
-    hu = pd.read_csv(data / "ppi" / "HuRI_genenames.tsv", sep="\t", header=None, dtype=str, keep_default_na=False)
+    tr = pd.read_csv(
+        ggi / "train_text.txt", sep=r"\s+", header=None, dtype=str, keep_default_na=False
+    )
+    hu = pd.read_csv(
+        data / "ppi" / "HuRI_genenames.tsv", sep="\t", header=None, dtype=str, keep_default_na=False
+    )
     rest = sorted((set(tr[0]) | set(tr[1]) | set(hu[0]) | set(hu[1])) - seen)
     rng = np.random.default_rng(seed)
     add(rng.permutation(np.array(rest, dtype=object)).tolist())

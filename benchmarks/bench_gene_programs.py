@@ -30,8 +30,9 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 
-def go_enrichment(programs: list[np.ndarray], universe: np.ndarray, *, alpha: float = 0.05,
-                  seed: int = 0) -> tuple[float, float]:
+def go_enrichment(
+    programs: list[np.ndarray], universe: np.ndarray, *, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Share of ``programs`` (arrays of symbols) enriched for a GO biological process of the
     gene cards, and the same share for random same-size sets drawn from ``universe``."""
     import pandas as pd
@@ -86,17 +87,21 @@ def real_case(path: str, seed: int = 0) -> None:
         a = ad.read_h5ad(path)
     else:
         df = pd.read_csv(path, index_col=0)
-        a = ad.AnnData(sparse.csr_matrix(df.to_numpy(np.float32)),
-                       obs=pd.DataFrame(index=df.index.astype(str)),
-                       var=pd.DataFrame(index=df.columns.astype(str)))
+        a = ad.AnnData(
+            sparse.csr_matrix(df.to_numpy(np.float32)),
+            obs=pd.DataFrame(index=df.index.astype(str)),
+            var=pd.DataFrame(index=df.columns.astype(str)),
+        )
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
     print(f"{a.n_obs} cells x {a.n_vars} genes, read in {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
     gpt.tl.embed_genes(a)
     p = a.uns["genept"]["params"]
-    print(f"embed_genes (default: {p['model']}, {p['text_level']}): {time.perf_counter() - t:.2f} s, "
-          f"{p['n_genes_matched']} genes matched")
+    print(
+        f"embed_genes (default: {p['model']}, {p['text_level']}): {time.perf_counter() - t:.2f} s, "
+        f"{p['n_genes_matched']} genes matched"
+    )
     t = time.perf_counter()
     gpt.tl.gene_programs(a, random_state=seed)
     dt = time.perf_counter() - t
@@ -106,10 +111,12 @@ def real_case(path: str, seed: int = 0) -> None:
     universe = a.var_names[a.var["genept_has_embedding"].to_numpy(bool)].to_numpy(dtype=object)
     real, rand = go_enrichment(programs, universe, seed=seed)
     in_prog = sum(len(m) for m in programs)
-    print(f"gene_programs: {dt:.1f} s; threshold {gp['threshold']:.3f} ({gp['threshold_source']}), "
-          f"{gp['n_edges']} edges, resolution {gp['resolution']:.1f}: {gp['n_programs']} programs, "
-          f"{in_prog} of {gp['n_genes']} genes in a program; GO-BP enriched: {100 * real:.0f}% of "
-          f"programs vs {100 * rand:.0f}% of random same-size sets")
+    print(
+        f"gene_programs: {dt:.1f} s; threshold {gp['threshold']:.3f} ({gp['threshold_source']}), "
+        f"{gp['n_edges']} edges, resolution {gp['resolution']:.1f}: {gp['n_programs']} programs, "
+        f"{in_prog} of {gp['n_genes']} genes in a program; GO-BP enriched: {100 * real:.0f}% of "
+        f"programs vs {100 * rand:.0f}% of random same-size sets"
+    )
 
 
 def main(argv=None) -> None:
@@ -133,8 +140,9 @@ def main(argv=None) -> None:
     E = centres[truth] + 0.35 * rng.standard_normal((args.genes, args.dim)).astype(np.float32)
     from scipy import sparse
 
-    X = sparse.random(args.cells, args.genes, density=0.05, format="csr", random_state=0,
-                      dtype=np.float32)
+    X = sparse.random(
+        args.cells, args.genes, density=0.05, format="csr", random_state=0, dtype=np.float32
+    )
     a = ad.AnnData(X)
     a.varm["X_genept"] = E
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -146,12 +154,16 @@ def main(argv=None) -> None:
     lab = a.var["genept_program"].astype(str).to_numpy()
     kept = lab != "nan"
     ari = adjusted_rand_score(truth[kept], lab[kept])
-    print(f"{args.genes} genes x {args.dim}: {dt:.1f} s, threshold {p['threshold']:.3f} "
-          f"({p['threshold_source']}), {len(a.uns['genept_programs']['members'])} programs, "
-          f"ARI vs planted {ari:.3f} on {kept.sum()} genes in programs")
+    print(
+        f"{args.genes} genes x {args.dim}: {dt:.1f} s, threshold {p['threshold']:.3f} "
+        f"({p['threshold_source']}), {len(a.uns['genept_programs']['members'])} programs, "
+        f"ARI vs planted {ari:.3f} on {kept.sum()} genes in programs"
+    )
     dense_gb = args.genes**2 * 4 / 2**30
-    print(f"peak RSS {rss:.2f} GiB (before: {rss0:.2f} GiB); a dense similarity matrix alone "
-          f"would take {dense_gb:.1f} GiB")
+    print(
+        f"peak RSS {rss:.2f} GiB (before: {rss0:.2f} GiB); a dense similarity matrix alone "
+        f"would take {dense_gb:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -92,9 +92,11 @@ def main(argv=None) -> None:
     L, d = cfg.num_hidden_layers, cfg.hidden_size
     flops = float((2 * n_params * lens + 4 * L * d * lens.astype(np.float64) ** 2).sum())
     dev = args.device
-    print(f"model {enc.model_name}, device {dev}, dtype {next(model.parameters()).dtype}, "
-          f"{torch.get_num_threads()} CPU threads, max {enc.max_tokens} tokens, "
-          f"budget {budget} for genes")
+    print(
+        f"model {enc.model_name}, device {dev}, dtype {next(model.parameters()).dtype}, "
+        f"{torch.get_num_threads()} CPU threads, max {enc.max_tokens} tokens, "
+        f"budget {budget} for genes"
+    )
     print(f"{n} cells, mean {lens.mean():.0f} tokens ({np.diff(ptr).mean():.0f} genes)")
     rows = []
     order = np.argsort(-lens, kind="stable")
@@ -102,13 +104,20 @@ def main(argv=None) -> None:
         batches = [order[b : b + bs] for b in range(0, n, bs)]
         tok = model.tokenizer
         # warm-up (kernels, allocator, numba)
-        encode_gathered(model, table, ptr[: min(n, bs) + 1], genes[: ptr[min(n, bs)]], batch_size=bs)
+        encode_gathered(
+            model, table, ptr[: min(n, bs) + 1], genes[: ptr[min(n, bs)]], batch_size=bs
+        )
         _sync(dev)
 
         t = time.perf_counter()
         for b in batches:
-            tok([texts[i] for i in b], padding=True, truncation=True,
-                max_length=table.max_len, return_tensors="pt")
+            tok(
+                [texts[i] for i in b],
+                padding=True,
+                truncation=True,
+                max_length=table.max_len,
+                return_tensors="pt",
+            )
         t_tok = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -118,9 +127,14 @@ def main(argv=None) -> None:
         feats = []
         for ids, ln in built:
             it = torch.from_numpy(ids).to(dev)
-            m = (torch.arange(it.shape[1], device=dev)[None] < torch.from_numpy(ln).to(dev)[:, None])
-            feats.append({"input_ids": it, "attention_mask": m.long(),
-                          "token_type_ids": torch.zeros_like(it)})
+            m = torch.arange(it.shape[1], device=dev)[None] < torch.from_numpy(ln).to(dev)[:, None]
+            feats.append(
+                {
+                    "input_ids": it,
+                    "attention_mask": m.long(),
+                    "token_type_ids": torch.zeros_like(it),
+                }
+            )
         _sync(dev)
         t = time.perf_counter()
         with torch.inference_mode():
@@ -148,15 +162,19 @@ def main(argv=None) -> None:
     def rate(t):
         return f"{n / t:,.0f}" if t == t else "-"
 
-    print("\n| batch | tokenizer alone | gather alone | forward alone | text path | gather path "
-          "| gather/text | TFLOP/s (gather path) | MFU |")
+    print(
+        "\n| batch | tokenizer alone | gather alone | forward alone | text path | gather path "
+        "| gather/text | TFLOP/s (gather path) | MFU |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for bs, t_tok, t_gather, t_fwd, t_text, t_gpath in rows:
         tf = flops / t_gpath / 1e12
         mfu = f"{tf / args.peak_tflops:.1%}" if args.peak_tflops else "n/a"
         speed = f"{t_text / t_gpath:.1f}x" if t_text == t_text else "-"
-        print(f"| {bs} | {rate(t_tok)} | {rate(t_gather)} | {rate(t_fwd)} | {rate(t_text)} "
-              f"| {rate(t_gpath)} | {speed} | {tf:.2f} | {mfu} |")
+        print(
+            f"| {bs} | {rate(t_tok)} | {rate(t_gather)} | {rate(t_fwd)} | {rate(t_text)} "
+            f"| {rate(t_gpath)} | {speed} | {tf:.2f} | {mfu} |"
+        )
     print("(cells/s; same run, same cells)")
 
 

@@ -67,8 +67,11 @@ def main(argv=None) -> None:
     ap.add_argument("--check-rows", type=int, default=3000)
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU numba row")
     ap.add_argument("--no-anndata", action="store_true", help="skip embed_cells")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also time the stages alone and pipeline variants (threads, block size)")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the stages alone and pipeline variants (threads, block size)",
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
@@ -76,9 +79,11 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     X = synthetic_csr(args.cells, args.genes, args.nnz_per_cell)
     nbytes = X.indices.nbytes + X.data.nbytes + X.indptr.nbytes
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
-          f"X {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz / 1e6:.1f}M non-zeros, "
-          f"{nbytes / 1e9:.2f} GB CSR (made in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+        f"X {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz / 1e6:.1f}M non-zeros, "
+        f"{nbytes / 1e9:.2f} GB CSR (made in {time.perf_counter() - t:.1f} s)"
+    )
 
     # baseline: one pinned host-to-device copy of the CSR arrays
     pinned = [torch.from_numpy(a).pin_memory() for a in (X.indptr, X.indices, X.data)]
@@ -93,6 +98,7 @@ def main(argv=None) -> None:
         ref = np.asarray(ref_rows @ E.astype(np.float64))
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         for p in args.precisions:
+
             def run(p=p, E=E):
                 return weighted_embedding(X, E, device="cuda", precision=p, show_progress=False)
 
@@ -116,12 +122,15 @@ def main(argv=None) -> None:
         if not args.no_cpu:
             t = time.perf_counter()
             weighted_embedding(X, E, device="cpu", show_progress=False)
-            rows.append((f"CPU numba, {os.cpu_count()} threads", d, time.perf_counter() - t,
-                         float("nan")))
+            rows.append(
+                (f"CPU numba, {os.cpu_count()} threads", d, time.perf_counter() - t, float("nan"))
+            )
 
     if args.breakdown:
         breakdown(X, args, t_copy)
-    print(f"\n| path | d | seconds | x pinned H2D copy ({t_copy:.4f} s) | max row error vs float64 |")
+    print(
+        f"\n| path | d | seconds | x pinned H2D copy ({t_copy:.4f} s) | max row error vs float64 |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, d, t_run, err in rows:
         e = f"{err:.1e}" if err == err else "-"
@@ -156,8 +165,10 @@ def breakdown(X, args, t_copy: float) -> None:
 
     t_stage = _median_time(stage_all, args.repeat)
     print(f"\nstages alone ({threads} host threads):")
-    print(f"  host staging of the CSR into pinned slots: {t_stage:.4f} s "
-          f"({(X.indices.nbytes + X.data.nbytes) / t_stage / 1e9:.1f} GB/s)")
+    print(
+        f"  host staging of the CSR into pinned slots: {t_stage:.4f} s "
+        f"({(X.indices.nbytes + X.data.nbytes) / t_stage / 1e9:.1f} GB/s)"
+    )
     dev = torch.device("cuda")
     d_ptr = torch.from_numpy(X.indptr.astype(np.int64)).to(dev)
     d_idx = torch.from_numpy(X.indices).to(dev)
@@ -174,8 +185,10 @@ def breakdown(X, args, t_copy: float) -> None:
                 for f in jobs:
                     f.result()
             po = pinned_out.numpy()
-            jobs = [pool.submit(tc._copy_piece, out[p:q], po[p:q])
-                    for p, q in tc._split(0, n, threads, align=64)]
+            jobs = [
+                pool.submit(tc._copy_piece, out[p:q], po[p:q])
+                for p, q in tc._split(0, n, threads, align=64)
+            ]
             for f in jobs:
                 f.result()
 
@@ -197,8 +210,10 @@ def breakdown(X, args, t_copy: float) -> None:
             gpu_only()
             t_gpu = _median_time(gpu_only, args.repeat)
             restore()
-            print(f"  d={d} {p}: GPU compute alone {t_gpu:.4f} s ({len(bounds)} blocks); "
-                  f"output copy pinned->numpy (prefaulted in parallel) {t_out:.4f} s")
+            print(
+                f"  d={d} {p}: GPU compute alone {t_gpu:.4f} s ({len(bounds)} blocks); "
+                f"output copy pinned->numpy (prefaulted in parallel) {t_out:.4f} s"
+            )
     print("stream variants (d=384, fp32):")
     E = np.random.default_rng(384).normal(size=(X.shape[1], 384)).astype(np.float32)
     saved = tc.BLOCK_NNZ

@@ -180,7 +180,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-genes", type=int, default=800, help="cells express 50 to this many")
     p.add_argument(
-        "--whole-human", action="store_true",
+        "--whole-human",
+        action="store_true",
         help="the published whole-human checkpoint's shape: 12 layers, d_model 512, 8 heads, "
         "60,697-gene vocabulary (random weights), cells of up to 1,200 genes",
     )
@@ -247,8 +248,10 @@ def main() -> None:
                     base, t_base = naive_baseline(ckpt_dir, adata, device=dev)
             except torch.OutOfMemoryError as e:  # what users of scGPT report at batch 64
                 print(f"[{dev}] {base_name} baseline ran out of GPU memory: {e}")
-                print(f"[{dev}] genept embed_scgpt: {a.cells / t_gpt:8.1f} cells/s, "
-                      f"peak {cuda_peak.get('genept', float('nan')):.2f} GiB")
+                print(
+                    f"[{dev}] genept embed_scgpt: {a.cells / t_gpt:8.1f} cells/s, "
+                    f"peak {cuda_peak.get('genept', float('nan')):.2f} GiB"
+                )
                 continue
             if dev == "cuda":
                 cuda_peak[base_name] = (torch.cuda.max_memory_allocated() - base_mem) / 2**30

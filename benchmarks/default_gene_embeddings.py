@@ -59,14 +59,18 @@ from _report import md  # noqa: E402
 
 
 def _enc_module():
-    spec = importlib.util.spec_from_file_location("encode_cards_gpu", ROOT / "scripts" / "encode_cards_gpu.py")
+    spec = importlib.util.spec_from_file_location(
+        "encode_cards_gpu", ROOT / "scripts" / "encode_cards_gpu.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def _build_module():
-    spec = importlib.util.spec_from_file_location("build_default", ROOT / "scripts" / "build_default_embeddings.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_default", ROOT / "scripts" / "build_default_embeddings.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -147,8 +151,10 @@ def main(argv=None) -> int:
     genes, card = enc.load_embeddings(args.gpu, "card", cards=args.cards)
     _, nosym = enc.load_embeddings(args.gpu, "card_nosym", cards=args.cards)
     genes = pd.Index(genes)
-    texts = {"card": enc.read_lines(args.cards / "card.txt.gz"),
-             "nosym": enc.read_lines(args.cards / "card_nosym.txt.gz")}
+    texts = {
+        "card": enc.read_lines(args.cards / "card.txt.gz"),
+        "nosym": enc.read_lines(args.cards / "card_nosym.txt.gz"),
+    }
     print(f"# Default gene embedding: candidates on {len(genes)} human genes\n")
     print(f"loaded GPU encodings in {time.perf_counter() - t0:.1f} s\n")
 
@@ -163,8 +169,11 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             raw, _model = build.fit_lsa(tx, dmax, seed=args.seed, normalise=False)
             np.save(f, raw)
-            print(f"TF-IDF+SVD {tname} d={dmax}: fitted on {len(tx)} texts in "
-                  f"{time.perf_counter() - t:.0f} s", flush=True)
+            print(
+                f"TF-IDF+SVD {tname} d={dmax}: fitted on {len(tx)} texts in "
+                f"{time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
         for d in args.dims:
             tfidf[(tname, d)] = unit(raw[:, :d])
 
@@ -173,31 +182,49 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- splits
     ggi_dir = args.data / "gene_tasks" / "gene2vec_ggi"
-    ggi = pd.concat([gene2vec_ggi(s, ggi_dir) for s in ("train", "valid", "test")], ignore_index=True)
+    ggi = pd.concat(
+        [gene2vec_ggi(s, ggi_dir) for s in ("train", "valid", "test")], ignore_index=True
+    )
     ggi = ggi[ggi.gene1.isin(genes) & ggi.gene2.isin(genes)]
     g_tr, g_va, g_te = gene_disjoint(ggi, (0.6, 0.2, 0.2), args.seed)
     if len(g_tr) > args.max_train_pairs:
         g_tr = g_tr.sample(args.max_train_pairs, random_state=args.seed).reset_index(drop=True)
-    print(f"Gene2vec GGI gene-disjoint: train {len(g_tr)}, valid {len(g_va)}, test {len(g_te)} pairs "
-          f"(positives {g_tr.label.mean():.2f} / {g_va.label.mean():.2f} / {g_te.label.mean():.2f})\n")
+    print(
+        f"Gene2vec GGI gene-disjoint: train {len(g_tr)}, valid {len(g_va)}, test {len(g_te)} pairs "
+        f"(positives {g_tr.label.mean():.2f} / {g_va.label.mean():.2f} / {g_te.label.mean():.2f})\n"
+    )
 
     # ---------------------------------------------------------------- validation: choose d, text, w
     t = time.perf_counter()
     val = []
     for (tname, d), M in tfidf.items():
-        val.append({"candidate": f"tfidf_{tname}_{d}", "valid_auc": ggi_auc(frame(M), g_tr, g_va, args.seed)})
+        val.append(
+            {
+                "candidate": f"tfidf_{tname}_{d}",
+                "valid_auc": ggi_auc(frame(M), g_tr, g_va, args.seed),
+            }
+        )
     val_df = pd.DataFrame(val)
     best_tf = val_df.sort_values("valid_auc", ascending=False).iloc[0]["candidate"]
     _, btext, bdim = best_tf.split("_")
     T = tfidf[(btext, int(bdim))]
     concat = {}
     for w in args.weights:
-        concat[w] = np.hstack([np.sqrt(w) * unit(nosym), np.sqrt(1 - w) * unit(T)]).astype(np.float32)
-        val.append({"candidate": f"concat_{w}", "valid_auc": ggi_auc(frame(concat[w]), g_tr, g_va, args.seed)})
+        concat[w] = np.hstack([np.sqrt(w) * unit(nosym), np.sqrt(1 - w) * unit(T)]).astype(
+            np.float32
+        )
+        val.append(
+            {
+                "candidate": f"concat_{w}",
+                "valid_auc": ggi_auc(frame(concat[w]), g_tr, g_va, args.seed),
+            }
+        )
     for name, M in (("minilm_card", card), ("minilm_nosym", nosym)):
         val.append({"candidate": name, "valid_auc": ggi_auc(frame(M), g_tr, g_va, args.seed)})
     val_df = pd.DataFrame(val)
-    best_w = max(args.weights, key=lambda w: val_df.set_index("candidate").loc[f"concat_{w}", "valid_auc"])
+    best_w = max(
+        args.weights, key=lambda w: val_df.set_index("candidate").loc[f"concat_{w}", "valid_auc"]
+    )
     print(f"## Validation (GGI gene-disjoint, valid split; {time.perf_counter() - t:.0f} s)\n")
     print(md(val_df) + "\n")
     print(f"chosen: TF-IDF view {best_tf}, concatenation weight w={best_w}\n")
@@ -226,7 +253,9 @@ def main(argv=None) -> int:
             rows[c][f"dosage_{r['model']}"] = r["mean"]
             rows[c][f"dosage_{r['model']}_sd"] = r["sd"]
         rows[c]["ggi_test"] = ggi_auc(F, g_tr, g_te, args.seed)
-        hu = pair_auc(F, h_tr, h_te, negatives="degree_matched", include_random=False, random_state=args.seed)
+        hu = pair_auc(
+            F, h_tr, h_te, negatives="degree_matched", include_random=False, random_state=args.seed
+        )
         rows[c]["huri_dm"] = float(hu["auc"].iloc[0])
         rows[c]["marker_auc"], n_ct = marker_auc(F, mk)
         ms = gpt.bm.marker_similarity(F, mk)
@@ -237,18 +266,31 @@ def main(argv=None) -> int:
         rows[c]["shared_go"] = lk["shared_go"]
         print(f"{c}: tasks in {time.perf_counter() - t:.0f} s", flush=True)
     res = pd.DataFrame(list(rows.values()))
-    print(f"\nHuRI gene-disjoint: {len(h_tr)} train / {len(h_te)} test positive pairs; markers: {n_ct} "
-          f"PanglaoDB cell types with >= 5 markers; leakage on {int(lk['n_genes'])} genes with >= 20 GO terms\n")
+    print(
+        f"\nHuRI gene-disjoint: {len(h_tr)} train / {len(h_te)} test positive pairs; markers: {n_ct} "
+        f"PanglaoDB cell types with >= 5 markers; leakage on {int(lk['n_genes'])} genes with >= 20 GO terms\n"
+    )
 
     # ---------------------------------------------------------------- cost of 30k genes
     res["embed_30k_text_cpu_s"] = np.nan
     res["embed_30k_table_s"] = np.nan
     cost = embed_costs(build, texts, tfidf_dim=int(bdim), tfidf_text=btext, seed=args.seed)
     for c in res.candidate:
-        kind = ("minilm_card" if c == "minilm_card" else "minilm_nosym" if c == "minilm_nosym"
-                else "tfidf" if c.startswith("tfidf") else "concat" if c.startswith("concat") else "random")
+        kind = (
+            "minilm_card"
+            if c == "minilm_card"
+            else "minilm_nosym"
+            if c == "minilm_nosym"
+            else "tfidf"
+            if c.startswith("tfidf")
+            else "concat"
+            if c.startswith("concat")
+            else "random"
+        )
         res.loc[res.candidate == c, "embed_30k_text_cpu_s"] = cost["text"].get(kind, np.nan)
-        res.loc[res.candidate == c, "embed_30k_table_s"] = cost["table"].get(int(cands[c].shape[1]), np.nan)
+        res.loc[res.candidate == c, "embed_30k_table_s"] = cost["table"].get(
+            int(cands[c].shape[1]), np.nan
+        )
     print("## Candidates (test numbers; higher is better except leakage and times)\n")
     print(md(res, "{:.4f}") + "\n")
     print(f"cost notes: {cost['notes']}\n")
@@ -297,9 +339,11 @@ def embed_costs(build, texts, *, tfidf_dim, tfidf_text, seed, n_target=30_000, n
     tr = time.perf_counter() - t
     out["text"]["tfidf"] = tr
     out["text"]["concat"] = tr + out["text"]["minilm_nosym"]
-    notes.append(f"TF-IDF+SVD fit on {len(tx)} cards {fit:.0f} s (once, when the table is built); "
-                 f"projector from the table {rebuild:.0f} s (once per session, only for genes "
-                 f"missing from the table); project 30k texts {tr:.1f} s")
+    notes.append(
+        f"TF-IDF+SVD fit on {len(tx)} cards {fit:.0f} s (once, when the table is built); "
+        f"projector from the table {rebuild:.0f} s (once per session, only for genes "
+        f"missing from the table); project 30k texts {tr:.1f} s"
+    )
     # table lookup: int8 codes memory-mapped, 30k rows dequantised
     for dim in sorted({384, tfidf_dim, 384 + tfidf_dim}):
         with tempfile.TemporaryDirectory() as d:

@@ -34,10 +34,14 @@ sys.path.insert(0, str(HERE))
 from _report import md  # noqa: E402
 
 PAPER = {
-    ("dosage", "lr"): 0.89, ("dosage", "rf"): 0.92,
-    ("dosage name-only", "lr"): 0.85, ("dosage name-only", "rf"): 0.89,
-    ("dosage random", "lr"): 0.54, ("dosage random", "rf"): 0.49,
-    "ggi": 0.82, "ggi random": 0.51,
+    ("dosage", "lr"): 0.89,
+    ("dosage", "rf"): 0.92,
+    ("dosage name-only", "lr"): 0.85,
+    ("dosage name-only", "rf"): 0.89,
+    ("dosage random", "lr"): 0.54,
+    ("dosage random", "rf"): 0.49,
+    "ggi": 0.82,
+    "ggi random": 0.51,
 }
 
 
@@ -99,14 +103,22 @@ def main(argv=None) -> int:
     dos = run_all(gene_property_auc, labels=labels, n_splits=5, random_state=args.seed)
     s = summarize(dos)
     s["paper (ada-002)"] = [
-        PAPER.get(("dosage" + {"cards": "", "name": " name-only", "random": " random"}[e], m), np.nan)
+        PAPER.get(
+            ("dosage" + {"cards": "", "name": " name-only", "random": " random"}[e], m), np.nan
+        )
         for e, m in zip(s.embedding, s.model, strict=True)
     ]
-    print(f"## Dosage-sensitive vs -insensitive TFs ({int(dos.n_genes.iloc[0])} of {len(labels)} TFs, 5-fold CV ROC-AUC, {time.time() - t:.0f} s)\n")
+    print(
+        f"## Dosage-sensitive vs -insensitive TFs ({int(dos.n_genes.iloc[0])} of {len(labels)} TFs, 5-fold CV ROC-AUC, {time.time() - t:.0f} s)\n"
+    )
     print(md(s[["embedding", "model", "mean", "sd", "paper (ada-002)"]]) + "\n")
     dos.to_csv(args.out / "dosage.csv", index=False)
-    bm_results(dos, reference={("cards", "lr"): 0.89, ("cards", "rf"): 0.92}, title="dosage-sensitive TFs (5-fold AUC)",
-               save=str(args.out / "dosage_auc.png"))
+    bm_results(
+        dos,
+        reference={("cards", "lr"): 0.89, ("cards", "rf"): 0.92},
+        title="dosage-sensitive TFs (5-fold AUC)",
+        save=str(args.out / "dosage_auc.png"),
+    )
 
     # ---- Gene2vec GGI
     t = time.time()
@@ -118,8 +130,12 @@ def main(argv=None) -> int:
     if len(tr_u) > args.max_train_pairs:
         tr_u = tr_u.sample(args.max_train_pairs, random_state=args.seed)
     ggi = run_all(pair_auc, pairs_train=tr_u, pairs_test=te_u, random_state=args.seed)
-    ggi["paper (ada-002)"] = ggi.embedding.map({"cards": PAPER["ggi"], "random": PAPER["ggi random"]})
-    print(f"## Gene2vec gene-gene interactions (train {len(tr_u)} of {len(tr)} pairs, test {len(te_u)} of {len(te)}; summed embeddings + LR, test ROC-AUC, {time.time() - t:.0f} s)\n")
+    ggi["paper (ada-002)"] = ggi.embedding.map(
+        {"cards": PAPER["ggi"], "random": PAPER["ggi random"]}
+    )
+    print(
+        f"## Gene2vec gene-gene interactions (train {len(tr_u)} of {len(tr)} pairs, test {len(te_u)} of {len(te)}; summed embeddings + LR, test ROC-AUC, {time.time() - t:.0f} s)\n"
+    )
     print(md(ggi[["embedding", "auc", "n_train", "n_test", "paper (ada-002)"]]) + "\n")
 
     # ---- HuRI
@@ -127,13 +143,19 @@ def main(argv=None) -> int:
     ppi = huri(data / "ppi" / "HuRI.tsv")
     ppi_u = ppi[ppi.gene1.isin(U) & ppi.gene2.isin(U)]
     hu = run_all(pair_auc, pairs_train=ppi_u, random_state=args.seed)
-    print(f"## HuRI protein-protein interactions ({len(ppi_u)} of {len(ppi)} positive pairs, 80/20 split, sampled negatives; test ROC-AUC, {time.time() - t:.0f} s)\n")
+    print(
+        f"## HuRI protein-protein interactions ({len(ppi_u)} of {len(ppi)} positive pairs, 80/20 split, sampled negatives; test ROC-AUC, {time.time() - t:.0f} s)\n"
+    )
     piv = hu.pivot(index="embedding", columns="negatives", values="auc").reset_index()
     print(md(piv) + "\n")
-    print("Paper (figure 2e, ada-002 + LR; the text gives no number): GenePT above Gene2vec/"
-          "scGPT/Geneformer/random. Uniform negatives let gene degree alone separate the classes "
-          "(see the random row); degree-matched negatives remove that shortcut.\n")
-    pd.concat([ggi.assign(task="ggi"), hu.assign(task="huri")]).to_csv(args.out / "pairs.csv", index=False)
+    print(
+        "Paper (figure 2e, ada-002 + LR; the text gives no number): GenePT above Gene2vec/"
+        "scGPT/Geneformer/random. Uniform negatives let gene degree alone separate the classes "
+        "(see the random row); degree-matched negatives remove that shortcut.\n"
+    )
+    pd.concat([ggi.assign(task="ggi"), hu.assign(task="huri")]).to_csv(
+        args.out / "pairs.csv", index=False
+    )
 
     # ---- gene programs on pbmc68k_reduced
     t = time.time()
@@ -143,27 +165,47 @@ def main(argv=None) -> int:
     p = info["params"]
     sizes = sorted(info["sizes"].values(), reverse=True)
     print(f"## Gene programs, pbmc68k_reduced ({time.time() - t:.0f} s)\n")
-    print(f"{p['n_genes']} genes with a card embedding; threshold {p['threshold']:.3f} ({p['threshold_source']}), "
-          f"{p['n_edges']} edges, Leiden resolution {p['resolution']}: **{p['n_programs']} programs of >= {p['min_size']} genes**, "
-          f"sizes {sizes}\n")
+    print(
+        f"{p['n_genes']} genes with a card embedding; threshold {p['threshold']:.3f} ({p['threshold_source']}), "
+        f"{p['n_edges']} edges, Leiden resolution {p['resolution']}: **{p['n_programs']} programs of >= {p['min_size']} genes**, "
+        f"sizes {sizes}\n"
+    )
     bulk = pb.obs["bulk_labels"].astype(str)
     scores = pb.obsm["genept_program_scores"]
     rows = []
     for prog, members in info["members"].items():
         m = scores[prog].groupby(bulk).mean()
-        rows.append({"program": prog, "size": len(members), "top group": m.idxmax(),
-                     "z(top)": float((m.max() - m.mean()) / (m.std() + 1e-12)),
-                     "genes": ", ".join(list(members)[:8]) + (", …" if len(members) > 8 else "")})
+        rows.append(
+            {
+                "program": prog,
+                "size": len(members),
+                "top group": m.idxmax(),
+                "z(top)": float((m.max() - m.mean()) / (m.std() + 1e-12)),
+                "genes": ", ".join(list(members)[:8]) + (", …" if len(members) > 8 else ""),
+            }
+        )
     print(md(pd.DataFrame(rows), "{:.2f}") + "\n")
     pl_programs(pb, "bulk_labels", save=str(args.out / "gene_programs_pbmc68k.png"))
-    pl_programs(pb, "bulk_labels", style="dotplot", save=str(args.out / "gene_programs_pbmc68k_dotplot.png"))
+    pl_programs(
+        pb, "bulk_labels", style="dotplot", save=str(args.out / "gene_programs_pbmc68k_dotplot.png")
+    )
 
     # ---- marker genes (scMPT table 8 style; gene names embedded by the text encoder)
     pg = data / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv"
     if pg.exists():
         mk = panglao_markers(pg)
-        immune = ["T cells", "B cells", "NK cells", "Monocytes", "Dendritic cells", "Megakaryocytes",
-                  "Plasmacytoid dendritic cells", "Macrophages", "Neutrophils", "Erythroid-like and erythroid precursor cells"]
+        immune = [
+            "T cells",
+            "B cells",
+            "NK cells",
+            "Monocytes",
+            "Dendritic cells",
+            "Megakaryocytes",
+            "Plasmacytoid dendritic cells",
+            "Macrophages",
+            "Neutrophils",
+            "Erythroid-like and erythroid precursor cells",
+        ]
         immune = [c for c in immune if c in set(mk.cell_type)]
         rows = []
         for name, level in (("name", "name"), ("cards", "card")):
@@ -171,13 +213,26 @@ def main(argv=None) -> int:
             if level == "card":  # cards only for markers already embedded (keeps the run short)
                 genes &= set(universe)
             genes = sorted(genes)
-            E = pd.DataFrame(enc.encode(list(card_text(cards, genes, text_level=level)), desc=f"markers {name}"),
-                             index=pd.Index(genes))
+            E = pd.DataFrame(
+                enc.encode(list(card_text(cards, genes, text_level=level)), desc=f"markers {name}"),
+                index=pd.Index(genes),
+            )
             r = marker_similarity(E, mk, cell_types=immune)
-            rows.append({"embedding": name, **r.attrs["summary"], "cell types": len(r), "markers": len(genes)})
-        print("## Marker genes: top marker vs same-type (intra) / other-type (inter) markers, PanglaoDB immune types\n")
+            rows.append(
+                {
+                    "embedding": name,
+                    **r.attrs["summary"],
+                    "cell types": len(r),
+                    "markers": len(genes),
+                }
+            )
+        print(
+            "## Marker genes: top marker vs same-type (intra) / other-type (inter) markers, PanglaoDB immune types\n"
+        )
         print(md(pd.DataFrame(rows)) + "\n")
-        print("scMPT table 8 (Ember-V1 on gene names): Pancreas 0.644 / 0.623 (gap 0.021), Aorta 0.667 / 0.653 (gap 0.014)\n")
+        print(
+            "scMPT table 8 (Ember-V1 on gene names): Pancreas 0.644 / 0.623 (gap 0.021), Aorta 0.667 / 0.653 (gap 0.014)\n"
+        )
     print(f"total {time.time() - t0:.0f} s; figures and CSVs in {args.out}")
     return 0
 

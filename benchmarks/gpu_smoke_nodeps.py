@@ -16,6 +16,7 @@ import importlib
 import sys
 import time
 import types
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def _stub_missing(names):
         except ImportError:
             mod = types.ModuleType(name)
             mod.__path__ = []
+
             def attr(name):
                 if name.startswith("__"):
                     raise AttributeError(name)
@@ -56,8 +58,20 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    _stub_missing(["anndata", "scanpy", "dask", "dask.array", "pooch", "legacy_api_wrap",
-                   "session_info2", "sklearn", "igraph", "leidenalg"])
+    _stub_missing(
+        [
+            "anndata",
+            "scanpy",
+            "dask",
+            "dask.array",
+            "pooch",
+            "legacy_api_wrap",
+            "session_info2",
+            "sklearn",
+            "igraph",
+            "leidenalg",
+        ]
+    )
     pkg = types.ModuleType("genept")
     pkg.__path__ = [str(REPO / "src" / "genept")]
     sys.modules["genept"] = pkg
@@ -73,9 +87,11 @@ def main() -> None:
     nbytes = X.indices.nbytes + X.data.nbytes + X.indptr.nbytes
     pinned = [torch.from_numpy(a).pin_memory() for a in (X.indptr, X.indices, X.data)]
     t_copy = _median_time(lambda: [p.to("cuda", non_blocking=True) for p in pinned], args.repeat)
-    del pinned
-    print(f"X {X.shape}, {X.nnz / 1e6:.1f}M nnz, {nbytes / 1e9:.2f} GB; pinned H2D {t_copy:.4f} s "
-          f"({nbytes / t_copy / 1e9:.1f} GB/s)")
+    pinned.clear()
+    print(
+        f"X {X.shape}, {X.nnz / 1e6:.1f}M nnz, {nbytes / 1e9:.2f} GB; pinned H2D {t_copy:.4f} s "
+        f"({nbytes / t_copy / 1e9:.1f} GB/s)"
+    )
     ref_rows = X[:2000].astype(np.float64)
     print("| d | precision | s | x copy | max row err |")
     for d in (384, 1536):
@@ -83,6 +99,7 @@ def main() -> None:
         ref = np.asarray(ref_rows @ E.astype(np.float64))
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         for p in ("fp32", "tf32", "bf16"):
+
             def run(p=p, E=E):
                 return weighted_embedding(X, E, device="cuda", precision=p, show_progress=False)
 
@@ -106,13 +123,15 @@ def main() -> None:
         cg = rng.integers(0, genes.size, size=n * k).astype(np.int32)
         ptr = np.arange(0, n * k + 1, k, dtype=np.int64)
         table = enc.word_table(genes)
-        texts = [" ".join(genes[cg[a:b]]) for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+        texts = [" ".join(genes[cg[a:b]]) for a, b in pairwise(ptr)]
         ids, ln = table.input_ids(ptr[:201], cg[: ptr[200]])
         ref = model.tokenizer(texts[:200], truncation=True, max_length=table.max_len)["input_ids"]
         same = all(r == ids[i, : ln[i]].tolist() for i, r in enumerate(ref))
-        print(f"gathered ids == tokenizer ids on 200 sentences: {same}; mean tokens {ln.mean():.0f}")
+        print(
+            f"gathered ids == tokenizer ids on 200 sentences: {same}; mean tokens {ln.mean():.0f}"
+        )
         for bs in (256, 1024):
-            encode_gathered(model, table, ptr[:bs + 1], cg[: ptr[bs]], batch_size=bs)
+            encode_gathered(model, table, ptr[: bs + 1], cg[: ptr[bs]], batch_size=bs)
             torch.cuda.synchronize()
             t = time.perf_counter()
             v1 = encode_gathered(model, table, ptr, cg, batch_size=bs)
@@ -124,9 +143,14 @@ def main() -> None:
             torch.cuda.synchronize()
             t_t = (time.perf_counter() - t) * n / 4096
             v2 = enc._encode(texts[:64])
-            cos = (v1[:64] * v2).sum(1) / np.linalg.norm(v1[:64], axis=1) / np.linalg.norm(v2, axis=1)
-            print(f"GenePT-s batch {bs}: gather path {n / t_g:,.0f} cells/s, text path "
-                  f"{n / t_t:,.0f} cells/s; cos(gather, text) min {cos.min():.5f}", flush=True)
+            cos = (
+                (v1[:64] * v2).sum(1) / np.linalg.norm(v1[:64], axis=1) / np.linalg.norm(v2, axis=1)
+            )
+            print(
+                f"GenePT-s batch {bs}: gather path {n / t_g:,.0f} cells/s, text path "
+                f"{n / t_t:,.0f} cells/s; cos(gather, text) min {cos.min():.5f}",
+                flush=True,
+            )
     del tc
 
 

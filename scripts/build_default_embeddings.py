@@ -55,7 +55,9 @@ def transform_lsa(model, texts: list[str]) -> np.ndarray:
 
 
 def _enc_module():
-    spec = importlib.util.spec_from_file_location("encode_cards_gpu", ROOT / "scripts" / "encode_cards_gpu.py")
+    spec = importlib.util.spec_from_file_location(
+        "encode_cards_gpu", ROOT / "scripts" / "encode_cards_gpu.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -85,8 +87,13 @@ def build_default(out: Path, seed: int = 0) -> dict:
     Y = _fit(texts, DEFAULT_SPEC["dim"], seed=seed)
     t2 = time.perf_counter()
     text_sha = hashlib.sha256(("\n".join(texts) + "\n").encode("utf-8")).hexdigest()
-    meta = {**DEFAULT_SPEC, "lsa": LSA_PARAMS, "normalise_rows": True, "text_sha256": text_sha,
-            "fit_seconds": round(t2 - t1, 1)}
+    meta = {
+        **DEFAULT_SPEC,
+        "lsa": LSA_PARAMS,
+        "normalise_rows": True,
+        "text_sha256": text_sha,
+        "fit_seconds": round(t2 - t1, 1),
+    }
     meta = write_table(out, genes, Y, meta)
     # check: the projector (components recovered from the table) reproduces table rows
     from genept.datasets._default_table import load_table
@@ -98,8 +105,10 @@ def build_default(out: Path, seed: int = 0) -> dict:
     proj = LsaProjector(texts, np.asarray(table.codes, dtype=np.float32) * table.scale[:, None])
     got = proj.transform([texts[i] for i in pick])
     cos = (got * unit_rows(dec)).sum(1)
-    print(f"texts {t1 - t0:.0f} s, LSA fit {t2 - t1:.0f} s; projector vs table rows: cosine min "
-          f"{cos.min():.5f}, median {np.median(cos):.5f} on {len(pick)} genes")
+    print(
+        f"texts {t1 - t0:.0f} s, LSA fit {t2 - t1:.0f} s; projector vs table rows: cosine min "
+        f"{cos.min():.5f}, median {np.median(cos):.5f} on {len(pick)} genes"
+    )
     return meta
 
 
@@ -110,9 +119,13 @@ def build_archive(name: str, gpu: Path, cards: Path, out: Path) -> str:
     enc = _enc_module()
     genes, M = enc.load_embeddings(gpu, variant, cards=cards)
     manifest = json.loads((Path(gpu) / "manifest.json").read_text())
-    meta = {"name": name, "model": manifest["model"], "text": variant,
-            "text_sha256": manifest["inputs"][f"{variant}.txt.gz"], "encoder": {
-                k: manifest[k] for k in ("dtype", "device", "max_tokens", "versions")}}
+    meta = {
+        "name": name,
+        "model": manifest["model"],
+        "text": variant,
+        "text_sha256": manifest["inputs"][f"{variant}.txt.gz"],
+        "encoder": {k: manifest[k] for k in ("dtype", "device", "max_tokens", "versions")},
+    }
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"genept_table_{name}_v1.npz"
     sha = write_archive(path, genes, M, meta)
@@ -122,11 +135,22 @@ def build_archive(name: str, gpu: Path, cards: Path, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gpu", default=str(ROOT / "_work" / "cards_gpu"), help="encode_cards_gpu.py output")
-    ap.add_argument("--cards", default=str(ROOT / ".gpu_carry" / "cards"), help="prepare_card_texts.py output")
-    ap.add_argument("--out", default=None, help=f"default {DATA} (tables) or _work/tables (archives)")
-    ap.add_argument("--archive", nargs="*", default=None, choices=("minilm_card", "minilm_nosym"),
-                    help="write registry archives of these GPU tables instead of the default table")
+    ap.add_argument(
+        "--gpu", default=str(ROOT / "_work" / "cards_gpu"), help="encode_cards_gpu.py output"
+    )
+    ap.add_argument(
+        "--cards", default=str(ROOT / ".gpu_carry" / "cards"), help="prepare_card_texts.py output"
+    )
+    ap.add_argument(
+        "--out", default=None, help=f"default {DATA} (tables) or _work/tables (archives)"
+    )
+    ap.add_argument(
+        "--archive",
+        nargs="*",
+        default=None,
+        choices=("minilm_card", "minilm_nosym"),
+        help="write registry archives of these GPU tables instead of the default table",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.archive:
@@ -138,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = build_default(out, seed=args.seed)
     files = [*meta["files"].values(), "default_gene_embeddings.json"]
     sizes = {f: (out / f).stat().st_size for f in files}
-    print(f"{meta['n_genes']} genes x {meta['dim']}; int8 cosine min {meta['int8_cosine_min']:.6f}; "
-          f"{sum(sizes.values()) / 1e6:.1f} MB: {sizes}")
+    print(
+        f"{meta['n_genes']} genes x {meta['dim']}; int8 cosine min {meta['int8_cosine_min']:.6f}; "
+        f"{sum(sizes.values()) / 1e6:.1f} MB: {sizes}"
+    )
     return 0
 
 

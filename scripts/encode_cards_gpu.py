@@ -138,7 +138,7 @@ def write_codes(out: Path, variant: str, m: np.ndarray) -> tuple[np.ndarray, np.
     files = []
     for k, start in enumerate(range(0, len(codes), rows)):
         name = f"{variant}_int8_{k}.npy"
-        np.save(Path(out) / name, codes[start: start + rows])
+        np.save(Path(out) / name, codes[start : start + rows])
         if (Path(out) / name).stat().st_size > MAX_FILE_BYTES:
             raise SystemExit(f"{name} is over {MAX_FILE_BYTES} bytes")
         files.append(name)
@@ -172,8 +172,11 @@ class _Encoder:
                 if backend == "st":
                     raise
                 err = e
-                print(f"sentence-transformers could not load {folder} ({e!r}); "
-                      "using transformers + mean pooling + normalise", flush=True)
+                print(
+                    f"sentence-transformers could not load {folder} ({e!r}); "
+                    "using transformers + mean pooling + normalise",
+                    flush=True,
+                )
         self._load_hf(folder)
         self.backend = "transformers"
         self.fallback_reason = repr(err) if err else None
@@ -210,12 +213,16 @@ class _Encoder:
         with torch.inference_mode():
             if self.backend == "st":
                 out = self.st.encode(
-                    texts, batch_size=len(texts), convert_to_tensor=True,
-                    show_progress_bar=False, normalize_embeddings=False,
+                    texts,
+                    batch_size=len(texts),
+                    convert_to_tensor=True,
+                    show_progress_bar=False,
+                    normalize_embeddings=False,
                 )
                 return out.float()
-            tok = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS,
-                                 return_tensors="pt").to(self.device)
+            tok = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            ).to(self.device)
             hidden = self.hf(**tok).last_hidden_state
             mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -229,12 +236,12 @@ def encode_all(enc: _Encoder, texts: list[str], batch_size: int) -> tuple[np.nda
     torch = enc.torch
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     sync = torch.cuda.synchronize if enc.device.startswith("cuda") else (lambda: None)
-    enc.encode(texts[order[0]: order[0] + 1] * min(batch_size, 8))  # warm-up, not timed
+    enc.encode(texts[order[0] : order[0] + 1] * min(batch_size, 8))  # warm-up, not timed
     sync()
     t0 = time.perf_counter()
     chunks = []
     for b in range(0, len(order), batch_size):
-        chunks.append(enc.encode([texts[i] for i in order[b: b + batch_size]]))
+        chunks.append(enc.encode([texts[i] for i in order[b : b + batch_size]]))
     out_sorted = torch.cat(chunks).cpu().numpy()
     sync()
     seconds = time.perf_counter() - t0
@@ -253,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--limit", type=int, default=None, help="first N genes only (a test)")
     ap.add_argument("--backend", choices=("auto", "st", "transformers"), default="auto")
-    ap.add_argument("--variants", nargs="*", default=None,
-                    help=f"default: those of {VARIANTS} found in --cards")
+    ap.add_argument(
+        "--variants", nargs="*", default=None, help=f"default: those of {VARIANTS} found in --cards"
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -283,30 +291,48 @@ def main(argv: list[str] | None = None) -> int:
     enc = _Encoder(args.model, args.device, args.backend)
     load_s = time.perf_counter() - t0
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"model {args.model} on {dev_name} via {enc.backend} ({enc.dtype}) in {load_s:.1f} s; "
-          f"pipeline {enc.modules}, normalises: {enc.normalises}", flush=True)
+    print(
+        f"model {args.model} on {dev_name} via {enc.backend} ({enc.dtype}) in {load_s:.1f} s; "
+        f"pipeline {enc.modules}, normalises: {enc.normalises}",
+        flush=True,
+    )
 
     import sentence_transformers
     import transformers
 
     manifest = {
-        "variants": {}, "n_genes": n, "dim": None, "model": "sentence-transformers/all-MiniLM-L6-v2",
-        "model_folder": str(args.model), "model_pipeline": enc.modules,
-        "pipeline_normalises": enc.normalises, "normalize_embeddings_arg": False,
-        "max_tokens": MAX_TOKENS, "dtype": str(enc.dtype).replace("torch.", ""),
-        "backend": enc.backend, "fallback_reason": enc.fallback_reason,
-        "batch_size": args.batch_size, "device": dev_name, "limit": args.limit,
+        "variants": {},
+        "n_genes": n,
+        "dim": None,
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "model_folder": str(args.model),
+        "model_pipeline": enc.modules,
+        "pipeline_normalises": enc.normalises,
+        "normalize_embeddings_arg": False,
+        "max_tokens": MAX_TOKENS,
+        "dtype": str(enc.dtype).replace("torch.", ""),
+        "backend": enc.backend,
+        "fallback_reason": enc.fallback_reason,
+        "batch_size": args.batch_size,
+        "device": dev_name,
+        "limit": args.limit,
         "quantisation": "int8 codes = round(row / scale), scale = max|row| / 127 (float32)",
         "inputs": inputs,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "sentence_transformers": sentence_transformers.__version__,
-                     "numpy": np.__version__, "python": sys.version.split()[0]},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
     }
     rng = np.random.default_rng(0)
     check_rows = np.sort(rng.choice(n, size=min(N_CHECK, n), replace=False))
     arrays = {"check_rows": check_rows.astype(np.int64)}
     for v in variants:
-        tok_lens = np.array([len(ids) for ids in enc.tokenizer(texts[v], truncation=False)["input_ids"]])
+        tok_lens = np.array(
+            [len(ids) for ids in enc.tokenizer(texts[v], truncation=False)["input_ids"]]
+        )
         m, timing = encode_all(enc, texts[v], args.batch_size)
         if not np.isfinite(m).all():
             raise SystemExit(f"{v}: non-finite embeddings")
@@ -319,18 +345,26 @@ def main(argv: list[str] | None = None) -> int:
         arrays[f"{v}_check"] = m[check_rows]
         manifest["dim"] = int(m.shape[1])
         manifest["variants"][v] = {
-            "files": files, "rows_per_file": rows, "sha256_codes": _sha256_codes(codes, scale),
+            "files": files,
+            "rows_per_file": rows,
+            "sha256_codes": _sha256_codes(codes, scale),
             **timing,
-            "norm_min": float(norms.min()), "norm_max": float(norms.max()),
-            "tokens_mean": round(float(tok_lens.mean()), 1), "tokens_max": int(tok_lens.max()),
+            "norm_min": float(norms.min()),
+            "norm_max": float(norms.max()),
+            "tokens_mean": round(float(tok_lens.mean()), 1),
+            "tokens_max": int(tok_lens.max()),
             "truncated_over_max_tokens": int((tok_lens > MAX_TOKENS).sum()),
-            "int8_cosine_min": float(cos.min()), "int8_cosine_mean": float(cos.mean()),
+            "int8_cosine_min": float(cos.min()),
+            "int8_cosine_mean": float(cos.mean()),
             "int8_abs_err_max": float(np.abs(dec - m).max()),
         }
-        print(f"{v}: {n} texts in {timing['seconds']:.2f} s = {timing['texts_per_s']:.0f} texts/s; "
-              f"norms {norms.min():.4f}..{norms.max():.4f}; tokens mean {tok_lens.mean():.0f}, "
-              f"{(tok_lens > MAX_TOKENS).sum()} over {MAX_TOKENS}; int8 cosine min {cos.min():.6f}; "
-              f"files {files}", flush=True)
+        print(
+            f"{v}: {n} texts in {timing['seconds']:.2f} s = {timing['texts_per_s']:.0f} texts/s; "
+            f"norms {norms.min():.4f}..{norms.max():.4f}; tokens mean {tok_lens.mean():.0f}, "
+            f"{(tok_lens > MAX_TOKENS).sum()} over {MAX_TOKENS}; int8 cosine min {cos.min():.6f}; "
+            f"files {files}",
+            flush=True,
+        )
     arrays["manifest"] = np.array(json.dumps(manifest))
     np.savez_compressed(out / "meta.npz", **arrays)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -45,9 +45,10 @@ VARIANTS = ("card", "card_nosym")
 def _write_lines(path: Path, lines: list[str]) -> str:
     """Write ``lines`` gzip-compressed (no timestamp); return the file's sha256."""
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    with open(path, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0
-    ) as fh:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fh,
+    ):
         fh.write(data)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -105,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             "chars_mean": round(float(lengths.mean()), 1),
             "chars_max": int(lengths.max()),
         }
-        print(f"{name}: {len(lines)} texts, mean {lengths.mean():.0f} chars, "
-              f"{n_nl} with newlines; example: {lines[genes.get_loc('TP53')][:110]!r}")
+        print(
+            f"{name}: {len(lines)} texts, mean {lengths.mean():.0f} chars, "
+            f"{n_nl} with newlines; example: {lines[genes.get_loc('TP53')][:110]!r}"
+        )
     (out / "texts_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     total = sum(p.stat().st_size for p in out.iterdir())
     print(f"{len(genes)} genes -> {out} ({total / 1e6:.2f} MB)")

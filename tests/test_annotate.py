@@ -249,7 +249,9 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     # a path works too, and predict_proba gives the same DataFrame
     q3 = query0.copy()
     annotate_scmpt(q3, model=str(path), key_added="again", device="cpu")
-    pd.testing.assert_frame_equal(proba_frame(q3, "again"), model.predict_proba(query0, device="cpu"))
+    pd.testing.assert_frame_equal(
+        proba_frame(q3, "again"), model.predict_proba(query0, device="cpu")
+    )
 
 
 @pytest.mark.gpu
@@ -646,13 +648,22 @@ def test_scmpt_save_detects_torn_pair(tmp_path):
     import shutil
 
     rng = np.random.default_rng(0)
-    ref = ad.AnnData(np.zeros((60, 2), dtype=np.float32),
-                     obs=pd.DataFrame({"y": np.repeat(["a", "b", "c"], 20)},
-                                      index=[f"c{i}" for i in range(60)]))
+    ref = ad.AnnData(
+        np.zeros((60, 2), dtype=np.float32),
+        obs=pd.DataFrame({"y": np.repeat(["a", "b", "c"], 20)}, index=[f"c{i}" for i in range(60)]),
+    )
     ref.obsm["X_a"] = rng.standard_normal((60, 4)).astype(np.float32)
     ref.obsm["X_b"] = rng.standard_normal((60, 3)).astype(np.float32)
-    m = gpt.models.ScMPTModel.fit(ref, label_key="y", reps=["X_a", "X_b"], hidden=8,
-                              epochs_grid=(2,), lr_grid=(1e-2,), n_seeds=1, device="cpu")
+    m = gpt.models.ScMPTModel.fit(
+        ref,
+        label_key="y",
+        reps=["X_a", "X_b"],
+        hidden=8,
+        epochs_grid=(2,),
+        lr_grid=(1e-2,),
+        n_seeds=1,
+        device="cpu",
+    )
     m.save(tmp_path / "one")
     m.save(tmp_path / "two")
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["config.json", "weights.pt"]

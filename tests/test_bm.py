@@ -65,7 +65,9 @@ def test_gene_property_auc_planted_vs_random():
     # accepts GeneEmbeddings and AnnData varm
     ge = GeneEmbeddings(emb.index.to_numpy(), emb.to_numpy())
     r2 = gene_property_auc(ge, y, models=("lr",), n_splits=3, include_random=False)
-    pd.testing.assert_frame_equal(r2, res[(res.embedding == "genept") & (res.model == "lr")].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        r2, res[(res.embedding == "genept") & (res.model == "lr")].reset_index(drop=True)
+    )
     a = ad.AnnData(np.zeros((2, len(emb)), np.float32))
     a.var_names = emb.index
     a.varm["X_genept"] = emb.to_numpy()
@@ -112,7 +114,9 @@ def _hub_positives(n_genes=400, n_pos=600, seed=0):
         if a != b:
             pairs.add((min(a, b), max(a, b)))
     pairs = sorted(pairs)
-    return pd.DataFrame({"gene1": [f"G{a}" for a, _ in pairs], "gene2": [f"G{b}" for _, b in pairs]})
+    return pd.DataFrame(
+        {"gene1": [f"G{a}" for a, _ in pairs], "gene2": [f"G{b}" for _, b in pairs]}
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -181,9 +185,13 @@ def _cells(seed=0):
     lab = np.repeat(["a", "b", "c"], 40)
     Z = rng.standard_normal((120, 10)).astype(np.float32)
     Z[:, :3] += 3 * (lab[:, None] == np.array(["a", "b", "c"]))
-    a = ad.AnnData(rng.random((120, 5)).astype(np.float32),
-                   obs=pd.DataFrame({"cell_type": lab, "batch": rng.choice(["x", "y"], 120)},
-                                    index=[f"c{i}" for i in range(120)]))
+    a = ad.AnnData(
+        rng.random((120, 5)).astype(np.float32),
+        obs=pd.DataFrame(
+            {"cell_type": lab, "batch": rng.choice(["x", "y"], 120)},
+            index=[f"c{i}" for i in range(120)],
+        ),
+    )
     a.obsm["X_emb"] = Z
     return a
 
@@ -222,11 +230,14 @@ def _write_fixtures(folder):
     for split, n in (("train", 4), ("test", 2)):
         (folder / f"{split}_text.txt").write_text("".join(f"A{i} B{i}\n" for i in range(n)))
         (folder / f"{split}_label.txt").write_text("".join(f"{i % 2}\n" for i in range(n)))
-    (folder / "HuRI.tsv").write_text("ENSG00000141510\tENSG00000135679\nENSG00000135679\tENSG00000141510\nENSG00000141510\tENSG00000141510\n")
+    (folder / "HuRI.tsv").write_text(
+        "ENSG00000141510\tENSG00000135679\nENSG00000135679\tENSG00000141510\nENSG00000141510\tENSG00000141510\n"
+    )
     (folder / "huri_symbols.tsv").write_text("TP53\tMDM2\nNA\tTP53\n")
     (folder / "panglao.tsv").write_text(
         "species\tofficial gene symbol\tcell type\tsensitivity_human\nMm Hs\tCD3E\tT cells\t0.5\n"
-        "Hs\tCD3D\tT cells\t0.9\nMm\tCd19\tB cells\t1\nMm Hs\tCD19\tB cells\t0.7\n")
+        "Hs\tCD3D\tT cells\t0.9\nMm\tCd19\tB cells\t1\nMm Hs\tCD19\tB cells\t0.7\n"
+    )
 
 
 def test_loaders_local_files(tmp_path):
@@ -234,17 +245,26 @@ def test_loaders_local_files(tmp_path):
     d = dosage_sensitive_tfs(tmp_path / "dosage_sens_tf_labels.csv")
     assert d.to_dict() == {"TFA": 0, "TFB": 1, "TFC": 0}
     with open(tmp_path / "d.pickle", "wb") as fh:
-        pickle.dump({"Dosage-sensitive TFs": ["ENSG00000141510"], "Dosage-insensitive TFs": ["ENSGX"]}, fh)
+        pickle.dump(
+            {"Dosage-sensitive TFs": ["ENSG00000141510"], "Dosage-insensitive TFs": ["ENSGX"]}, fh
+        )
     with pytest.raises(ValueError, match="allow_pickle"):
         dosage_sensitive_tfs(tmp_path / "d.pickle")
-    assert dosage_sensitive_tfs(tmp_path / "d.pickle", allow_pickle=True).to_dict() == {"TP53": 1, "ENSGX": 0}
+    assert dosage_sensitive_tfs(tmp_path / "d.pickle", allow_pickle=True).to_dict() == {
+        "TP53": 1,
+        "ENSGX": 0,
+    }
     g = gene2vec_ggi("train", tmp_path)
     assert g.columns.tolist() == ["gene1", "gene2", "label"] and g.label.tolist() == [0, 1, 0, 1]
     h = huri(tmp_path / "HuRI.tsv")
     assert h.values.tolist() == [["MDM2", "TP53"]]  # mapped, deduplicated, no self-pair
     assert huri(tmp_path / "huri_symbols.tsv").values.tolist() == [["MDM2", "TP53"], ["NA", "TP53"]]
     m = panglao_markers(tmp_path / "panglao.tsv")
-    assert m[["cell_type", "gene"]].values.tolist() == [["T cells", "CD3E"], ["T cells", "CD3D"], ["B cells", "CD19"]]
+    assert m[["cell_type", "gene"]].values.tolist() == [
+        ["T cells", "CD3E"],
+        ["T cells", "CD3D"],
+        ["B cells", "CD19"],
+    ]
 
 
 @pytest.fixture
@@ -261,7 +281,9 @@ def loopback(tmp_path):
 
 def test_loaders_loopback_server(loopback):
     url, folder = loopback
-    sha = "sha256:" + hashlib.sha256((folder / "dosage_sens_tf_labels.csv").read_bytes()).hexdigest()
+    sha = (
+        "sha256:" + hashlib.sha256((folder / "dosage_sens_tf_labels.csv").read_bytes()).hexdigest()
+    )
     d = dosage_sensitive_tfs(url=url + "dosage_sens_tf_labels.csv", known_hash=sha)
     assert d.sum() == 1 and len(d) == 3
     with pytest.raises(ValueError, match=r"(?i)sha256|hash"):  # pooch rejects a wrong hash
@@ -315,13 +337,35 @@ def test_ablation_embeddings():
 
 def test_marker_similarity():
     rng = np.random.default_rng(0)
-    markers = pd.DataFrame({
-        "cell type": ["T"] * 4 + ["B"] * 4 + ["NK"] * 3,
-        "official gene symbol": ["T1", "T2", "T3", "T4", "B1", "B2", "B3", "B4", "N1", "N2", "N3"],
-    })
-    centres = {"T": rng.standard_normal(16), "B": rng.standard_normal(16), "NK": rng.standard_normal(16)}
-    emb = pd.DataFrame({g: centres[c] + 0.3 * rng.standard_normal(16)
-                        for c, g in zip(markers["cell type"], markers["official gene symbol"], strict=True)}).T
+    markers = pd.DataFrame(
+        {
+            "cell type": ["T"] * 4 + ["B"] * 4 + ["NK"] * 3,
+            "official gene symbol": [
+                "T1",
+                "T2",
+                "T3",
+                "T4",
+                "B1",
+                "B2",
+                "B3",
+                "B4",
+                "N1",
+                "N2",
+                "N3",
+            ],
+        }
+    )
+    centres = {
+        "T": rng.standard_normal(16),
+        "B": rng.standard_normal(16),
+        "NK": rng.standard_normal(16),
+    }
+    emb = pd.DataFrame(
+        {
+            g: centres[c] + 0.3 * rng.standard_normal(16)
+            for c, g in zip(markers["cell type"], markers["official gene symbol"], strict=True)
+        }
+    ).T
     res = marker_similarity(emb, markers)
     assert list(res.index) == ["T", "B", "NK"] and res.loc["T", "top_marker"] == "T1"
     M = emb.to_numpy() / np.linalg.norm(emb.to_numpy(), axis=1, keepdims=True)

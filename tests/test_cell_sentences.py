@@ -276,7 +276,10 @@ def test_shuffle_same_genes_new_order_deterministic():
     assert sum(r != s for r, s in zip(ranked, a, strict=True)) >= 25
     assert a[5] == ""
     # the shuffle of a cell depends on its row, not on how rows are blocked
-    assert build_sentences(X, names, random_state=0, shuffle=True, block_rows=7, show_progress=False) == a
+    assert (
+        build_sentences(X, names, random_state=0, shuffle=True, block_rows=7, show_progress=False)
+        == a
+    )
 
 
 def test_shuffle_after_cut_keeps_the_top_genes():
@@ -333,7 +336,12 @@ def test_matches_per_cell_reference(X, seed, n_genes, block_rows):
     want = [" ".join(names[g] for g in r) for r in _reference(X, seed, n_genes)]
     for kind, Xc in _containers(X).items():
         got = build_sentences(
-            Xc, names, random_state=seed, n_genes=n_genes, block_rows=block_rows, show_progress=False
+            Xc,
+            names,
+            random_state=seed,
+            n_genes=n_genes,
+            block_rows=block_rows,
+            show_progress=False,
         )
         assert got == want, kind
     indptr, idx = rank_genes(sparse.csr_matrix(X), random_state=seed, n_genes=n_genes)
@@ -350,9 +358,13 @@ def test_large_random_sparse_against_reference():
     dense = X.toarray()
     for seed in (None, 3):
         want = [" ".join(names[g] for g in r) for r in _reference(dense, seed)]
-        assert build_sentences(X, names, random_state=seed, block_rows=64, show_progress=False) == want
+        assert (
+            build_sentences(X, names, random_state=seed, block_rows=64, show_progress=False) == want
+        )
         want40 = [" ".join(names[g] for g in r) for r in _reference(dense, seed, 40)]
-        assert build_sentences(X, names, random_state=seed, n_genes=40, show_progress=False) == want40
+        assert (
+            build_sentences(X, names, random_state=seed, n_genes=40, show_progress=False) == want40
+        )
 
 
 def test_non_ascii_names():
@@ -384,7 +396,9 @@ def _adata(X=X_HAND):
 
 def test_anndata_writes_obs_and_params():
     adata = _adata()
-    assert cell_sentences(adata, gene_symbols="symbol", random_state=None, show_progress=False) is None
+    assert (
+        cell_sentences(adata, gene_symbols="symbol", random_state=None, show_progress=False) is None
+    )
     assert adata.obs["genept_sentence"].tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
     params = adata.uns["genept_sentence"]["params"]
     assert params["gene_symbols"] == "symbol"
@@ -407,7 +421,12 @@ def test_anndata_series_copy_layer_raw():
     adata.raw = adata.copy()
     adata2 = adata[:, :3].copy()
     s = cell_sentences(
-        adata2, use_raw=True, gene_symbols="symbol", random_state=None, inplace=False, show_progress=False
+        adata2,
+        use_raw=True,
+        gene_symbols="symbol",
+        random_state=None,
+        inplace=False,
+        show_progress=False,
     )
     assert s.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
@@ -415,7 +434,9 @@ def test_anndata_series_copy_layer_raw():
 def test_anndata_dask_x():
     adata = _adata()
     adata.X = da.from_array(X_HAND, chunks=(2, 5))
-    s = cell_sentences(adata, gene_symbols="symbol", random_state=None, inplace=False, show_progress=False)
+    s = cell_sentences(
+        adata, gene_symbols="symbol", random_state=None, inplace=False, show_progress=False
+    )
     assert s.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
 
 
@@ -423,7 +444,9 @@ def test_h5ad_round_trip_and_backed(tmp_path):
     X, names = _long_matrix()
     adata = ad.AnnData(sparse.csr_matrix(X), var=pd.DataFrame(index=names))
     adata.obs_names = [f"c{i}" for i in range(X.shape[0])]
-    cell_sentences(adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, random_state=4, show_progress=False)
+    cell_sentences(
+        adata, prefix=PAPER_PREFIX, n_genes=8, shuffle=True, random_state=4, show_progress=False
+    )
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)

@@ -51,15 +51,22 @@ def _small(n_obs: int, seed: int) -> ad.AnnData:
     idx = np.sort(rng.choice(full.n_obs, n_obs, replace=False))
     genes = full.raw.var_names[:60]
     X = full.raw[:, genes].X[idx]
-    a = ad.AnnData(np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float32),
-                   obs=pd.DataFrame({"cell_type": full.obs["bulk_labels"].to_numpy()[idx]},
-                                    index=full.obs_names[idx]),
-                   var=pd.DataFrame(index=genes))
+    a = ad.AnnData(
+        np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float32),
+        obs=pd.DataFrame(
+            {"cell_type": full.obs["bulk_labels"].to_numpy()[idx]}, index=full.obs_names[idx]
+        ),
+        var=pd.DataFrame(index=genes),
+    )
     a.raw = a.copy()
     a.obsm["X_pca"] = full.obsm["X_pca"][idx, :20]
     # stand-ins for an scGPT checkpoint's and a text model's cell embeddings
-    a.obsm["X_scGPT"] = (full.obsm["X_pca"][idx, :16] + rng.normal(0, 0.1, (n_obs, 16))).astype(np.float32)
-    a.obsm["X_genept_s"] = (full.obsm["X_pca"][idx, 10:30] + rng.normal(0, 0.1, (n_obs, 20))).astype(np.float32)
+    a.obsm["X_scGPT"] = (full.obsm["X_pca"][idx, :16] + rng.normal(0, 0.1, (n_obs, 16))).astype(
+        np.float32
+    )
+    a.obsm["X_genept_s"] = (
+        full.obsm["X_pca"][idx, 10:30] + rng.normal(0, 0.1, (n_obs, 20))
+    ).astype(np.float32)
     return a
 
 
@@ -118,8 +125,12 @@ def test_annotate_readme_defaults_need_no_scgpt(workdir, monkeypatch, tmp_path):
         a = ad.read_h5ad(workdir / f"{name}.h5ad")
         del a.obsm["X_scGPT"]
         a.write_h5ad(tmp_path / f"{name}.h5ad")
-    rc = _run("genept annotate query.h5ad annotated.h5ad --reference ref.h5ad", tmp_path,
-              monkeypatch, tmp_path / "cache")
+    rc = _run(
+        "genept annotate query.h5ad annotated.h5ad --reference ref.h5ad",
+        tmp_path,
+        monkeypatch,
+        tmp_path / "cache",
+    )
     assert rc == 0
     b = ad.read_h5ad(tmp_path / "annotated.h5ad")
     assert list(b.uns["genept_scmpt"]["params"]["reps"]) == ["X_pca", "X_genept_s"]
@@ -131,11 +142,17 @@ def test_use_rep_takes_several_values(workdir, monkeypatch, tmp_path):
     """`--use-rep A B` and `--use-rep A --use-rep B` mean the same (was: error)."""
     for form in ("--use-rep X_pca X_genept_s", "--use-rep X_pca --use-rep X_genept_s"):
         out = tmp_path / "e.h5ad"
-        rc = _run(f"genept annotate query.h5ad {out} --reference ref.h5ad --method knn-ensemble "
-                  f"{form}", workdir, monkeypatch, tmp_path / "cache")
+        rc = _run(
+            f"genept annotate query.h5ad {out} --reference ref.h5ad --method knn-ensemble {form}",
+            workdir,
+            monkeypatch,
+            tmp_path / "cache",
+        )
         assert rc == 0
         assert list(ad.read_h5ad(out).uns["genept_knn_ensemble"]["params"]["use_rep"]) == [
-            "X_pca", "X_genept_s"]
+            "X_pca",
+            "X_genept_s",
+        ]
 
 
 @pytest.mark.slow
@@ -156,11 +173,13 @@ def test_demo_writes_everything_inside_out(tmp_path, monkeypatch):
 
 def test_help_is_fast_and_imports_nothing_heavy():
     """`genept --help` answers before any heavy import (issue 10: was 7-30 s)."""
-    code = ("import sys, time; t = time.perf_counter(); from genept.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'sentence_transformers', 'openai', 'sklearn', "
-            "'scanpy', 'anndata', 'matplotlib') if m in sys.modules]\n"
-            "print(heavy, time.perf_counter() - t, file=sys.stderr)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from genept.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'openai', 'sklearn', "
+        "'scanpy', 'anndata', 'matplotlib') if m in sys.modules]\n"
+        "print(heavy, time.perf_counter() - t, file=sys.stderr)"
+    )
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t

@@ -64,7 +64,9 @@ def test_corrupted_codes_named_with_rebuild_hint(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in the last code
     path.write_bytes(bytes(data))
-    with pytest.raises(DefaultTableError, match=rf"{STEM}\.npy.*sha256.*build_default_embeddings\.py"):
+    with pytest.raises(
+        DefaultTableError, match=rf"{STEM}\.npy.*sha256.*build_default_embeddings\.py"
+    ):
         load_table(tmp_path)
     load_table(tmp_path, verify=False)  # shapes still fine: only the hash catches it
 
@@ -102,7 +104,8 @@ def test_metadata_missing_or_lying(tmp_path):
 def test_content_hash_covers_scales(tmp_path):
     codes = np.zeros((2, 3), np.int8)
     assert content_sha256(codes, np.array([1, 2], np.float32)) != content_sha256(
-        codes, np.array([1, 3], np.float32))
+        codes, np.array([1, 3], np.float32)
+    )
 
 
 def test_write_table_refuses_bad_input(tmp_path):
@@ -143,8 +146,9 @@ class _Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tables/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self):
@@ -172,17 +176,23 @@ def test_fetch_from_loopback_server_once(tmp_path, archive):
     srv = _Server("t.npz", path.read_bytes())
     try:
         reg = {"t": {"file": "t.npz", "sha256": sha}}
-        table = fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
+        table = fetch_table(
+            "t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False
+        )
         found, rows = table.rows(["G3", "X"])
         codes, scale = quantise(M)
         assert found.tolist() == [True, False]
         assert np.array_equal(rows[0], codes[3].astype(np.float32) * scale[3])
         assert table.meta["model"] == "m" and table.meta["archive_sha256"] == sha
-        again = fetch_table("t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False)
+        again = fetch_table(
+            "t", url=srv.url, registry=reg, cache_dir=tmp_path / "c", progress=False
+        )
         assert srv.hits == 1 and np.array_equal(again.rows(["G3"])[1], rows[:1])
         # only the unpacked table stays in the cache: no download, no temporary folder
         left = sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_file())
-        assert left == sorted([f"{STEM}.npy", f"{STEM}_scale.npy", f"{STEM}_genes.txt.gz", f"{STEM}.json"])
+        assert left == sorted(
+            [f"{STEM}.npy", f"{STEM}_scale.npy", f"{STEM}_genes.txt.gz", f"{STEM}.json"]
+        )
     finally:
         srv.close()
 
@@ -319,7 +329,12 @@ def test_default_is_the_shipped_table_bitwise(monkeypatch):
     a = _adata(names)
     gpt.tl.embed_genes(a)
     p = a.uns["genept"]["params"]
-    assert (p["model"], p["text_level"], p["dim"], p["source"]) == ("lsa", "card_nosym", 384, "cards")
+    assert (p["model"], p["text_level"], p["dim"], p["source"]) == (
+        "lsa",
+        "card_nosym",
+        384,
+        "cards",
+    )
     assert a.var["genept_has_embedding"].tolist() == [True, True, True, True, False]
     _, ref = default_table().rows(["CD3E", "MS4A1", "TP53", "CD3E"])
     assert np.array_equal(a.varm["X_genept"][:4], ref)  # the table's rows, bitwise
@@ -345,8 +360,9 @@ def test_old_default_and_other_levels_by_name():
     with pytest.raises(ValueError, match=r"model='lsa'.*shipped default table"):
         gpt.tl.embed_genes(a, source="name", model="lsa")
     with pytest.raises(ValueError, match=r"card_nosym.*only for source='cards'"):
-        gpt.tl.embed_genes(a, source={"CD3E": "a text"}, model=_CountingEncoder(),
-                           text_level="card_nosym")
+        gpt.tl.embed_genes(
+            a, source={"CD3E": "a text"}, model=_CountingEncoder(), text_level="card_nosym"
+        )
     with pytest.raises(ValueError, match="text_level must be one of"):
         gpt.tl.embed_genes(a, text_level="cards")
 
@@ -361,8 +377,12 @@ def test_missing_genes_are_projected_and_cached(tmp_path, monkeypatch):
     genes = [str(g) for g in _cards().index[:300]] + ["CD3E", "CD3D"]
     texts = list(card_nosym_text(_cards(), genes))
     sha = hashlib.sha256(("\n".join(texts) + "\n").encode("utf-8")).hexdigest()
-    write_table(tmp_path / "t", genes, fit_lsa(texts, 16, seed=0), {"normalise_rows": True,
-                                                                    "text_sha256": sha})
+    write_table(
+        tmp_path / "t",
+        genes,
+        fit_lsa(texts, 16, seed=0),
+        {"normalise_rows": True, "text_sha256": sha},
+    )
     small = load_table(tmp_path / "t")
     monkeypatch.setattr(gpt.datasets, "default_table", lambda: small)  # the public face
     warned = []
@@ -376,8 +396,10 @@ def test_missing_genes_are_projected_and_cached(tmp_path, monkeypatch):
     _, ref = small.rows(["CD3E", "CD3D"])
     assert np.array_equal(M[[0, 2]], ref)
     # the projected gene is cached: a second call does not build the projector again
-    monkeypatch.setattr("genept.datasets._lsa._projector",
-                        lambda t: (_ for _ in ()).throw(AssertionError("not cached")))
+    monkeypatch.setattr(
+        "genept.datasets._lsa._projector",
+        lambda t: (_ for _ in ()).throw(AssertionError("not cached")),
+    )
     b = _adata(["CD3E", "MS4A1", "CD3D"])
     gpt.tl.embed_genes(b)
     assert np.array_equal(a.varm["X_genept"], b.varm["X_genept"])
@@ -393,7 +415,10 @@ def test_corrupted_shipped_table_error_names_file_and_rebuild(tmp_path, monkeypa
     _default_table.default_table.cache_clear()
     try:
         a = _adata(["CD3E"])
-        with pytest.raises(DefaultTableError, match=r"default_gene_embeddings\.npy.*sha256.*build_default_embeddings"):
+        with pytest.raises(
+            DefaultTableError,
+            match=r"default_gene_embeddings\.npy.*sha256.*build_default_embeddings",
+        ):
             gpt.tl.embed_genes(a)
         assert "X_genept" not in a.varm and "genept" not in a.uns  # nothing half-written
     finally:
@@ -426,7 +451,9 @@ def test_30k_genes_fast_and_reproducible():
     from genept.datasets._default_table import default_table
 
     table = default_table()
-    names = list(table.genes[np.random.default_rng(0).choice(len(table.genes), 30_000, replace=False)])
+    names = list(
+        table.genes[np.random.default_rng(0).choice(len(table.genes), 30_000, replace=False)]
+    )
     a, b = _adata(names), _adata(names)
     gpt.tl.embed_genes(a)  # warm: cards, alias maps
     t = time.perf_counter()
@@ -444,7 +471,11 @@ def test_card_text_level_card_nosym_is_the_table_text():
     genes = ["TP53", "CD3E", "NOT_A_GENE"]
     got = gpt.datasets.card_text(cards, genes, text_level="card_nosym")
     want = card_nosym_text(cards, genes)
-    assert got.iloc[:2].tolist() == want.iloc[:2].tolist() and got.isna().tolist() == [False, False, True]
+    assert got.iloc[:2].tolist() == want.iloc[:2].tolist() and got.isna().tolist() == [
+        False,
+        False,
+        True,
+    ]
     assert got["TP53"].startswith("Gene tumor protein p53 is a protein-coding gene.")
     assert "TP53" not in got["TP53"] and "P53" not in got["TP53"].replace("p53", "")
 

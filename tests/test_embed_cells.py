@@ -35,8 +35,14 @@ class BagEncoder(TextEncoder):
 
 def toy(n_obs=30, n_vars=12, seed=0, fmt="csr"):
     rng = np.random.default_rng(seed)
-    X = sparse.random(n_obs, n_vars, density=0.4, random_state=seed, format="csr",
-                      data_rvs=lambda k: rng.uniform(0.1, 3, k)).astype(np.float32)
+    X = sparse.random(
+        n_obs,
+        n_vars,
+        density=0.4,
+        random_state=seed,
+        format="csr",
+        data_rvs=lambda k: rng.uniform(0.1, 3, k),
+    ).astype(np.float32)
     X = X.tocsr()
     X[3] = 0  # an empty cell
     X.eliminate_zeros()
@@ -75,8 +81,9 @@ def test_w_notebook_form():
     adata = toy()
     gpt.tl.embed_cells(adata, method="w", normalize="notebook", key_added="X_nb")
     X = adata.X.toarray().astype(np.float64)
-    np.testing.assert_allclose(adata.obsm["X_nb"], X @ adata.varm["X_genept"] / X.shape[1],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adata.obsm["X_nb"], X @ adata.varm["X_genept"] / X.shape[1], rtol=1e-5, atol=1e-6
+    )
     assert "nb" in adata.uns and "nb_empty" in adata.obs
 
 

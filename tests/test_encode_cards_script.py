@@ -51,7 +51,9 @@ def test_split_files_and_load_back(enc, tmp_path, monkeypatch):
     assert files == [f"card_int8_{k}.npy" for k in range(4)]
     assert [len(np.load(out / f)) for f in files] == [30, 30, 30, 10]
     manifest = {
-        "n_genes": n, "dim": dim, "inputs": {"genes.txt.gz": enc._sha256(cards / "genes.txt.gz")},
+        "n_genes": n,
+        "dim": dim,
+        "inputs": {"genes.txt.gz": enc._sha256(cards / "genes.txt.gz")},
         "variants": {"card": {"files": files, "sha256_codes": enc._sha256_codes(codes, scale)}},
     }
     (out / "manifest.json").write_text(json.dumps(manifest))

@@ -67,7 +67,9 @@ def test_shared_symbol_prefers_protein_coding(cards):
     hbd = cards.loc[["HBD"]]
     assert len(hbd) == 2
     assert hbd["gene_type"].iloc[0] == "protein-coding"
-    assert card_text(cards, ["HBD"], text_level="name_full")["HBD"] == "HBD (hemoglobin subunit delta)"
+    assert (
+        card_text(cards, ["HBD"], text_level="name_full")["HBD"] == "HBD (hemoglobin subunit delta)"
+    )
 
 
 def test_returns_copy():

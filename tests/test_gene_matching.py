@@ -70,9 +70,14 @@ def test_deterministic_under_query_order():
 
 
 def test_ensembl_ties_are_ambiguous():
-    ens = {"ENSG00000000001": ("GA", "GB"), "ENSG00000000002": ["GC"], "ENSG00000000003": ("GD", "GE")}
-    m = match_genes(["ENSG00000000001", "ENSG00000000002", "ENSG00000000003.2"],
-                    ["GA", "GB", "GC"], ensembl=ens)
+    ens = {
+        "ENSG00000000001": ("GA", "GB"),
+        "ENSG00000000002": ["GC"],
+        "ENSG00000000003": ("GD", "GE"),
+    }
+    m = match_genes(
+        ["ENSG00000000001", "ENSG00000000002", "ENSG00000000003.2"], ["GA", "GB", "GC"], ensembl=ens
+    )
     assert m.target.tolist() == ["", "GC", ""]
     assert m.kind.tolist() == ["ambiguous", "ensembl", "none"]
     assert m.counts()["ambiguous"] == 1

@@ -131,7 +131,10 @@ def test_scores_equal_dense_mean_and_h5ad_roundtrip(tmp_path):
     r = ad.read_h5ad(path)
     pd.testing.assert_frame_equal(r.obsm["genept_program_scores"], sc_, check_index_type=False)
     assert r.var["genept_program"].equals(a.var["genept_program"])
-    assert list(r.uns["genept_programs"]["members"]["GP0"]) == a.uns["genept_programs"]["members"]["GP0"]
+    assert (
+        list(r.uns["genept_programs"]["members"]["GP0"])
+        == a.uns["genept_programs"]["members"]["GP0"]
+    )
 
 
 def test_program_scores_blocks_and_raw():

@@ -295,8 +295,9 @@ def test_embed_genes_from_genept_sources(served, archive, monkeypatch):
 
     monkeypatch.setattr(z, "ZIP_URL", served.url)
     monkeypatch.setattr(z, "ZIP_HASH", md5(archive))
-    adata = ad.AnnData(np.ones((2, 3), dtype=np.float32),
-                       var=pd.DataFrame(index=["GENE1", "gene2", "NOPE"]))
+    adata = ad.AnnData(
+        np.ones((2, 3), dtype=np.float32), var=pd.DataFrame(index=["GENE1", "gene2", "NOPE"])
+    )
     gpt.tl.embed_genes(adata, source="genept")
     ada = _data()[0]
     np.testing.assert_array_equal(adata.varm["X_genept"][0], np.float32(ada["GENE1"]))

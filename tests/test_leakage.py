@@ -50,8 +50,11 @@ def _reference(M: np.ndarray, genes, go_sets, k, prefix):
     for i in range(len(genes)):
         order = [j for j in np.argsort(-S[i], kind="stable") if j != i][:k]
         for j in order:
-            sp = len(genes[i]) >= prefix and len(genes[j]) >= prefix and \
-                genes[i][:prefix].upper() == genes[j][:prefix].upper()
+            sp = (
+                len(genes[i]) >= prefix
+                and len(genes[j]) >= prefix
+                and genes[i][:prefix].upper() == genes[j][:prefix].upper()
+            )
             sg = bool(go_sets[i] & go_sets[j])
             same += sp
             shared += sg
@@ -71,7 +74,9 @@ def test_matches_brute_force_reference():
     M[: len(genes) // 2] += 2 * rng.standard_normal(5)  # some structure
     emb = pd.DataFrame(M, index=genes)
     k, prefix = 4, 3
-    res = gpt.bm.lexical_leakage(emb, cards, k=k, prefix=prefix, min_go_terms=1, include_random=False)
+    res = gpt.bm.lexical_leakage(
+        emb, cards, k=k, prefix=prefix, min_go_terms=1, include_random=False
+    )
     go_sets = [set(go[g].split("|")) for g in genes]
     ref = _reference(M.astype(np.float64), genes, go_sets, k, prefix)
     row = res.iloc[0]
@@ -83,12 +88,15 @@ def test_matches_brute_force_reference():
 
 def test_well_annotated_filter_and_genes_subset():
     cards = _cards({"ABC1": "a|b", "ABC2": "c|d", "ABC3": "e", "XYZ1": "a|c", "XYZ2": "b|d"})
-    emb = pd.DataFrame(np.random.default_rng(0).standard_normal((6, 3)),
-                       index=["ABC1", "ABC2", "ABC3", "XYZ1", "XYZ2", "NOCARD"])
+    emb = pd.DataFrame(
+        np.random.default_rng(0).standard_normal((6, 3)),
+        index=["ABC1", "ABC2", "ABC3", "XYZ1", "XYZ2", "NOCARD"],
+    )
     res = gpt.bm.lexical_leakage(emb, cards, k=1, min_go_terms=2, include_random=False)
     assert res.iloc[0]["n_genes"] == 4  # ABC3 (1 term) and NOCARD (no card) left out
-    res = gpt.bm.lexical_leakage(emb, cards, k=1, min_go_terms=2, genes=["ABC1", "ABC2", "XYZ1"],
-                                 include_random=False)
+    res = gpt.bm.lexical_leakage(
+        emb, cards, k=1, min_go_terms=2, genes=["ABC1", "ABC2", "XYZ1"], include_random=False
+    )
     assert res.iloc[0]["n_genes"] == 3
     with pytest.raises(ValueError, match="min_go_terms"):
         gpt.bm.lexical_leakage(emb, cards, k=4, min_go_terms=2)

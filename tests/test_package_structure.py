@@ -35,6 +35,7 @@ SRC = Path(gpt.__file__).resolve().parent
 SUBPACKAGES = ["pp", "tl", "pl", "bm", "datasets", "encoders", "models"]
 HEAVY = ("torch", "sentence_transformers", "openai", "sklearn", "matplotlib.pyplot")
 
+
 def _public_functions():
     out = []
     for sub in SUBPACKAGES:
@@ -59,23 +60,35 @@ def _report(offenders: dict[str, str], what: str) -> None:
 
 # ------------------------------------------------------------------ lazy imports
 def test_import_genept_loads_nothing_heavy():
-    code = ("import sys, genept\n"
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = f"import sys, genept\nprint([m for m in {HEAVY!r} if m in sys.modules])"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(
-    "expr", ["gpt.tl.annotate_knn", "gpt.tl.annotate_knn_ensemble", "gpt.tl.proba_frame",
-             "gpt.tl.annotate_mlp", "gpt.tl.annotate_llm", "gpt.tl.embed_cells",
-             "gpt.tl.embed_genes", "gpt.tl.gene_programs", "gpt.models.ScMPTParams",
-             "gpt.encoders.EmbeddingCache", "gpt.pp.cell_sentences", "gpt.bm.knn_metrics"],
+    "expr",
+    [
+        "gpt.tl.annotate_knn",
+        "gpt.tl.annotate_knn_ensemble",
+        "gpt.tl.proba_frame",
+        "gpt.tl.annotate_mlp",
+        "gpt.tl.annotate_llm",
+        "gpt.tl.embed_cells",
+        "gpt.tl.embed_genes",
+        "gpt.tl.gene_programs",
+        "gpt.models.ScMPTParams",
+        "gpt.encoders.EmbeddingCache",
+        "gpt.pp.cell_sentences",
+        "gpt.bm.knn_metrics",
+    ],
 )
 def test_light_functions_do_not_import_torch(expr):
     """Looking a function up imports no torch, openai nor sentence-transformers: they load
     when a model is trained or a text model encodes (scGPT's module alone needs torch)."""
-    code = (f"import sys, genept as gpt\n{expr}\n"
-            "print([m for m in ('torch', 'sentence_transformers', 'openai') if m in sys.modules])")
+    code = (
+        f"import sys, genept as gpt\n{expr}\n"
+        "print([m for m in ('torch', 'sentence_transformers', 'openai') if m in sys.modules])"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
@@ -84,18 +97,22 @@ def test_lazy_table_comes_from_the_type_checking_block(tmp_path):
     """attach_stub reads the names once, from the package's TYPE_CHECKING imports."""
     from genept._core._lazy import _type_checking_imports
 
-    src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-           "    from . import tl\n    from ._a import f, g\n    from .._b.c import h\n")
+    src = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from . import tl\n    from ._a import f, g\n    from .._b.c import h\n"
+    )
     assert _type_checking_imports(src, "x.py") == (["tl"], {"f": "._a", "g": "._a", "h": ".._b.c"})
     with pytest.raises(ValueError, match="relative"):
         _type_checking_imports("if TYPE_CHECKING:\n    import numpy\n", "x.py")
 
 
 def test_subpackages_load_lazily_and_resolve():
-    code = ("import sys, genept as gpt\n"
-            "before = sorted(m for m in sys.modules if m.startswith('genept.') and m.count('.') == 1)\n"
-            "f = gpt.tl.embed_cells\n"
-            "print(before, 'genept.tl' in sys.modules, f.__module__)")
+    code = (
+        "import sys, genept as gpt\n"
+        "before = sorted(m for m in sys.modules if m.startswith('genept.') and m.count('.') == 1)\n"
+        "f = gpt.tl.embed_cells\n"
+        "print(before, 'genept.tl' in sys.modules, f.__module__)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, loaded, mod = r.stdout.strip().rsplit(" ", 2)
     assert not any(f"genept.{s}'" in before for s in SUBPACKAGES), before
@@ -162,8 +179,11 @@ def _cells(n_obs=40, n_vars=12, seed=0) -> AnnData:
     X = np.log1p(rng.poisson(1.5, (n_obs, n_vars)).astype(np.float32))
     labels = np.where(np.arange(n_obs) % 2 == 0, "T cell", "B cell")
     X[labels == "B cell", :4] += 2.0
-    a = AnnData(X, obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(n_obs)]),
-                var=pd.DataFrame(index=[f"CD{i}" for i in range(n_vars)]))
+    a = AnnData(
+        X,
+        obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(n_obs)]),
+        var=pd.DataFrame(index=[f"CD{i}" for i in range(n_vars)]),
+    )
     a.varm["X_genept"] = rng.standard_normal((n_vars, 8)).astype(np.float32)
     a.obsm["X_pca"] = (X[:, :6] + rng.normal(0, 0.1, (n_obs, 6))).astype(np.float32)
     a.obsm["X_genept_w"] = (X[:, 2:10] + rng.normal(0, 0.1, (n_obs, 8))).astype(np.float32)
@@ -171,19 +191,24 @@ def _cells(n_obs=40, n_vars=12, seed=0) -> AnnData:
 
 
 def _own_embeddings(a):
-    return pd.DataFrame(np.random.default_rng(1).standard_normal((a.n_vars, 8)),
-                        index=a.var_names)
+    return pd.DataFrame(np.random.default_rng(1).standard_normal((a.n_vars, 8)), index=a.var_names)
 
 
 #: how to call each function with ``copy`` on small data (``ref`` is a labelled reference)
 CALLS = {
-    "tl.embed_cells": lambda a, ref, copy: gpt.tl.embed_cells(a, method="w", device="cpu", copy=copy),
-    "tl.embed_genes": lambda a, ref, copy: gpt.tl.embed_genes(a, source=_own_embeddings(a), copy=copy),
+    "tl.embed_cells": lambda a, ref, copy: gpt.tl.embed_cells(
+        a, method="w", device="cpu", copy=copy
+    ),
+    "tl.embed_genes": lambda a, ref, copy: gpt.tl.embed_genes(
+        a, source=_own_embeddings(a), copy=copy
+    ),
     "tl.gene_programs": lambda a, ref, copy: gpt.tl.gene_programs(a, threshold=0.5, copy=copy),
     "tl.annotate_knn": lambda a, ref, copy: gpt.tl.annotate_knn(
-        a, ref, use_rep="X_pca", label_key="cell_type", copy=copy),
+        a, ref, use_rep="X_pca", label_key="cell_type", copy=copy
+    ),
     "tl.annotate_knn_ensemble": lambda a, ref, copy: gpt.tl.annotate_knn_ensemble(
-        a, ref, use_rep=["X_pca", "X_genept_w"], label_key="cell_type", copy=copy),
+        a, ref, use_rep=["X_pca", "X_genept_w"], label_key="cell_type", copy=copy
+    ),
     "pp.cell_sentences": lambda a, ref, copy: gpt.pp.cell_sentences(a, copy=copy),
 }
 #: functions whose call needs a model or a server; their copy= is checked by signature only
@@ -200,8 +225,13 @@ def test_every_copy_function_has_a_call_recipe():
 
 
 def _snapshot(a: AnnData) -> tuple:
-    return (sorted(a.obs.columns), sorted(a.var.columns), sorted(a.obsm.keys()),
-            sorted(a.varm.keys()), sorted(a.uns.keys()))
+    return (
+        sorted(a.obs.columns),
+        sorted(a.var.columns),
+        sorted(a.obsm.keys()),
+        sorted(a.varm.keys()),
+        sorted(a.uns.keys()),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
@@ -225,7 +255,9 @@ _SECTION = re.compile(r"^\s*(\w[\w ]*)\n\s*-{3,}\s*$", re.M)
 
 def _documented_names(doc: str) -> set[str]:
     """Parameter names of the numpydoc Parameters section (``a, b`` lines count both)."""
-    m = re.search(r"^\s*Parameters\n\s*-{3,}\n(.*?)(?=^\s*\w[\w ]*\n\s*-{3,}\s*$|\Z)", doc, re.S | re.M)
+    m = re.search(
+        r"^\s*Parameters\n\s*-{3,}\n(.*?)(?=^\s*\w[\w ]*\n\s*-{3,}\s*$|\Z)", doc, re.S | re.M
+    )
     if not m:
         return set()
     block = inspect.cleandoc("\n" + m.group(1)) if m.group(1).strip() else ""
@@ -309,7 +341,8 @@ def test_private_import_scan_finds_known_patterns(tmp_path, monkeypatch):
     (fake / "pp").mkdir()
     (fake / "tl" / "_x.py").write_text(
         "from ..pp._cell_sentences import build\nfrom ..pp import cell_sentences\n"
-        "from .._core._keys import uns_key\nfrom ._y import z\n")
+        "from .._core._keys import uns_key\nfrom ._y import z\n"
+    )
     (fake / "pp" / "_cell_sentences.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
     found = _private_cross_imports()

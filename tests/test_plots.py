@@ -21,7 +21,11 @@ import scanpy as sc
 
 import genept as gpt
 
-bm_results, embeddings, pl_gene_programs = gpt.pl.bm_results, gpt.pl.embeddings, gpt.pl.gene_programs
+bm_results, embeddings, pl_gene_programs = (
+    gpt.pl.bm_results,
+    gpt.pl.embeddings,
+    gpt.pl.gene_programs,
+)
 gene_programs = gpt.tl.gene_programs
 
 
@@ -50,14 +54,20 @@ def programs_adata():
     rng = np.random.default_rng(0)
     k, size, dim = 4, 12, 16
     centres = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:k] * 3
-    E = (np.repeat(centres, size, axis=0) + 0.1 * rng.standard_normal((k * size, dim))).astype(np.float32)
+    E = (np.repeat(centres, size, axis=0) + 0.1 * rng.standard_normal((k * size, dim))).astype(
+        np.float32
+    )
     groups = np.repeat(["A", "B", "C", "D"], 20)
     X = rng.poisson(0.5, (80, k * size)).astype(np.float32)
     for g in range(k):  # program g is high in group g
-        X[groups == "ABCD"[g], g * size:(g + 1) * size] += 3
-    a = ad.AnnData(X, obs=pd.DataFrame({"cell_type": pd.Categorical(groups),
-                                        "batch": rng.choice(["b1", "b2"], 80)},
-                                       index=[f"c{i}" for i in range(80)]))
+        X[groups == "ABCD"[g], g * size : (g + 1) * size] += 3
+    a = ad.AnnData(
+        X,
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical(groups), "batch": rng.choice(["b1", "b2"], 80)},
+            index=[f"c{i}" for i in range(80)],
+        ),
+    )
     a.var_names = [f"GENE{i}" for i in range(k * size)]
     a.varm["X_genept"] = E
     gene_programs(a, threshold=0.8)
@@ -85,8 +95,13 @@ def test_embeddings_grid(programs_adata, tmp_path):
     rng = np.random.default_rng(1)
     a.obsm["X_genept_w"] = rng.standard_normal((a.n_obs, 8)).astype(np.float32)
     path = tmp_path / "embeddings.png"
-    axes = embeddings(a, reps=["X_pca", "X_genept_w", "X_missing"], color=["cell_type", "batch"],
-                      n_neighbors=10, save=True)
+    axes = embeddings(
+        a,
+        reps=["X_pca", "X_genept_w", "X_missing"],
+        color=["cell_type", "batch"],
+        n_neighbors=10,
+        save=True,
+    )
     assert axes.shape == (2, 2)
     assert "X_umap" not in a.obsm and "neighbors" not in a.uns  # adata untouched
     _check_png(path, min_bytes=20_000)
@@ -94,11 +109,15 @@ def test_embeddings_grid(programs_adata, tmp_path):
 
 
 def test_bm_results(tmp_path):
-    df = pd.DataFrame({"embedding": np.repeat(["cards", "name", "random"], 6),
-                       "model": np.tile(np.repeat(["lr", "rf"], 3), 3),
-                       "fold": np.tile([0, 1, 2], 6),
-                       "auc": np.r_[np.full(6, 0.85), np.full(6, 0.7), np.full(6, 0.5)]
-                       + np.tile([0.01, -0.01, 0.0], 6)})
+    df = pd.DataFrame(
+        {
+            "embedding": np.repeat(["cards", "name", "random"], 6),
+            "model": np.tile(np.repeat(["lr", "rf"], 3), 3),
+            "fold": np.tile([0, 1, 2], 6),
+            "auc": np.r_[np.full(6, 0.85), np.full(6, 0.7), np.full(6, 0.5)]
+            + np.tile([0.01, -0.01, 0.0], 6),
+        }
+    )
     for kind in ("bar", "heatmap"):
         path = tmp_path / f"bm_results_{kind}.png"
         ax = bm_results(df, kind=kind, reference={("cards", "lr"): 0.89}, save=f"_{kind}")
@@ -133,8 +152,10 @@ def test_gene_umap_png_coloured_by_gene_type(tmp_path):
 
 
 def _annotated():
-    obs = pd.DataFrame({"truth": pd.Categorical(list("AABBC")), "pred": list("ABBBC")},
-                       index=[f"c{i}" for i in range(5)])
+    obs = pd.DataFrame(
+        {"truth": pd.Categorical(list("AABBC")), "pred": list("ABBBC")},
+        index=[f"c{i}" for i in range(5)],
+    )
     return ad.AnnData(np.zeros((5, 2), dtype=np.float32), obs=obs)
 
 
@@ -179,7 +200,9 @@ def test_old_argument_names_warn(programs_adata):
     with pytest.warns(FutureWarning, match="random_state"):
         ax1 = pl_gene_programs(a, "cell_type", programs=2, seed=3, show=False)
     ax2 = pl_gene_programs(a, "cell_type", programs=2, random_state=3, show=False)
-    assert [t.get_text() for t in ax1.get_yticklabels()] == [t.get_text() for t in ax2.get_yticklabels()]
+    assert [t.get_text() for t in ax1.get_yticklabels()] == [
+        t.get_text() for t in ax2.get_yticklabels()
+    ]
     a.obsm["X_genept_w"] = np.random.default_rng(0).standard_normal((a.n_obs, 4))
     with pytest.warns(FutureWarning, match="size"):
         embeddings(a, reps=["X_genept_w"], n_neighbors=5, point_size=5, show=False)
@@ -195,8 +218,10 @@ def _confusion_adata():
     """40 A (30 right), 20 B (all right), one C (right): a 1-cell class."""
     truth = ["A"] * 40 + ["B"] * 20 + ["C"]
     pred = ["A"] * 30 + ["B"] * 10 + ["B"] * 20 + ["C"]
-    obs = pd.DataFrame({"truth": pd.Categorical(truth, categories=["C", "A", "B"]), "pred": pred},
-                       index=[f"c{i}" for i in range(len(truth))])
+    obs = pd.DataFrame(
+        {"truth": pd.Categorical(truth, categories=["C", "A", "B"]), "pred": pred},
+        index=[f"c{i}" for i in range(len(truth))],
+    )
     return ad.AnnData(np.zeros((len(truth), 1), dtype=np.float32), obs=obs)
 
 
@@ -211,8 +236,9 @@ def test_confusion_matrix_shows_counts_and_class_sizes():
     assert ax.images[0].get_array()[1, 1] == pytest.approx(0.75)
     assert "61 cells" in ax.get_title()
     plt.close("all")
-    ax = gpt.pl.confusion_matrix(_confusion_adata(), "pred", label_key="truth", annotate="fraction",
-                                 show=False)
+    ax = gpt.pl.confusion_matrix(
+        _confusion_adata(), "pred", label_key="truth", annotate="fraction", show=False
+    )
     assert sorted(t.get_text() for t in ax.texts) == ["0.25", "0.75", "1.00", "1.00"]
     plt.close("all")
 
@@ -231,8 +257,12 @@ def test_confusion_matrix_order():
     truth = np.repeat(list("PQRS"), 25)
     swap = {"P": "R", "R": "P", "Q": "S", "S": "Q"}  # P<->R and Q<->S are confused
     pred = np.array([swap[t] if rng.random() < 0.4 else t for t in truth])
-    b = ad.AnnData(np.zeros((100, 1), dtype=np.float32),
-                   obs=pd.DataFrame({"t": pd.Categorical(truth), "p": pred}, index=[f"c{i}" for i in range(100)]))
+    b = ad.AnnData(
+        np.zeros((100, 1), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"t": pd.Categorical(truth), "p": pred}, index=[f"c{i}" for i in range(100)]
+        ),
+    )
     ax = gpt.pl.confusion_matrix(b, "p", label_key="t", order="diagonal", show=False)
     order = [t.get_text().split(" (")[0] for t in ax.get_yticklabels()]
     pos = {c: i for i, c in enumerate(order)}
@@ -266,8 +296,14 @@ def test_embeddings_side_by_side_one_legend_titles_in_words(programs_adata):
     w, h = fig.get_size_inches()
     assert w > 2 * h
     plt.close("all")
-    axes = embeddings(a, reps=["X_genept_w"], color="cell_type", titles={"X_genept_w": "text"},
-                      n_neighbors=10, show=False)
+    axes = embeddings(
+        a,
+        reps=["X_genept_w"],
+        color="cell_type",
+        titles={"X_genept_w": "text"},
+        n_neighbors=10,
+        show=False,
+    )
     assert axes[0, 0].get_title() == "text"
     plt.close("all")
 
@@ -276,7 +312,9 @@ def test_gene_umap_colours_by_program_and_names_genes():
     rng = np.random.default_rng(0)
     k, size, dim = 4, 15, 16
     centres = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:k] * 3
-    E = (np.repeat(centres, size, axis=0) + 0.1 * rng.standard_normal((k * size, dim))).astype(np.float32)
+    E = (np.repeat(centres, size, axis=0) + 0.1 * rng.standard_normal((k * size, dim))).astype(
+        np.float32
+    )
     a = ad.AnnData(np.ones((3, k * size), dtype=np.float32))
     a.var_names = [f"P{p}G{i}" for p in range(k) for i in range(size)]
     a.varm["X_genept"] = E
@@ -314,8 +352,12 @@ def _noise_programs_adata(seed=0):
     S = rng.standard_normal((groups.size, 61))
     S[groups == "A", 60] += 1.0  # program 60 is high in A
     names = [f"GP{i}" for i in range(61)]
-    a = ad.AnnData(np.zeros((groups.size, 1), dtype=np.float32),
-                   obs=pd.DataFrame({"g": pd.Categorical(groups)}, index=[f"c{i}" for i in range(groups.size)]))
+    a = ad.AnnData(
+        np.zeros((groups.size, 1), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"g": pd.Categorical(groups)}, index=[f"c{i}" for i in range(groups.size)]
+        ),
+    )
     a.obsm["genept_program_scores"] = pd.DataFrame(S, index=a.obs_names, columns=names)
     a.uns["genept_programs"] = {"members": {n: [f"{n}_gene"] for n in names}}
     return a
@@ -343,8 +385,18 @@ def test_gene_programs_dotplot_small_group_does_not_light_up_from_noise():
     assert shrunk[60].argmax() == 0 and shrunk[60, 0] == pytest.approx(1.0)  # real signal kept
     # dot-size legend, group sizes in the x labels
     leg = ax.get_legend()
-    assert leg is not None and [t.get_text() for t in leg.get_texts()] == ["25%", "50%", "75%", "100%"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["A (200)", "B (200)", "C (200)", "tiny (8)"]
+    assert leg is not None and [t.get_text() for t in leg.get_texts()] == [
+        "25%",
+        "50%",
+        "75%",
+        "100%",
+    ]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "A (200)",
+        "B (200)",
+        "C (200)",
+        "tiny (8)",
+    ]
     plt.close("all")
     ax = pl_gene_programs(a, "g", min_cells=10, show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["A (200)", "B (200)", "C (200)"]
@@ -358,8 +410,12 @@ def test_every_pl_function_returns_axes_and_saves(programs_adata, tmp_path):
     conf = _annotated()
     df = pd.DataFrame({"embedding": ["a", "b"], "auc": [0.7, 0.8]})
     calls = {
-        "confusion_matrix": lambda **kw: gpt.pl.confusion_matrix(conf, "pred", label_key="truth", **kw),
-        "embeddings": lambda **kw: embeddings(a, reps=["X_genept_w"], color="cell_type", n_neighbors=5, **kw),
+        "confusion_matrix": lambda **kw: gpt.pl.confusion_matrix(
+            conf, "pred", label_key="truth", **kw
+        ),
+        "embeddings": lambda **kw: embeddings(
+            a, reps=["X_genept_w"], color="cell_type", n_neighbors=5, **kw
+        ),
         "gene_umap": lambda **kw: gpt.pl.gene_umap(a, n_neighbors=5, **kw),
         "gene_programs": lambda **kw: pl_gene_programs(a, "cell_type", **kw),
         "bm_results": lambda **kw: bm_results(df, hue=None, **kw),

@@ -193,14 +193,21 @@ def test_embed_scgpt(expected, kind):
 def test_embed_scgpt_seed_layer_copy_roundtrip(expected, tmp_path, ckpt):
     adata = _adata(expected, "dense")
     out = embed_scgpt(
-        adata, ckpt, gene_col="symbol", layer="counts", random_state=3, copy=True,
+        adata,
+        ckpt,
+        gene_col="symbol",
+        layer="counts",
+        random_state=3,
+        copy=True,
         key_added="X_tiny",
     )
     assert "X_tiny" not in adata.obsm and out is not adata
     with pytest.warns(FutureWarning, match="random_state"):  # the old name still works
         again = embed_scgpt(adata, ckpt, gene_col="symbol", seed=3, copy=True, key_added="X_tiny")
     np.testing.assert_array_equal(out.obsm["X_tiny"], again.obsm["X_tiny"])
-    other = embed_scgpt(adata, ckpt, gene_col="symbol", random_state=4, copy=True, key_added="X_tiny")
+    other = embed_scgpt(
+        adata, ckpt, gene_col="symbol", random_state=4, copy=True, key_added="X_tiny"
+    )
     assert not np.allclose(out.obsm["X_tiny"], other.obsm["X_tiny"], atol=1e-6)  # ties re-drawn
     assert out.uns["tiny"]["params"]["layer"] == "counts"
     out.write_h5ad(tmp_path / "a.h5ad")

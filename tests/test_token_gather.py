@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import scanpy as sc
@@ -31,7 +33,7 @@ def ranked():
 
 
 def _texts(ptr, genes, names, prefix=""):
-    return [prefix + " ".join(names[genes[a:b]]) for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+    return [prefix + " ".join(names[genes[a:b]]) for a, b in pairwise(ptr)]
 
 
 def test_minilm_tokenizer_supports_gather(enc):
@@ -67,7 +69,9 @@ def test_gathered_ids_equal_tokenizer_ids_on_real_sentences(enc, ranked, prefix)
 def test_gathered_ids_on_short_cells_with_punctuated_names(enc):
     """Names with hyphens, dots and digits, each cell short (no truncation)."""
     tok = enc.model.tokenizer
-    names = np.array(["HLA-DRA", "MT-CO1", "RP11-34P13.7", "CD3E", "LINC00115", "C1orf159"], dtype=object)
+    names = np.array(
+        ["HLA-DRA", "MT-CO1", "RP11-34P13.7", "CD3E", "LINC00115", "C1orf159"], dtype=object
+    )
     ptr = np.array([0, 3, 4, 6, 12], np.int64)
     genes = np.array([0, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0], np.int32)
     table = WordPieceTable(tok, names, max_len=256)
@@ -94,7 +98,7 @@ def test_encode_ragged_equals_encode_of_texts(enc, ranked, tmp_path):
     ptr, genes, names = ranked
     ptr, genes = ptr[:40].copy(), genes[: ptr[39]]
     counts, budget = token_budget(enc, names)
-    ptr, genes = truncate_to_budget(ptr, genes, counts, budget)
+    ptr, genes = truncate_to_budget(ptr, genes, counts, budget=budget)
     texts = _texts(ptr, genes, names)
     ref = enc.encode(texts, cache=False, show_progress=False)
     got = enc.encode_ragged(ptr, genes, names, cache=False, show_progress=False, batch_size=16)

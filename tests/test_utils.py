@@ -38,8 +38,9 @@ def test_split_cells_by_position_works_with_arrow_obs_names(split_cells):
 
     labels = np.repeat(["a", "b"], 10)
     names = pd.Index([f"cell{i}" for i in range(20)], dtype="string[pyarrow]")
-    adata = AnnData(np.arange(40, dtype=np.float32).reshape(20, 2),
-                    obs=pd.DataFrame({"y": labels}, index=names))
+    adata = AnnData(
+        np.arange(40, dtype=np.float32).reshape(20, 2), obs=pd.DataFrame({"y": labels}, index=names)
+    )
     ref, query = split_cells(adata, "y", test_size=0.25)
     assert ref.n_obs == 15 and query.n_obs == 5
     assert set(ref.obs_names).isdisjoint(query.obs_names)

@@ -7,6 +7,8 @@ tests run on a GPU machine (``benchmarks/gpu_suite.sh``).
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -56,8 +58,15 @@ def _close(emb, ref, tol=2e-6):
 
 
 def _run(X, E, device="cpu", **kw):
-    kw = {"normalize": "l2", "n_total": X.shape[1], "precision": "fp32", "block_rows": None,
-          "check": True, "show_progress": False, **kw}
+    kw = {
+        "normalize": "l2",
+        "n_total": X.shape[1],
+        "precision": "fp32",
+        "block_rows": None,
+        "check": True,
+        "show_progress": False,
+        **kw,
+    }
     return _embed_torch(X, _make_plan(E), device=device, **kw)
 
 
@@ -76,7 +85,7 @@ def test_block_bounds_cover_rows_and_respect_limits():
     indptr = np.concatenate([[0], np.cumsum(nnz)])
     b = tc.block_bounds(indptr, block_nnz=300, max_rows=40)
     assert b[0][0] == 0 and b[-1][1] == 1000
-    assert all(x[1] == y[0] for x, y in zip(b[:-1], b[1:], strict=True))
+    assert all(x[1] == y[0] for x, y in pairwise(b))
     for a, z in b:
         assert z - a <= 40
         assert indptr[z] - indptr[a] <= 300 or z - a == 1
@@ -168,8 +177,10 @@ def test_tf32_split_is_exact_and_3xtf32_product_matches_float64():
 def test_resident_torch_csr_on_cpu():
     X, E = _data(400, 150, 16, 0.1, seed=7)
     T = torch.sparse_csr_tensor(
-        torch.from_numpy(X.indptr.astype(np.int64)), torch.from_numpy(X.indices.astype(np.int64)),
-        torch.from_numpy(X.data), size=X.shape,
+        torch.from_numpy(X.indptr.astype(np.int64)),
+        torch.from_numpy(X.indices.astype(np.int64)),
+        torch.from_numpy(X.data),
+        size=X.shape,
     )
     assert tc.device_csr(T) is not None and tc.device_csr(X) is None
     emb, ws = _run(T, E)
@@ -207,8 +218,11 @@ def test_cuda_resident_inputs():
     X, E = _data(3000, 500, 32, 0.05, seed=10)
     ref, _ = _reference(X, E)
     T = torch.sparse_csr_tensor(
-        torch.from_numpy(X.indptr.astype(np.int64)), torch.from_numpy(X.indices.astype(np.int64)),
-        torch.from_numpy(X.data), size=X.shape, device="cuda",
+        torch.from_numpy(X.indptr.astype(np.int64)),
+        torch.from_numpy(X.indices.astype(np.int64)),
+        torch.from_numpy(X.data),
+        size=X.shape,
+        device="cuda",
     )
     np.testing.assert_allclose(_run(T, E, device="cuda")[0], ref, rtol=1e-4, atol=1e-5)
     cupyx = pytest.importorskip("cupyx.scipy.sparse")

@@ -111,7 +111,7 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
         tl.embed_cells(adata, method=method, use_raw=True, **opts)
         dt = time.perf_counter() - t
         p = adata.uns[f"genept_{method}"]["params"]
-        extra = (f", {p['mean_genes_per_sentence']:.0f} genes/sentence" if method == "s" else "")
+        extra = f", {p['mean_genes_per_sentence']:.0f} genes/sentence" if method == "s" else ""
         _say(f"[{3 if method == 'w' else 4}] GenePT-{method}: {p['dim']}-d in {dt:.1f} s{extra}")
         metric(f"genept_{method}", "seconds", round(dt, 2))
 
@@ -122,8 +122,10 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
         axes = pl.embeddings(adata, reps=[rep], color=[label], show=False)
         _save(axes[0, 0], out / f"umap_{uns_key(rep)}.png")
     plt.close("all")
-    _say(f"    figures: {out / 'umap_genept_w.png'}, {out / 'umap_genept_s.png'}, "
-         f"{out / 'umap_representations.png'}")
+    _say(
+        f"    figures: {out / 'umap_genept_w.png'}, {out / 'umap_genept_s.png'}, "
+        f"{out / 'umap_representations.png'}"
+    )
 
     y = adata.obs[label].astype(str).to_numpy()
     tr, te = train_test_split(np.arange(adata.n_obs), test_size=0.2, stratify=y, random_state=0)
@@ -136,18 +138,30 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
     t = time.perf_counter()
     # sized for a demo: one seed, one learning rate (the default ensemble and grid, and
     # the paper's grid, stay in the API)
-    tl.annotate_scmpt(query, ref, label_key=label, expr_rep="X_pca", text_rep="X_genept_s",
-                      key_added="scmpt", n_seeds=1, lr_grid=(1e-3,))
+    tl.annotate_scmpt(
+        query,
+        ref,
+        label_key=label,
+        expr_rep="X_pca",
+        text_rep="X_genept_s",
+        key_added="scmpt",
+        n_seeds=1,
+        lr_grid=(1e-3,),
+    )
     m = query.uns["scmpt"]["metrics"]
     rows.append(("scMPT fusion (PCA + GenePT-s)", m["accuracy"], m["f1_macro"]))
-    _say(f"[5] annotation of {len(te)} held-out cells ({label}; scMPT trained in "
-         f"{time.perf_counter() - t:.1f} s):")
+    _say(
+        f"[5] annotation of {len(te)} held-out cells ({label}; scMPT trained in "
+        f"{time.perf_counter() - t:.1f} s):"
+    )
     for name, acc, f1 in rows:
         _say(f"    {name:32s} accuracy {acc:.3f}  macro-F1 {f1:.3f}")
         metric("annotation", f"{name} accuracy", round(float(acc), 4))
         metric("annotation", f"{name} macro-F1", round(float(f1), 4))
     # inside `out` (issue 14 #17): pl's save= follows scanpy (figdir + name), so save here
-    _save(pl.confusion_matrix(query, "scmpt", label_key=label, show=False),
-          out / "confusion_scmpt.png")
+    _save(
+        pl.confusion_matrix(query, "scmpt", label_key=label, show=False),
+        out / "confusion_scmpt.png",
+    )
     plt.close("all")
     atomic_write_h5ad(query, out / "pbmc68k_query_annotated.h5ad")

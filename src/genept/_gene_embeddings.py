@@ -42,7 +42,9 @@ class GeneEmbeddings:
         self.genes = np.asarray(self.genes, dtype=object).astype(str)
         m = np.asarray(self.matrix)
         if m.ndim != 2:
-            raise ValueError(f"gene embeddings must be a 2-d (genes x dim) array, got shape {m.shape}")
+            raise ValueError(
+                f"gene embeddings must be a 2-d (genes x dim) array, got shape {m.shape}"
+            )
         if m.shape[0] != self.genes.shape[0]:
             raise ValueError(
                 f"{self.genes.shape[0]} gene names but {m.shape[0]} embedding rows; "

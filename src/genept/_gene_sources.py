@@ -134,15 +134,24 @@ def resolve_source(
     ``"card_nosym"`` is the shipped default table; ``text_level=None`` means ``"card"``
     otherwise; ``model="lsa"`` exists only for that table.
     """
-    if (isinstance(source, str) and source == "cards" and model in (None, DEFAULT_MODEL)
-            and text_level in (None, DEFAULT_TEXT_LEVEL)):
+    if (
+        isinstance(source, str)
+        and source == "cards"
+        and model in (None, DEFAULT_MODEL)
+        and text_level in (None, DEFAULT_TEXT_LEVEL)
+    ):
         from .datasets import card_text, default_table
 
         cards = _cards()
         table = default_table()
-        return GeneSource("cards", pd.Index(cards.index),
-                          texts=lambda genes: card_text(cards, genes, text_level=DEFAULT_TEXT_LEVEL),
-                          text_level=DEFAULT_TEXT_LEVEL, model=DEFAULT_MODEL, table=table)
+        return GeneSource(
+            "cards",
+            pd.Index(cards.index),
+            texts=lambda genes: card_text(cards, genes, text_level=DEFAULT_TEXT_LEVEL),
+            text_level=DEFAULT_TEXT_LEVEL,
+            model=DEFAULT_MODEL,
+            table=table,
+        )
     if model == DEFAULT_MODEL:
         raise ValueError(
             f"model='lsa' is the shipped default table of the gene cards (source='cards', "
@@ -166,8 +175,9 @@ def resolve_source(
                 f"unknown GenePT model {model!r}; choose one of {sorted(set(GENEPT_MODELS))}"
             )
         emb = genept_embeddings(key)
-        return GeneSource("genept", pd.Index(emb.genes), embeddings=emb, model=emb.model,
-                          text_level="summary")
+        return GeneSource(
+            "genept", pd.Index(emb.genes), embeddings=emb, model=emb.model, text_level="summary"
+        )
     if isinstance(source, str) and source in TEXT_SOURCES:
         cards = _cards()
         if source == "cards" or source == "name":
@@ -212,8 +222,13 @@ def resolve_source(
         texts = summary_texts({str(k): v for k, v in source.items()}, text_level, cards)
         return GeneSource("user_text", pd.Index(texts.index), texts=texts, text_level=text_level)
     emb = as_gene_embeddings(source, allow_pickle=allow_pickle)
-    return GeneSource(emb.source if emb.source != "user" else "user", pd.Index(emb.genes),
-                      embeddings=emb, model=emb.model, text_level=emb.text_level)
+    return GeneSource(
+        emb.source if emb.source != "user" else "user",
+        pd.Index(emb.genes),
+        embeddings=emb,
+        model=emb.model,
+        text_level=emb.text_level,
+    )
 
 
 def random_embeddings(genes, dim: int, seed: int = 0) -> GeneEmbeddings:

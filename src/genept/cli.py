@@ -26,9 +26,16 @@ class CLIError(Exception):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--cache-dir", help="cache folder (default $GENEPT_CACHE_DIR or ~/.cache/genept)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more log output (and the traceback of an unexpected error)")
+    p.add_argument(
+        "--cache-dir", help="cache folder (default $GENEPT_CACHE_DIR or ~/.cache/genept)"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (and the traceback of an unexpected error)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,24 +47,37 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the whole flow offline on pbmc68k_reduced")
     d.add_argument("--out", default="genept_demo", help="output folder (default: genept_demo)")
-    d.add_argument("--model", default=None, help="text encoder (default: packaged all-MiniLM-L6-v2)")
+    d.add_argument(
+        "--model", default=None, help="text encoder (default: packaged all-MiniLM-L6-v2)"
+    )
     _add_common(d)
 
     g = sub.add_parser("embed-genes", help="gene embeddings into varm (gpt.tl.embed_genes)")
     g.add_argument("input", help="input .h5ad")
     g.add_argument("output", help="output .h5ad (may be the input: it is replaced atomically)")
-    g.add_argument("--source", default="cards",
-                   help="cards | ncbi | ncbi_uniprot | name | genept | a .npz/.parquet/.csv/.pickle file")
-    g.add_argument("--model", default=None, help="text encoder, or ada-002 / 3-large for --source genept")
-    g.add_argument("--text-level", default=None,
-                   help="gene text for text sources, e.g. name | summary | card "
-                        "(default: gpt.tl.embed_genes' default)")
+    g.add_argument(
+        "--source",
+        default="cards",
+        help="cards | ncbi | ncbi_uniprot | name | genept | a .npz/.parquet/.csv/.pickle file",
+    )
+    g.add_argument(
+        "--model", default=None, help="text encoder, or ada-002 / 3-large for --source genept"
+    )
+    g.add_argument(
+        "--text-level",
+        default=None,
+        help="gene text for text sources, e.g. name | summary | card "
+        "(default: gpt.tl.embed_genes' default)",
+    )
     g.add_argument("--gene-symbols", default=None, help="var column holding gene symbols")
     g.add_argument("--key-added", default="X_genept")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--no-cache", action="store_true", help="do not use the text-embedding cache")
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="allow reading a pickle --source (only for files you trust)")
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow reading a pickle --source (only for files you trust)",
+    )
     _add_common(g)
 
     c = sub.add_parser("embed-cells", help="GenePT-w / GenePT-s cell embeddings into obsm")
@@ -67,14 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--layer", default=None)
     c.add_argument("--use-raw", action="store_true", help="use adata.raw.X")
     c.add_argument("--key-added", default=None)
-    c.add_argument("--embed-genes", action="store_true",
-                   help="(w) run embed-genes first with --gene-source")
+    c.add_argument(
+        "--embed-genes", action="store_true", help="(w) run embed-genes first with --gene-source"
+    )
     c.add_argument("--gene-source", default="cards", help="(w) source for --embed-genes")
     c.add_argument("--normalize", choices=["l2", "notebook"], default="l2")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     c.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
-    c.add_argument("--backed", action="store_true",
-                   help="(w) read the input backed (out of core); the result is still written")
+    c.add_argument(
+        "--backed",
+        action="store_true",
+        help="(w) read the input backed (out of core); the result is still written",
+    )
     c.add_argument("--model", default=None, help="(s) text encoder")
     c.add_argument("--n-genes", type=int, default=None, help="(s) top genes per sentence")
     c.add_argument("--prefix", default="", help="(s) text before the genes")
@@ -91,11 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--reference", help="labelled reference .h5ad (not needed with --load-model)")
     a.add_argument("--method", choices=["knn", "knn-ensemble", "mlp", "scmpt"], default="scmpt")
     a.add_argument("--label-key", default="cell_type")
-    a.add_argument("--use-rep", nargs="+", action="extend", default=None, metavar="KEY",
-                   help="obsm key(s), e.g. `--use-rep X_pca X_genept_s`: one for knn/mlp, "
-                        "several for knn-ensemble/scmpt. Default: the keys query and reference "
-                        "share among X_scGPT, X_pca, X_genept_s, X_genept_w (scmpt: an "
-                        "expression and a text representation when both exist)")
+    a.add_argument(
+        "--use-rep",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="KEY",
+        help="obsm key(s), e.g. `--use-rep X_pca X_genept_s`: one for knn/mlp, "
+        "several for knn-ensemble/scmpt. Default: the keys query and reference "
+        "share among X_scGPT, X_pca, X_genept_s, X_genept_w (scmpt: an "
+        "expression and a text representation when both exist)",
+    )
     a.add_argument("--key-added", default=None)
     a.add_argument("--save-model", default=None, help="(scmpt) folder to save the model to")
     a.add_argument("--load-model", default=None, help="(scmpt) annotate with a saved model")
@@ -127,8 +157,10 @@ def _check_h5ad(path: str, what: str) -> None:
     except OSError as e:
         raise CLIError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if not ok:
-        raise CLIError(f"{what} {path} is not an .h5ad (HDF5) file; write one with "
-                       "adata.write_h5ad(...) or convert it with scanpy's readers")
+        raise CLIError(
+            f"{what} {path} is not an .h5ad (HDF5) file; write one with "
+            "adata.write_h5ad(...) or convert it with scanpy's readers"
+        )
 
 
 def _check_output(path: str) -> None:
@@ -137,8 +169,9 @@ def _check_output(path: str) -> None:
         raise CLIError(f"output {path} is a folder; give a file name such as {p / 'out.h5ad'}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
-        raise CLIError(f"the output folder {parent} does not exist; create it first "
-                       f"(mkdir -p {parent})")
+        raise CLIError(
+            f"the output folder {parent} does not exist; create it first (mkdir -p {parent})"
+        )
     if not parent.is_dir():
         raise CLIError(f"the output folder {parent} is a file")
     if not os.access(parent, os.W_OK):
@@ -219,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":  # the demo runs offline, on what the packages ship
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     user_errors: tuple[type[BaseException], ...] = (
-        CLIError, ValueError, KeyError, TypeError, OSError, ImportError,
+        CLIError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OSError,
+        ImportError,
     )
     try:
         _check_args(args)
@@ -245,8 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.verbose:
             raise
-        print(f"genept {args.command}: error: {type(e).__name__}: {_one_line(e)} "
-              "(run with -v to see the traceback)", file=sys.stderr)
+        print(
+            f"genept {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+            "(run with -v to see the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -273,13 +314,13 @@ def _embed_genes(args) -> None:
 
     adata = _read(args.input, "input")
     options = {} if args.text_level is None else {"text_level": args.text_level}
-    embed_genes(
-        adata, cache=not args.no_cache, **options, **_options(args, EMBED_GENES_OPTIONS)
-    )
+    embed_genes(adata, cache=not args.no_cache, **options, **_options(args, EMBED_GENES_OPTIONS))
     _write(adata, args.output)
     p = adata.uns[uns_key(args.key_added)]["params"]
-    print(f"{p['n_genes_matched']}/{p['n_genes_total']} genes embedded "
-          f"({p['dim']}-d, {p['model']}) -> {args.output}")
+    print(
+        f"{p['n_genes_matched']}/{p['n_genes_total']} genes embedded "
+        f"({p['dim']}-d, {p['model']}) -> {args.output}"
+    )
 
 
 def _embed_cells(args) -> None:
@@ -302,8 +343,10 @@ def _embed_cells(args) -> None:
         if src.isbacked:
             src.file.close()
     _write(adata, args.output)
-    print(f"{adata.n_obs} cells embedded with GenePT-{args.method} "
-          f"({adata.obsm[key].shape[1]}-d) -> {args.output} obsm[{key!r}]")
+    print(
+        f"{adata.n_obs} cells embedded with GenePT-{args.method} "
+        f"({adata.obsm[key].shape[1]}-d) -> {args.output} obsm[{key!r}]"
+    )
 
 
 #: default representations, in order of preference
@@ -315,7 +358,8 @@ def _default_reps(method: str, query, ref) -> list[str]:
     shared = [k for k in (*_EXPR_REPS, *_TEXT_REPS) if k in query.obsm and k in ref.obsm]
     if not shared:
         raise CLIError(
-            "query and reference share none of " + ", ".join((*_EXPR_REPS, *_TEXT_REPS))
+            "query and reference share none of "
+            + ", ".join((*_EXPR_REPS, *_TEXT_REPS))
             + f" in obsm (query: {list(query.obsm)}, reference: {list(ref.obsm)}); run "
             "`genept embed-cells` on both or pass --use-rep"
         )
@@ -334,17 +378,31 @@ def _annotate(args) -> None:
     query = _read(args.query, "query")
     key = args.key_added or f"genept_{args.method.replace('-', '_')}"
     if args.method == "scmpt" and args.load_model:
-        tl.annotate_scmpt(query, label_key=args.label_key, model=args.load_model,
-                          key_added=key, device=args.device)
+        tl.annotate_scmpt(
+            query,
+            label_key=args.label_key,
+            model=args.load_model,
+            key_added=key,
+            device=args.device,
+        )
     else:
         ref = _read(args.reference, "--reference")
         reps = args.use_rep or _default_reps(args.method, query, ref)
         if args.method == "scmpt":
-            tl.annotate_scmpt(query, ref, label_key=args.label_key, key_added=key, reps=reps,
-                              n_seeds=args.n_seeds, save=args.save_model, device=args.device)
+            tl.annotate_scmpt(
+                query,
+                ref,
+                label_key=args.label_key,
+                key_added=key,
+                reps=reps,
+                n_seeds=args.n_seeds,
+                save=args.save_model,
+                device=args.device,
+            )
         elif args.method == "knn-ensemble":
-            tl.annotate_knn_ensemble(query, ref, use_rep=reps, label_key=args.label_key,
-                                     key_added=key)
+            tl.annotate_knn_ensemble(
+                query, ref, use_rep=reps, label_key=args.label_key, key_added=key
+            )
         else:
             if len(reps) != 1:
                 raise CLIError(f"--method {args.method} takes one --use-rep, got {reps}")

@@ -12,7 +12,9 @@ __all__ = ["BAR_FORMAT", "progress_bar"]
 
 #: counts, percentage, elapsed < remaining (ETA) and rate; tqdm drops the ETA when
 #: the total is unknown
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+BAR_FORMAT = (
+    "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+)
 
 
 def progress_bar(

@@ -42,7 +42,9 @@ def get_rep(adata: AnnData, rep: str) -> np.ndarray:
         X = X.to_numpy() if isinstance(X, pd.DataFrame) else X
         X = X.toarray() if sparse.issparse(X) else np.asarray(X)
     else:
-        raise KeyError(f"rep={rep!r} is neither 'X' nor a key of adata.obsm ({list(adata.obsm.keys())})")
+        raise KeyError(
+            f"rep={rep!r} is neither 'X' nor a key of adata.obsm ({list(adata.obsm.keys())})"
+        )
     return X.astype(np.float32, copy=False)
 
 
@@ -53,7 +55,9 @@ def _labels(adata: AnnData, key: str) -> np.ndarray:
 
 
 def _tidy(rep: str, values: dict[str, float], **extra) -> pd.DataFrame:
-    return pd.DataFrame([{"rep": rep, "metric": k, "value": float(v), **extra} for k, v in values.items()])
+    return pd.DataFrame(
+        [{"rep": rep, "metric": k, "value": float(v), **extra} for k, v in values.items()]
+    )
 
 
 @doc_params(doc_cells=DOC_CELLS)
@@ -110,7 +114,9 @@ def knn_metrics(
     clf = KNeighborsClassifier(n_neighbors=min(k, len(tr)), metric=metric).fit(X[tr], y[tr])
     pred = clf.predict(X[te])
     p, r, f, _ = precision_recall_fscore_support(y[te], pred, average="macro", zero_division=0)
-    return _tidy(rep, {"accuracy": accuracy_score(y[te], pred), "precision": p, "recall": r, "f1": f})
+    return _tidy(
+        rep, {"accuracy": accuracy_score(y[te], pred), "precision": p, "recall": r, "f1": f}
+    )
 
 
 @doc_params(doc_cells=DOC_CELLS)
@@ -155,11 +161,14 @@ def cluster_metrics(
     if n < 2:
         raise ValueError(f"adata.obs[{label_key!r}] has a single label; need at least 2")
     km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(X)
-    return _tidy(rep, {
-        "ari": adjusted_rand_score(y, km),
-        "ami": adjusted_mutual_info_score(y, km),
-        "silhouette": silhouette_score(X, y, metric=silhouette_metric),
-    })
+    return _tidy(
+        rep,
+        {
+            "ari": adjusted_rand_score(y, km),
+            "ami": adjusted_mutual_info_score(y, km),
+            "silhouette": silhouette_score(X, y, metric=silhouette_metric),
+        },
+    )
 
 
 @doc_params(doc_cells=DOC_CELLS)
@@ -209,6 +218,10 @@ def batch_metrics(
     if n < 2:
         raise ValueError(f"adata.obs[{batch_key!r}] has a single batch; need at least 2")
     n_comp = min(n_pcs, X.shape[0] - 1, X.shape[1])
-    Z = PCA(n_components=n_comp, random_state=random_state).fit_transform(X) if n_comp < X.shape[1] else X
+    Z = (
+        PCA(n_components=n_comp, random_state=random_state).fit_transform(X)
+        if n_comp < X.shape[1]
+        else X
+    )
     km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(Z)
     return _tidy(rep, {"batch_ari": adjusted_rand_score(b, km)}, n_pcs=int(n_comp))

@@ -89,7 +89,9 @@ def random_like(frame: pd.DataFrame, random_state: int = 0) -> pd.DataFrame:
     return pd.DataFrame(r.matrix, index=frame.index.copy())
 
 
-def summarize(df: pd.DataFrame, metric: str | None = None, by: list[str] | None = None) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame, metric: str | None = None, by: list[str] | None = None
+) -> pd.DataFrame:
     """Mean and standard deviation of a tidy result over folds.
 
     Parameters
@@ -113,7 +115,11 @@ def summarize(df: pd.DataFrame, metric: str | None = None, by: list[str] | None 
         if metric is None:
             raise ValueError(f"no metric column in {list(df.columns)}; pass metric=")
     if by is None:
-        by = [c for c in df.columns if c not in {metric, "fold"} and not pd.api.types.is_numeric_dtype(df[c])]
+        by = [
+            c
+            for c in df.columns
+            if c not in {metric, "fold"} and not pd.api.types.is_numeric_dtype(df[c])
+        ]
     g = df.groupby(by, sort=False, observed=True)[metric]
     out = g.agg(mean="mean", sd="std", n="count").reset_index()
     out["sd"] = out["sd"].fillna(0.0)

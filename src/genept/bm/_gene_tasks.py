@@ -65,7 +65,9 @@ def _align(frame: pd.DataFrame, labels: pd.Series, what: str) -> pd.Series:
             f"embeddings: {', '.join(frame.index[:5])}, ...)"
         )
     if (~keep).any():
-        logg.info(f"    {int((~keep).sum())} of {len(labels)} labelled genes have no embedding; left out")
+        logg.info(
+            f"    {int((~keep).sum())} of {len(labels)} labelled genes have no embedding; left out"
+        )
     return labels[keep]
 
 
@@ -130,8 +132,15 @@ def gene_property_auc(
             for fold, (tr, te) in enumerate(cv.split(X, y)):
                 clf = _classifier(m, random_state).fit(X[tr], y[tr])
                 auc = roc_auc_score(y[te], clf.predict_proba(X[te])[:, 1])
-                rows.append({"embedding": ename, "model": m, "fold": fold, "auc": float(auc),
-                             "n_genes": len(y)})
+                rows.append(
+                    {
+                        "embedding": ename,
+                        "model": m,
+                        "fold": fold,
+                        "auc": float(auc),
+                        "n_genes": len(y),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -200,10 +209,17 @@ def gene_function_accuracy(
         X = frame.loc[y_all.index].to_numpy(dtype=np.float32)
         for fold, (tr, te) in enumerate(cv.split(X, y)):
             pred = _classifier("lr", random_state).fit(X[tr], y[tr]).predict(X[te])
-            rows.append({"embedding": ename, "model": "lr", "fold": fold,
-                         "accuracy": float(accuracy_score(y[te], pred)),
-                         "macro_f1": float(f1_score(y[te], pred, average="macro")),
-                         "n_genes": len(y), "n_classes": int(y_all.nunique())})
+            rows.append(
+                {
+                    "embedding": ename,
+                    "model": "lr",
+                    "fold": fold,
+                    "accuracy": float(accuracy_score(y[te], pred)),
+                    "macro_f1": float(f1_score(y[te], pred, average="macro")),
+                    "n_genes": len(y),
+                    "n_classes": int(y_all.nunique()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -297,7 +313,9 @@ def sample_negative_pairs(
     pos = _as_pairs(positives, "positives")
     n = len(pos) if n is None else int(n)
     rng = np.random.default_rng(random_state)
-    pos_genes = pd.Index(pd.unique(np.concatenate([pos["gene1"].to_numpy(), pos["gene2"].to_numpy()])))
+    pos_genes = pd.Index(
+        pd.unique(np.concatenate([pos["gene1"].to_numpy(), pos["gene2"].to_numpy()]))
+    )
     if universe is None or mode == "degree_matched":
         genes = pos_genes
     else:
@@ -341,7 +359,9 @@ def sample_negative_pairs(
             keys = keys[np.sort(first)]  # unique, in draw order
             chosen = np.concatenate([chosen, keys[:need]])
         if len(chosen) < n:
-            raise RuntimeError(f"sampled only {len(chosen)} of {n} negatives; the pair space is too dense")
+            raise RuntimeError(
+                f"sampled only {len(chosen)} of {n} negatives; the pair space is too dense"
+            )
         return chosen
 
     if mode == "degree_matched":
@@ -365,8 +385,13 @@ def sample_negative_pairs(
     flip = rng.random(len(lo)) < 0.5
     g1 = np.where(flip, hi, lo)
     g2 = np.where(flip, lo, hi)
-    return pd.DataFrame({"gene1": genes[g1].astype(str), "gene2": genes[g2].astype(str),
-                         "label": np.zeros(len(lo), dtype=int)})
+    return pd.DataFrame(
+        {
+            "gene1": genes[g1].astype(str),
+            "gene2": genes[g2].astype(str),
+            "label": np.zeros(len(lo), dtype=int),
+        }
+    )
 
 
 def pair_features(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
@@ -399,7 +424,9 @@ def _filter_pairs(df: pd.DataFrame, genes: pd.Index, what: str) -> pd.DataFrame:
     if not keep.any():
         raise ValueError(f"no pair of {what} has both genes embedded")
     if (~keep).any():
-        logg.info(f"    {int((~keep).sum())} of {len(df)} {what} pairs have a gene without embedding; left out")
+        logg.info(
+            f"    {int((~keep).sum())} of {len(df)} {what} pairs have a gene without embedding; left out"
+        )
     return df[keep].reset_index(drop=True)
 
 
@@ -467,7 +494,9 @@ def pair_auc(
     embs = _embeddings(emb, include_random, random_state, name)
     genes = next(iter(embs.values())).index
     train = _filter_pairs(_as_pairs(pairs_train, "train"), genes, "train")
-    test = None if pairs_test is None else _filter_pairs(_as_pairs(pairs_test, "test"), genes, "test")
+    test = (
+        None if pairs_test is None else _filter_pairs(_as_pairs(pairs_test, "test"), genes, "test")
+    )
     labelled = "label" in train.columns
     if test is not None and (("label" in test.columns) != labelled):
         raise ValueError("pairs_train and pairs_test must both have a label column, or neither")
@@ -484,19 +513,36 @@ def pair_auc(
             raise ValueError("negatives= is for positive-only pairs; the pairs have labels")
         designs = {"given": (train, test)}
     else:
-        modes = NEGATIVE_MODES if negatives is None else ([negatives] if isinstance(negatives, str) else list(negatives))
-        uni = None if universe is None else pd.Index(np.asarray(universe, dtype=object).astype(str)).intersection(genes)
+        modes = (
+            NEGATIVE_MODES
+            if negatives is None
+            else ([negatives] if isinstance(negatives, str) else list(negatives))
+        )
+        uni = (
+            None
+            if universe is None
+            else pd.Index(np.asarray(universe, dtype=object).astype(str)).intersection(genes)
+        )
         designs = {}
         train_pos, test_pos = split(train) if test is None else (train, test)
         for k, mode in enumerate(modes):
             # each split gets its own negatives, matched to its own positives: matching the
             # degrees of all positives at once would tie a gene's excess of positives in the
             # train split to a deficit in the test split (AUC below 0.5 for any embedding)
-            neg_tr = sample_negative_pairs(train_pos, mode=mode, universe=uni, exclude=test_pos,
-                                           random_state=random_state + 2 * k)
-            neg_te = sample_negative_pairs(test_pos, mode=mode, universe=uni,
-                                           exclude=pd.concat([train_pos, neg_tr[["gene1", "gene2"]]]),
-                                           random_state=random_state + 2 * k + 1)
+            neg_tr = sample_negative_pairs(
+                train_pos,
+                mode=mode,
+                universe=uni,
+                exclude=test_pos,
+                random_state=random_state + 2 * k,
+            )
+            neg_te = sample_negative_pairs(
+                test_pos,
+                mode=mode,
+                universe=uni,
+                exclude=pd.concat([train_pos, neg_tr[["gene1", "gene2"]]]),
+                random_state=random_state + 2 * k + 1,
+            )
             designs[mode] = (
                 pd.concat([train_pos.assign(label=1), neg_tr], ignore_index=True),
                 pd.concat([test_pos.assign(label=1), neg_te], ignore_index=True),
@@ -504,9 +550,17 @@ def pair_auc(
     rows = []
     for neg_name, (tr, te) in designs.items():
         for ename, frame in embs.items():
-            clf = _classifier("lr", random_state).fit(pair_features(frame, tr), tr["label"].to_numpy())
+            clf = _classifier("lr", random_state).fit(
+                pair_features(frame, tr), tr["label"].to_numpy()
+            )
             score = clf.predict_proba(pair_features(frame, te))[:, 1]
-            rows.append({"embedding": ename, "negatives": neg_name,
-                         "auc": float(roc_auc_score(te["label"].to_numpy(), score)),
-                         "n_train": len(tr), "n_test": len(te)})
+            rows.append(
+                {
+                    "embedding": ename,
+                    "negatives": neg_name,
+                    "auc": float(roc_auc_score(te["label"].to_numpy(), score)),
+                    "n_train": len(tr),
+                    "n_test": len(te),
+                }
+            )
     return pd.DataFrame(rows)

@@ -47,12 +47,16 @@ def _knn(M: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
     n = len(U)
     out = np.empty((n, k), dtype=np.int64)
     for s in range(0, n, block):
-        S = U[s: s + block] @ U.T
+        S = U[s : s + block] @ U.T
         S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(-S, axis=1)[:, :k]
+        part = (
+            np.argpartition(-S, k - 1, axis=1)[:, :k]
+            if k < n - 1
+            else np.argsort(-S, axis=1)[:, :k]
+        )
         vals = np.take_along_axis(S, part, axis=1)
         order = np.lexsort((part, -vals), axis=1)
-        out[s: s + len(S)] = np.take_along_axis(part, order, axis=1)
+        out[s : s + len(S)] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -170,5 +174,7 @@ def lexical_leakage(
     embs = {name or "genept": sub}
     if include_random:
         embs["random"] = random_like(sub, random_state=random_state)
-    rows = [{"embedding": ename, **_leakage_of(f, go, k, prefix), "k": k} for ename, f in embs.items()]
+    rows = [
+        {"embedding": ename, **_leakage_of(f, go, k, prefix), "k": k} for ename, f in embs.items()
+    ]
     return pd.DataFrame(rows)

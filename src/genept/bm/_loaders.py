@@ -208,14 +208,24 @@ def gene2vec_ggi(
         if path is not None:
             files[part] = Path(path) / fname
             if not files[part].exists():
-                raise FileNotFoundError(f"{files[part]} not found (expected Gene2vec's predictionData files)")
+                raise FileNotFoundError(
+                    f"{files[part]} not found (expected Gene2vec's predictionData files)"
+                )
         else:
             files[part] = _fetch(url.rstrip("/") + "/" + fname, fname, known_hash)
-    text = pd.read_csv(files["text"], sep=r"\s+", header=None, dtype=str, keep_default_na=False,
-                       names=["gene1", "gene2"])
+    text = pd.read_csv(
+        files["text"],
+        sep=r"\s+",
+        header=None,
+        dtype=str,
+        keep_default_na=False,
+        names=["gene1", "gene2"],
+    )
     label = pd.read_csv(files["label"], header=None, names=["label"])["label"].astype(int)
     if len(text) != len(label):
-        raise ValueError(f"{files['text']} has {len(text)} pairs but {files['label']} {len(label)} labels")
+        raise ValueError(
+            f"{files['text']} has {len(text)} pairs but {files['label']} {len(label)} labels"
+        )
     text["label"] = label.to_numpy()
     return text
 
@@ -253,8 +263,15 @@ def huri(
     """
     if path is None:
         path = _fetch(url, url.rsplit("/", 1)[-1], known_hash)
-    df = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, usecols=[0, 1],
-                     names=["gene1", "gene2"])
+    df = pd.read_csv(
+        path,
+        sep="\t",
+        header=None,
+        dtype=str,
+        keep_default_na=False,
+        usecols=[0, 1],
+        names=["gene1", "gene2"],
+    )
     if symbols and df["gene1"].str.startswith("ENSG").mean() > 0.5:
         sym = _ensembl_to_symbol()
         df = pd.DataFrame({"gene1": df["gene1"].map(sym), "gene2": df["gene2"].map(sym)}).dropna()
@@ -298,4 +315,6 @@ def panglao_markers(
         raise ValueError(f"{path} is not a PanglaoDB table (columns {list(df.columns)[:6]}...)")
     if species is not None and "species" in df.columns:
         df = df[df["species"].astype(str).str.split().map(lambda s: species in s)]
-    return df.rename(columns={"cell type": "cell_type", "official gene symbol": "gene"}).reset_index(drop=True)
+    return df.rename(
+        columns={"cell type": "cell_type", "official gene symbol": "gene"}
+    ).reset_index(drop=True)

@@ -104,22 +104,32 @@ def ablation_embeddings(
     out = {}
     for mode in modes:
         hash_names, shuffle = ABLATION_MODES[mode]
-        plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=enc,
-                             max_tokens=max_tokens)
-        sentences = build_sentences(X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state,
-                                    show_progress=False)
+        plan = sentence_plan(
+            names, prefix=prefix, hash_names=hash_names, encoder=enc, max_tokens=max_tokens
+        )
+        sentences = build_sentences(
+            X,
+            plan,
+            n_genes=n_genes,
+            shuffle=shuffle,
+            random_state=random_state,
+            show_progress=False,
+        )
         empty = [i for i, s in enumerate(sentences) if not s.strip()]
         if empty:
             raise ValueError(
                 f"{len(empty)} cells express no gene (first: {adata.obs_names[empty[0]]}); "
                 "filter them (sc.pp.filter_cells(adata, min_genes=1)) first"
             )
-        out[mode] = enc.encode(sentences, cache=cache, show_progress=show_progress,
-                               desc=f"cell sentences ({mode})")
+        out[mode] = enc.encode(
+            sentences, cache=cache, show_progress=show_progress, desc=f"cell sentences ({mode})"
+        )
     return out
 
 
-def _marker_lists(markers: Any, cell_type_col: str, gene_col: str, rank_by: str | None) -> dict[str, list[str]]:
+def _marker_lists(
+    markers: Any, cell_type_col: str, gene_col: str, rank_by: str | None
+) -> dict[str, list[str]]:
     if isinstance(markers, Mapping):
         return {str(k): [str(g) for g in v] for k, v in markers.items()}
     df = pd.DataFrame(markers)
@@ -221,9 +231,16 @@ def marker_similarity(
         intra = M[[pos[g] for g in genes[1:]]] @ top
         others = sorted({g for d, v in lists.items() if d != c for g in v} - own)
         inter = M[[pos[g] for g in others]] @ top if others else np.array([np.nan])
-        rows.append({"cell_type": c, "top_marker": genes[0], "n_markers": len(genes),
-                     "intra": float(intra.mean()), "inter": float(np.mean(inter)),
-                     "gap": float(intra.mean() - np.mean(inter))})
+        rows.append(
+            {
+                "cell_type": c,
+                "top_marker": genes[0],
+                "n_markers": len(genes),
+                "intra": float(intra.mean()),
+                "inter": float(np.mean(inter)),
+                "gap": float(intra.mean() - np.mean(inter)),
+            }
+        )
     df = pd.DataFrame(rows).set_index("cell_type")
     df.attrs["summary"] = {k: float(df[k].mean()) for k in ("intra", "inter", "gap")}
     return df

@@ -65,6 +65,10 @@ def card_nosym_text(
     >>> card_nosym_text(cards, ["TP53"])["TP53"][:49]
     'Gene tumor protein p53 is a protein-coding gene. '
     """
-    return card_text(cards, symbols, text_level="card_nosym", max_terms=max_terms,
-                     resolve_aliases=resolve_aliases)
-
+    return card_text(
+        cards,
+        symbols,
+        text_level="card_nosym",
+        max_terms=max_terms,
+        resolve_aliases=resolve_aliases,
+    )

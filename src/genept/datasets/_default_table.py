@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFAULT_SPEC", "DefaultTable", "DefaultTableError", "default_table", "load_table", "write_table"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "DefaultTable",
+    "DefaultTableError",
+    "default_table",
+    "load_table",
+    "write_table",
+]
 
 #: what the shipped table holds (the build script writes these into its metadata)
 DEFAULT_SPEC = {
@@ -113,7 +120,9 @@ def _write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_table(folder: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None) -> dict:
+def write_table(
+    folder: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None
+) -> dict:
     """Quantise ``matrix`` (row ``i`` for ``genes[i]``) and write a table into ``folder``: ``<stem>.npy`` (int8 codes), ``<stem>_scale.npy``, ``<stem>_genes.txt.gz`` and the metadata ``<stem>.json`` (written last, each file atomically). Returns the metadata."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,17 +154,22 @@ def write_table(folder: str | os.PathLike, genes, matrix: np.ndarray, meta: dict
         def write(p):
             with open(p, "wb") as fh:
                 np.save(fh, arr)
+
         return write
 
     def write_genes(p):
-        with open(p, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+        with (
+            open(p, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh,
+        ):
             fh.write(("\n".join(genes) + "\n").encode("utf-8"))
 
     _write_atomic(folder / names["codes"], save(codes))
     _write_atomic(folder / names["scale"], save(scale))
     _write_atomic(folder / names["genes"], write_genes)
-    _write_atomic(folder / f"{STEM}.json",
-                  lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
+    _write_atomic(
+        folder / f"{STEM}.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n")
+    )
     return meta
 
 
@@ -201,14 +215,22 @@ def load_table(folder: str | os.PathLike | None = None, *, verify: bool = True) 
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise _fail(paths["genes"], f"cannot be read ({e})") from None
     if codes.dtype != np.int8 or codes.shape != (n, dim):
-        raise _fail(paths["codes"], f"holds {codes.dtype} {codes.shape}, the metadata says int8 ({n}, {dim})")
+        raise _fail(
+            paths["codes"],
+            f"holds {codes.dtype} {codes.shape}, the metadata says int8 ({n}, {dim})",
+        )
     if scale.dtype != np.float32 or scale.shape != (n,):
-        raise _fail(paths["scale"], f"holds {scale.dtype} {scale.shape}, the metadata says float32 ({n},)")
+        raise _fail(
+            paths["scale"], f"holds {scale.dtype} {scale.shape}, the metadata says float32 ({n},)"
+        )
     if len(genes) != n:
         raise _fail(paths["genes"], f"lists {len(genes)} genes, the metadata says {n}")
     if verify:
         if content_sha256(codes, scale) != meta.get("sha256"):
-            raise _fail(paths["codes"], f"(with {paths['scale'].name}) does not match the sha256 of {meta_path.name}")
+            raise _fail(
+                paths["codes"],
+                f"(with {paths['scale'].name}) does not match the sha256 of {meta_path.name}",
+            )
         if genes_sha256(genes) != meta.get("genes_sha256"):
             raise _fail(paths["genes"], f"does not match the genes_sha256 of {meta_path.name}")
     index = pd.Index(genes, dtype=object)

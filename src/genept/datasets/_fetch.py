@@ -11,8 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def check_file(path: Path, known_hash: str, *, error: type[Exception] = ValueError,
-               hint: str = "replace it or check known_hash") -> None:
+def check_file(
+    path: Path,
+    known_hash: str,
+    *,
+    error: type[Exception] = ValueError,
+    hint: str = "replace it or check known_hash",
+) -> None:
     """Raise ``error`` unless the local file ``path`` has ``known_hash`` (``"alg:digest"``)."""
     from pooch.hashes import file_hash, hash_algorithm
 
@@ -25,10 +30,16 @@ def check_file(path: Path, known_hash: str, *, error: type[Exception] = ValueErr
         )
 
 
-def retrieve(url: str, *, known_hash: str | None, fname: str, path: Path, progress: bool,
-             error: type[Exception] = ValueError,
-             hint: str = "check the network, or download the file yourself and pass its path"
-             ) -> Path:
+def retrieve(
+    url: str,
+    *,
+    known_hash: str | None,
+    fname: str,
+    path: Path,
+    progress: bool,
+    error: type[Exception] = ValueError,
+    hint: str = "check the network, or download the file yourself and pass its path",
+) -> Path:
     """``pooch.retrieve`` with the rules above; the path of the checked file."""
     import pooch
     import requests
@@ -37,8 +48,16 @@ def retrieve(url: str, *, known_hash: str | None, fname: str, path: Path, progre
     if url.startswith(("http://", "https://")):
         downloader = pooch.HTTPDownloader(progressbar=progress, timeout=60)
     try:
-        return Path(pooch.retrieve(url, known_hash=known_hash, fname=fname, path=path,
-                                   downloader=downloader, progressbar=progress))
+        return Path(
+            pooch.retrieve(
+                url,
+                known_hash=known_hash,
+                fname=fname,
+                path=path,
+                downloader=downloader,
+                progressbar=progress,
+            )
+        )
     except ValueError as e:
         if "hash" not in str(e).lower():
             raise

@@ -207,8 +207,10 @@ def card_text(
     'CD3E'
     """
     if not isinstance(cards, pd.DataFrame):
-        if cards is None or isinstance(cards, str) or (
-            isinstance(cards, Iterable) and not isinstance(cards, bytes | dict)
+        if (
+            cards is None
+            or isinstance(cards, str)
+            or (isinstance(cards, Iterable) and not isinstance(cards, bytes | dict))
         ):
             if symbols is not None and not (isinstance(symbols, str) and symbols in CARD_LEVELS):
                 raise TypeError(

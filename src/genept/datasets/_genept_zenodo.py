@@ -232,7 +232,10 @@ class _Source:
         if self.url != ZIP_URL:
             name = f"{self.tag}_{name}"
         return retrieve(
-            self.url, known_hash=self.known_hash, fname=name, path=self.folder,
+            self.url,
+            known_hash=self.known_hash,
+            fname=name,
+            path=self.folder,
             progress=self.progress,
             hint="check the network, or download the GenePT archive yourself and pass "
             "url=<path of the .zip>",

@@ -45,7 +45,9 @@ TABLE_REGISTRY: dict[str, dict] = {
 }
 
 
-def write_archive(path: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None) -> str:
+def write_archive(
+    path: str | os.PathLike, genes, matrix: np.ndarray, meta: dict | None = None
+) -> str:
     """Write a table archive (``.npz``: int8 ``codes``, float32 ``scale``, ``genes``, JSON ``meta``) for the registry; returns its sha256."""
     import hashlib
 
@@ -53,14 +55,24 @@ def write_archive(path: str | os.PathLike, genes, matrix: np.ndarray, meta: dict
 
     genes = [str(g) for g in genes]
     codes, scale = quantise(matrix)
-    meta = {**(meta or {}), "n_genes": len(genes), "dim": int(codes.shape[1]),
-            "sha256": content_sha256(codes, scale), "genes_sha256": genes_sha256(genes)}
+    meta = {
+        **(meta or {}),
+        "n_genes": len(genes),
+        "dim": int(codes.shape[1]),
+        "sha256": content_sha256(codes, scale),
+        "genes_sha256": genes_sha256(genes),
+    }
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, codes=codes, scale=scale, genes=np.asarray(genes, dtype=str),
-                                meta=np.asarray(json.dumps(meta)))
+            np.savez_compressed(
+                fh,
+                codes=codes,
+                scale=scale,
+                genes=np.asarray(genes, dtype=str),
+                meta=np.asarray(json.dumps(meta)),
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -85,16 +97,26 @@ def _unpack(archive: Path, folder: Path, sha256: str) -> None:
         with np.load(archive, allow_pickle=False) as z:
             missing = {"codes", "scale", "genes", "meta"} - set(z.files)
             if missing:
-                raise DefaultTableError(f"{archive} lacks {sorted(missing)}; it is not a genept table archive")
+                raise DefaultTableError(
+                    f"{archive} lacks {sorted(missing)}; it is not a genept table archive"
+                )
             codes, scale = z["codes"], z["scale"]
             genes = [str(g) for g in z["genes"]]
             meta = json.loads(str(z["meta"]))
-        if codes.dtype != np.int8 or scale.dtype != np.float32 or codes.shape != (len(genes), codes.shape[1]):
-            raise DefaultTableError(f"{archive} holds codes {codes.dtype} {codes.shape}, scale {scale.dtype}")
+        if (
+            codes.dtype != np.int8
+            or scale.dtype != np.float32
+            or codes.shape != (len(genes), codes.shape[1])
+        ):
+            raise DefaultTableError(
+                f"{archive} holds codes {codes.dtype} {codes.shape}, scale {scale.dtype}"
+            )
         M = codes.astype(np.float32) * scale[:, None]
         written = write_table(tmp, genes, M, {**meta, "archive_sha256": sha256})
         if written["sha256"] != meta.get("sha256", written["sha256"]):
-            raise DefaultTableError(f"{archive}: the unpacked table does not match its own metadata")
+            raise DefaultTableError(
+                f"{archive}: the unpacked table does not match its own metadata"
+            )
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -158,14 +180,21 @@ def fetch_table(
         src = Path(url.removeprefix("file://")).expanduser() / entry["file"]
         if not src.is_file():
             raise FileNotFoundError(f"no file {src} for the precomputed table {name!r}")
-        check_file(src, f"sha256:{sha}", error=DefaultTableError,
-                   hint="replace it with the published file")
+        check_file(
+            src, f"sha256:{sha}", error=DefaultTableError, hint="replace it with the published file"
+        )
         _unpack(src, folder, sha)
         return load_table(folder)
     url = url.rstrip("/") + "/" + entry["file"]
     show = settings.progress if progress is None else bool(progress)
-    path = retrieve(url, known_hash=f"sha256:{sha}", fname=entry["file"], path=downloads,
-                    progress=show, error=DefaultTableError)
+    path = retrieve(
+        url,
+        known_hash=f"sha256:{sha}",
+        fname=entry["file"],
+        path=downloads,
+        progress=show,
+        error=DefaultTableError,
+    )
     try:
         _unpack(Path(path), folder, sha)
     finally:

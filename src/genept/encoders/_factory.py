@@ -8,7 +8,6 @@ from ._base import TextEncoder
 __all__ = ["get_encoder"]
 
 
-
 def get_encoder(model: str | TextEncoder | None = None, **kwargs) -> TextEncoder:
     """An encoder from a name.
 

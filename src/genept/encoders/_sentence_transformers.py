@@ -130,7 +130,9 @@ class SentenceTransformerEncoder(TextEncoder):
         src = Path(self._source)
         if src.is_dir():
             sizes = sorted(
-                (p.name, p.stat().st_size) for p in src.glob("*") if p.suffix in {".safetensors", ".bin"}
+                (p.name, p.stat().st_size)
+                for p in src.glob("*")
+                if p.suffix in {".safetensors", ".bin"}
             )
             ident += "|" + hashlib.sha1(repr(sizes).encode()).hexdigest()[:12]
         self.cache_id = ident
@@ -197,7 +199,9 @@ class SentenceTransformerEncoder(TextEncoder):
         if fp16:
             st.half()
         self._max_tokens = int(st.max_seq_length) if st.max_seq_length else None
-        get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        )
         self._dim = int(get_dim())
         return st
 
@@ -308,7 +312,12 @@ class SentenceTransformerEncoder(TextEncoder):
             sub_gene = np.asarray(cell_gene)[take]
             with progress_bar(todo.size, desc=desc, unit="cell", show=show_progress) as bar:
                 vec = encode_gathered(
-                    self.model, table, sub_ptr, sub_gene, prefix=prefix, batch_size=bs,
+                    self.model,
+                    table,
+                    sub_ptr,
+                    sub_gene,
+                    prefix=prefix,
+                    batch_size=bs,
                     progress=bar.update,
                 )
             if not np.isfinite(vec).all():

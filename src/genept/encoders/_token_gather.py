@@ -122,7 +122,9 @@ class WordPieceTable:
         self.max_len = int(max_len)
         words = np.asarray(words, dtype=object).astype(str)
         uniq, inverse = np.unique(words, return_inverse=True)
-        pieces = tokenizer(uniq.tolist(), add_special_tokens=False)["input_ids"] if uniq.size else []
+        pieces = (
+            tokenizer(uniq.tolist(), add_special_tokens=False)["input_ids"] if uniq.size else []
+        )
         n_u = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         flat_u = (
             np.fromiter((t for p in pieces for t in p), dtype=np.int32, count=int(n_u.sum()))
@@ -203,8 +205,16 @@ class WordPieceTable:
         out.fill(self.pad_id)
         if rows.size:
             _gather_ids(
-                rows, cell_ptr, cell_gene, self.tok_ptr, self.tok_ids, head,
-                self.cls_id, self.sep_id, self.max_len, out,
+                rows,
+                cell_ptr,
+                cell_gene,
+                self.tok_ptr,
+                self.tok_ids,
+                head,
+                self.cls_id,
+                self.sep_id,
+                self.max_len,
+                out,
             )
         return out, lens
 
@@ -270,7 +280,11 @@ def encode_gathered(
             else:
                 lt = torch.from_numpy(rl)
             mask = (torch.arange(ids.shape[1], device=dev)[None, :] < lt[:, None]).to(torch.int64)
-            feats = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+            feats = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "token_type_ids": torch.zeros_like(ids),
+            }
             emb = model(feats)["sentence_embedding"]
             outs.append(emb.float())
             if progress is not None:

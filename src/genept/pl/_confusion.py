@@ -74,11 +74,15 @@ def _order_classes(table: pd.DataFrame, order) -> list[str]:
             y = squareform(D, checks=False)
             Z = optimal_leaf_ordering(linkage(y, "average"), y)
             return [rows[i] for i in leaves_list(Z)]
-        raise ValueError(f"order must be None, 'size', 'diagonal' or a list of classes, got {order!r}")
+        raise ValueError(
+            f"order must be None, 'size', 'diagonal' or a list of classes, got {order!r}"
+        )
     order = [str(o) for o in order]
     unknown = [o for o in order if o not in rows]
     if unknown:
-        raise ValueError(f"order names classes that are not true labels: {unknown[:5]} (classes: {rows})")
+        raise ValueError(
+            f"order names classes that are not true labels: {unknown[:5]} (classes: {rows})"
+        )
     return order + [r for r in rows if r not in order]
 
 

@@ -126,28 +126,41 @@ def embeddings(
             continue
         use.append(rep)
     if not use:
-        raise ValueError(f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})")
+        raise ValueError(
+            f"none of {list(reps)} is available in adata.obsm ({list(adata.obsm.keys())})"
+        )
     ncol = max(1, len(colors))
     if size is None:
         size = 60000 / max(adata.n_obs, 1)
     if ax is None:
         legend_w = 2.2 if colors else 0.0
-        fig, grid = plt.subplots(ncol, len(use), squeeze=False,
-                                 figsize=(panel_size * len(use) + legend_w, panel_size * ncol))
+        fig, grid = plt.subplots(
+            ncol,
+            len(use),
+            squeeze=False,
+            figsize=(panel_size * len(use) + legend_w, panel_size * ncol),
+        )
         axes = grid.T  # [rep, color]
     else:
         axes = np.asarray(ax, dtype=object).reshape(-1)
         if axes.size != len(use) * ncol:
-            raise ValueError(f"ax holds {axes.size} Axes; {len(use)} representation(s) x {ncol} "
-                             f"colour(s) need {len(use) * ncol}")
+            raise ValueError(
+                f"ax holds {axes.size} Axes; {len(use)} representation(s) x {ncol} "
+                f"colour(s) need {len(use) * ncol}"
+            )
         axes = axes.reshape(len(use), ncol)
         fig = axes[0, 0].figure
     for r, rep in enumerate(use):
         tmp = AnnData(obs=light.obs.copy())
         tmp.uns.update({k: v for k, v in light.uns.items() if k.endswith("_colors")})
         tmp.obsm[rep] = light.obsm[rep]
-        sc.pp.neighbors(tmp, use_rep=rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), metric=metric,
-                        random_state=random_state)
+        sc.pp.neighbors(
+            tmp,
+            use_rep=rep,
+            n_neighbors=min(n_neighbors, tmp.n_obs - 1),
+            metric=metric,
+            random_state=random_state,
+        )
         sc.tl.umap(tmp, random_state=random_state)
         last = r == len(use) - 1
         for c in range(ncol):
@@ -155,9 +168,18 @@ def embeddings(
             title = _rep_title(rep, titles)
             if ncol > 1 and col:
                 title = f"{title}: {col}"
-            sc.pl.embedding(tmp, basis="X_umap", color=col, ax=axes[r, c], show=False, size=size,
-                            title=title, legend_loc="right margin" if last else "none",
-                            colorbar_loc="right" if last else None, frameon=False)
+            sc.pl.embedding(
+                tmp,
+                basis="X_umap",
+                color=col,
+                ax=axes[r, c],
+                show=False,
+                size=size,
+                title=title,
+                legend_loc="right margin" if last else "none",
+                colorbar_loc="right" if last else None,
+                frameon=False,
+            )
             if col is not None and f"{col}_colors" in tmp.uns:  # first panel fixes the palette
                 light.uns[f"{col}_colors"] = tmp.uns[f"{col}_colors"]
     if ax is None:
@@ -237,7 +259,9 @@ def bm_results(
         width = 0.8 / len(hs)
         for j, h in enumerate(hs):
             pos = np.arange(len(xs)) + (j - (len(hs) - 1) / 2) * width
-            ax.bar(pos, mean[h].to_numpy(), width, yerr=sd[h].to_numpy(), capsize=2, label=h or None)
+            ax.bar(
+                pos, mean[h].to_numpy(), width, yerr=sd[h].to_numpy(), capsize=2, label=h or None
+            )
             if reference:
                 for i, xv in enumerate(xs):
                     ref = reference.get((xv, h), reference.get(xv) if not hue else None)

@@ -41,7 +41,9 @@ def _leiden(g: AnnData, resolution: float, random_state: int) -> np.ndarray:
     return rank[labels]
 
 
-def _spread_labels(xy: np.ndarray, texts: list[str], span: np.ndarray, n_iter: int = 50) -> np.ndarray:
+def _spread_labels(
+    xy: np.ndarray, texts: list[str], span: np.ndarray, n_iter: int = 50
+) -> np.ndarray:
     """Nudge label positions apart vertically until their (approximate) boxes do not overlap.
 
     Boxes are estimated in data units from the axes' span: 1.3 % of the x span per
@@ -167,8 +169,13 @@ def gene_umap(
         raise ValueError(f"only {int(has.sum())} genes have an embedding; need at least 3")
     names = adata.var_names[has].astype(str).to_numpy()
     g = AnnData(E[has], obs=pd.DataFrame(index=names))
-    sc.pp.neighbors(g, use_rep="X", n_neighbors=min(n_neighbors, g.n_obs - 1), metric="cosine",
-                    random_state=random_state)
+    sc.pp.neighbors(
+        g,
+        use_rep="X",
+        n_neighbors=min(n_neighbors, g.n_obs - 1),
+        metric="cosine",
+        random_state=random_state,
+    )
     sc.tl.umap(g, random_state=random_state)
     xy = g.obsm["X_umap"]
     if ax is None:
@@ -184,20 +191,38 @@ def gene_umap(
         for i, (set_name, members) in enumerate(sets.items()):
             idx = [where[m] for m in members if m in where]
             missing += [m for m in members if m not in where]
-            ax.scatter(xy[idx, 0], xy[idx, 1], s=size * 4, color=cmap(i % 10), edgecolors="k",
-                       linewidths=0.3, label=f"{set_name} ({len(idx)})", zorder=3)
+            ax.scatter(
+                xy[idx, 0],
+                xy[idx, 1],
+                s=size * 4,
+                color=cmap(i % 10),
+                edgecolors="k",
+                linewidths=0.3,
+                label=f"{set_name} ({len(idx)})",
+                zorder=3,
+            )
             texts += [(xy[j, 0], xy[j, 1], names[j]) for j in idx] if len(idx) <= 30 else []
         if missing:
-            logg.warning(f"gene_umap: {len(missing)} genes have no embedding or are not in adata: "
-                         f"{missing[:10]}")
+            logg.warning(
+                f"gene_umap: {len(missing)} genes have no embedding or are not in adata: "
+                f"{missing[:10]}"
+            )
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="gene set")
         if texts:
             span = np.ptp(xy, axis=0)
             anchor = np.array([(x, y + 0.025 * span[1]) for x, y, _ in texts])
             pos = _spread_labels(anchor, [t for _, _, t in texts], span * [1.0, 0.8])
             for (x, y, t), (px, py) in zip(texts, pos, strict=True):
-                ax.annotate(t, (x, y), xytext=(px, py), fontsize=8, ha="center", va="center",
-                            zorder=4, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+                ax.annotate(
+                    t,
+                    (x, y),
+                    xytext=(px, py),
+                    fontsize=8,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5},
+                )
         default_title = f"{int(has.sum())} gene embeddings: gene sets"
     elif color == "program":
         if program_key in adata.var.columns:
@@ -215,8 +240,14 @@ def gene_umap(
             ax.scatter(xy[sel, 0], xy[sel, 1], s=size * 0.6, linewidths=0, color="0.85", zorder=1)
         for i, p in enumerate(progs):
             sel = lab == p
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=size, linewidths=0,
-                       color=palette[i % len(palette)], zorder=2)
+            ax.scatter(
+                xy[sel, 0],
+                xy[sel, 1],
+                s=size,
+                linewidths=0,
+                color=palette[i % len(palette)],
+                zorder=2,
+            )
             if i < max_labelled and sel.sum() >= 3:
                 central = _central_genes(E[has], names, sel, n_labels)
                 x, y = np.median(xy[sel], axis=0)
@@ -226,10 +257,19 @@ def gene_umap(
             anchor = np.array([(x, y) for x, y, _ in texts])
             pos = _spread_labels(anchor, [t for _, _, t in texts], span)
             for (x, y, t), (px, py) in zip(texts, pos, strict=True):
-                ax.annotate(t, (x, y), xytext=(px, py), fontsize=7.5, ha="center", va="center",
-                            zorder=4, arrowprops=None if abs(py - y) < 0.03 * span[1] else
-                            {"arrowstyle": "-", "color": "0.4", "lw": 0.6},
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+                ax.annotate(
+                    t,
+                    (x, y),
+                    xytext=(px, py),
+                    fontsize=7.5,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    arrowprops=None
+                    if abs(py - y) < 0.03 * span[1]
+                    else {"arrowstyle": "-", "color": "0.4", "lw": 0.6},
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                )
         default_title = f"{int(has.sum())} gene embeddings, {len(progs)} {source}"
     else:
         labels = None
@@ -242,11 +282,15 @@ def gene_umap(
                 cards = gene_cards("human")
                 cards = cards[~cards.index.duplicated(keep="first")]
                 sym_col = "genept_gene" if "genept_gene" in adata.var else None
-                syms = (adata.var[sym_col].astype(str) if sym_col else adata.var_names.to_series()).to_numpy()[has]
+                syms = (
+                    adata.var[sym_col].astype(str) if sym_col else adata.var_names.to_series()
+                ).to_numpy()[has]
                 labels = cards["gene_type"].reindex(syms).fillna("unknown").to_numpy()
             else:
-                raise KeyError(f"color={color!r} is not a column of adata.var; use 'program', "
-                               f"'gene_type' or one of {list(adata.var.columns)}")
+                raise KeyError(
+                    f"color={color!r} is not a column of adata.var; use 'program', "
+                    f"'gene_type' or one of {list(adata.var.columns)}"
+                )
         if labels is None:
             ax.scatter(xy[:, 0], xy[:, 1], s=size, linewidths=0)
         else:
@@ -254,10 +298,21 @@ def gene_umap(
             cmap = plt.get_cmap("tab10" if len(cats.categories) <= 10 else "tab20")
             for i, c in enumerate(cats.categories):
                 sel = cats == c
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=size, linewidths=0, color=cmap(i % cmap.N),
-                           label=f"{c} ({int(sel.sum())})")
-            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2,
-                      title=color)
+                ax.scatter(
+                    xy[sel, 0],
+                    xy[sel, 1],
+                    s=size,
+                    linewidths=0,
+                    color=cmap(i % cmap.N),
+                    label=f"{c} ({int(sel.sum())})",
+                )
+            ax.legend(
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                frameon=False,
+                markerscale=2,
+                title=color,
+            )
         default_title = f"{int(has.sum())} gene embeddings"
     # a few far-away genes (isolated in the kNN graph) would shrink the rest to a corner:
     # the view holds the central 99 % of genes on each axis, with a margin

@@ -47,10 +47,15 @@ def _shrunken_means(S: np.ndarray, g: np.ndarray, cats: list) -> tuple[np.ndarra
     s2 = (resid**2).sum(axis=0) / dof  # pooled within-group variance per program
     overall = S.mean(axis=0)
     noise = s2[:, None] / n[None, :]
-    tau2 = np.maximum(0.0, ((means - means.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
-                      - noise.mean(axis=1))
-    w = np.divide(tau2[:, None], tau2[:, None] + noise, out=np.zeros_like(noise),
-                  where=(tau2[:, None] + noise) > 0)
+    tau2 = np.maximum(
+        0.0, ((means - means.mean(axis=1, keepdims=True)) ** 2).mean(axis=1) - noise.mean(axis=1)
+    )
+    w = np.divide(
+        tau2[:, None],
+        tau2[:, None] + noise,
+        out=np.zeros_like(noise),
+        where=(tau2[:, None] + noise) > 0,
+    )
     return overall[:, None] + w * (means - overall[:, None]), w
 
 
@@ -136,7 +141,9 @@ def gene_programs(
     if skey not in adata.obsm or ukey not in adata.uns:
         raise KeyError(f"no gene programs under {key!r}; run gpt.tl.gene_programs(adata) first")
     if groupby not in adata.obs:
-        raise KeyError(f"groupby={groupby!r} is not a column of adata.obs ({list(adata.obs.columns)})")
+        raise KeyError(
+            f"groupby={groupby!r} is not a column of adata.obs ({list(adata.obs.columns)})"
+        )
     if style not in {"heatmap", "dotplot"}:
         raise ValueError(f"style must be 'heatmap' or 'dotplot', got {style!r}")
     scores = adata.obsm[skey]
@@ -146,7 +153,9 @@ def gene_programs(
     members = adata.uns[ukey]["members"]
     names = list(scores.columns)
     if not names:
-        raise ValueError("no gene program was found; lower the threshold/min_size of gpt.tl.gene_programs")
+        raise ValueError(
+            "no gene program was found; lower the threshold/min_size of gpt.tl.gene_programs"
+        )
     if isinstance(programs, int | np.integer) and not isinstance(programs, bool):
         k = min(int(programs), len(names))
         pick = np.sort(np.random.default_rng(random_state).choice(len(names), k, replace=False))
@@ -154,19 +163,27 @@ def gene_programs(
     elif programs is not None:
         unknown = [p for p in programs if p not in scores.columns]
         if unknown:
-            raise KeyError(f"unknown programs {unknown[:5]}; available: {list(scores.columns)[:10]}...")
+            raise KeyError(
+                f"unknown programs {unknown[:5]}; available: {list(scores.columns)[:10]}..."
+            )
         names = list(programs)
     groups = adata.obs[groupby]
-    groups = groups.astype("category") if not isinstance(groups.dtype, pd.CategoricalDtype) else groups
+    groups = (
+        groups.astype("category") if not isinstance(groups.dtype, pd.CategoricalDtype) else groups
+    )
     sizes = groups.value_counts()
     small = [str(c) for c in groups.cat.categories if 0 < sizes.get(c, 0) < min_cells]
     if small:
         from scanpy import logging as logg
 
-        logg.warning(f"gene_programs: groups with fewer than min_cells={min_cells} cells left out: {small}")
+        logg.warning(
+            f"gene_programs: groups with fewer than min_cells={min_cells} cells left out: {small}"
+        )
     cats = [c for c in groups.cat.categories if sizes.get(c, 0) >= max(min_cells, 1)]
     if not cats:
-        raise ValueError(f"no group of {groupby!r} has min_cells={min_cells} cells; lower min_cells")
+        raise ValueError(
+            f"no group of {groupby!r} has min_cells={min_cells} cells; lower min_cells"
+        )
     keep = groups.isin(cats).to_numpy()
     S = scores[names].to_numpy(dtype=float)[keep]
     g = groups.to_numpy()[keep]
@@ -190,7 +207,11 @@ def gene_programs(
         h = max(3.0, 0.32 * len(names) + 1.5)
         fig, ax = plt.subplots(figsize=(w, h))
     fig = ax.figure
-    cbar_label = {"program": "scaled mean score", "zscore": "z-scored mean score", None: "mean score"}[standard_scale]
+    cbar_label = {
+        "program": "scaled mean score",
+        "zscore": "z-scored mean score",
+        None: "mean score",
+    }[standard_scale]
     if style == "heatmap":
         im = ax.imshow(M, aspect="auto", cmap=cmap, interpolation="nearest")
     else:
@@ -201,17 +222,35 @@ def gene_programs(
         def area(f):
             return 15 + 235 * np.asarray(f)
 
-        im = ax.scatter(xx.ravel(), yy.ravel(), c=M.ravel(), s=area(frac.ravel()), cmap=cmap,
-                        edgecolors="0.3", linewidths=0.3)
+        im = ax.scatter(
+            xx.ravel(),
+            yy.ravel(),
+            c=M.ravel(),
+            s=area(frac.ravel()),
+            cmap=cmap,
+            edgecolors="0.3",
+            linewidths=0.3,
+        )
         ax.set_xlim(-0.6, len(cats) - 0.4)
         ax.set_ylim(len(names) - 0.4, -0.6)
         ax.set_axisbelow(True)
         ax.grid(True, color="0.92")
-        handles = [ax.scatter([], [], s=area(f), color="0.5", edgecolors="0.3", linewidths=0.3)
-                   for f in (0.25, 0.5, 0.75, 1.0)]
-        ax.legend(handles, ["25%", "50%", "75%", "100%"], title="cells above the\n75th percentile",
-                  loc="upper left", bbox_to_anchor=(1.12, 1.02), frameon=False, labelspacing=1.2,
-                  borderpad=0.8, fontsize=8, title_fontsize=8)
+        handles = [
+            ax.scatter([], [], s=area(f), color="0.5", edgecolors="0.3", linewidths=0.3)
+            for f in (0.25, 0.5, 0.75, 1.0)
+        ]
+        ax.legend(
+            handles,
+            ["25%", "50%", "75%", "100%"],
+            title="cells above the\n75th percentile",
+            loc="upper left",
+            bbox_to_anchor=(1.12, 1.02),
+            frameon=False,
+            labelspacing=1.2,
+            borderpad=0.8,
+            fontsize=8,
+            title_fontsize=8,
+        )
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([f"{c} ({int(sizes[c])})" for c in cats], rotation=90)
     ax.set_yticks(range(len(names)))

@@ -93,7 +93,9 @@ def _sentence_genes(X, plan, *, n_genes, shuffle, random_state, block_rows, show
     blocks = _iter_sentence_genes(
         X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows
     )
-    with progress_bar(int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress) as bar:
+    with progress_bar(
+        int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress
+    ) as bar:
         for a, b, indptr, idx in blocks:
             ptrs.append(np.asarray(indptr[1:], dtype=np.int64) + offset)
             idxs.append(idx)
@@ -316,8 +318,7 @@ def embed_cells(
         # out="dask": nothing is computed here (the flag would need a pass over X); an
         # empty cell is a zero row of the lazy embedding
         empty = None if out == "dask" else np.asarray(weight) <= 0
-        gparams = dict(
-            adata.uns.get(uns_key(gene_key), {}).get("params", {}))
+        gparams = dict(adata.uns.get(uns_key(gene_key), {}).get("params", {}))
         params.update(
             gene_key=gene_key,
             normalize=normalize,

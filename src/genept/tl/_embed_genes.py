@@ -21,7 +21,6 @@ from ..encoders import TextEncoder, get_encoder
 __all__ = ["embed_genes"]
 
 
-
 @lru_cache(maxsize=1)
 def _alias_maps():
     from ..datasets import gene_cards
@@ -97,9 +96,13 @@ def _encode(encoder: TextEncoder, texts: pd.Series, batch_size, cache, show_prog
     done: dict[str, np.ndarray] = {}
     if len(todo) > _QUIET_TEXTS:
         bs = int(batch_size or encoder.batch_size)
-        first = sorted(todo, key=len, reverse=True)[: max(1, min(bs, 64))]  # the longest: pessimistic
+        first = sorted(todo, key=len, reverse=True)[
+            : max(1, min(bs, 64))
+        ]  # the longest: pessimistic
         t0 = time.perf_counter()
-        vec = encoder.encode(first, batch_size=batch_size, cache=store or False, show_progress=False)
+        vec = encoder.encode(
+            first, batch_size=batch_size, cache=store or False, show_progress=False
+        )
         rate = len(first) / max(time.perf_counter() - t0, 1e-9)
         done.update(zip(first, vec, strict=True))
         eta = (len(todo) - len(first)) / rate
@@ -107,14 +110,22 @@ def _encode(encoder: TextEncoder, texts: pd.Series, batch_size, cache, show_prog
             f"encoding {len(todo)} gene texts with {encoder!r}: about {_duration(eta)} "
             f"({rate:.0f} texts/s on the first {len(first)}, the longest)"
             + ("; they are cached for next time" if store is not None else "")
-            + (". The shipped default needs no encoding: gpt.tl.embed_genes(adata) with the "
-               "default model and text_level" if getattr(encoder, "model_name", "") != DEFAULT_MODEL
-               else "")
+            + (
+                ". The shipped default needs no encoding: gpt.tl.embed_genes(adata) with the "
+                "default model and text_level"
+                if getattr(encoder, "model_name", "") != DEFAULT_MODEL
+                else ""
+            )
         )
     rest = [t for t in unique if t not in done]
     if rest:
-        out = encoder.encode(rest, batch_size=batch_size, cache=store or False,
-                             show_progress=show_progress, desc="embedding genes")
+        out = encoder.encode(
+            rest,
+            batch_size=batch_size,
+            cache=store or False,
+            show_progress=show_progress,
+            desc="embedding genes",
+        )
         done.update(zip(rest, out, strict=True))
     return np.stack([done[t] for t in texts]).astype(np.float32, copy=False)
 
@@ -239,16 +250,21 @@ def embed_genes(
     names, missing = _gene_names(adata, gene_symbols)
     if len(names) == 0:
         raise ValueError("adata has no genes (adata.n_vars == 0)")
-    src = resolve_source(source, model=model if isinstance(model, str) or model is None else None,
-                         text_level=text_level, allow_pickle=allow_pickle)
+    src = resolve_source(
+        source,
+        model=model if isinstance(model, str) or model is None else None,
+        text_level=text_level,
+        allow_pickle=allow_pickle,
+    )
     mouse = _mouse_check(names, missing, src.genes)
     query = np.where(missing, "", names.to_numpy(dtype=object))
     if pd.Index(query[~missing]).isin(src.genes).all():
         aliases, ensembl = {}, {}  # every name is a symbol of the source: no alias needed
     else:
         aliases, ensembl = _alias_maps()
-    match = match_genes(list(query), list(src.genes), aliases=aliases, ensembl=ensembl,
-                        use_aliases=not mouse)
+    match = match_genes(
+        list(query), list(src.genes), aliases=aliases, ensembl=ensembl, use_aliases=not mouse
+    )
     target = match.target.copy()
     if src.name == "name":  # any gene has a name: unmatched genes are embedded as written
         target = np.where((target == "") & ~missing, names.to_numpy(dtype=object), target)
@@ -272,8 +288,9 @@ def embed_genes(
                 "their card texts into it (rebuild the table with "
                 "`python scripts/build_default_embeddings.py`)"
             )
-            vectors[~found] = _encode(src.table.encoder(), src.texts_of(absent),
-                                      batch_size, cache, show_progress)
+            vectors[~found] = _encode(
+                src.table.encoder(), src.texts_of(absent), batch_size, cache, show_progress
+            )
     elif src.embeddings is not None:
         pos = pd.Index(src.embeddings.genes).get_indexer(needed)
         vectors = src.embeddings.matrix[pos]

@@ -63,6 +63,8 @@ def default_resolution(n_genes: int) -> float:
     on a few hundred genes 20 splits programs below ``min_size``.
     """
     return float(np.clip(n_genes / _GENES_PER_RESOLUTION, DEFAULT_RESOLUTION, _MAX_RESOLUTION))
+
+
 #: rows of ``E`` per block of ``E @ E.T``
 _BLOCK_ROWS = 2048
 #: most edges kept before asking for a higher threshold or ``n_neighbors``
@@ -77,9 +79,7 @@ def _normalise(E: np.ndarray) -> np.ndarray:
     return E / norm
 
 
-def similarity_quantile(
-    E: np.ndarray, q: float, *, max_genes: int = 3000, seed: int = 0
-) -> float:
+def similarity_quantile(E: np.ndarray, q: float, *, max_genes: int = 3000, seed: int = 0) -> float:
     """The ``q`` quantile of the pairwise cosine similarities between the rows of ``E``.
 
     Exact on at most ``max_genes`` rows; above that, on a seeded random sample of
@@ -199,7 +199,13 @@ def leiden_programs(
     if n == 0 or len(i) == 0:
         return labels
     # a list of int tuples is what igraph converts fastest (3x faster than an array)
-    edges = list(zip(np.asarray(i, dtype=np.int64).tolist(), np.asarray(j, dtype=np.int64).tolist(), strict=True))
+    edges = list(
+        zip(
+            np.asarray(i, dtype=np.int64).tolist(),
+            np.asarray(j, dtype=np.int64).tolist(),
+            strict=True,
+        )
+    )
     g = ig.Graph(n=n, edges=edges, directed=False)
     ig.set_random_number_generator(random.Random(int(seed)))
     try:
@@ -222,9 +228,21 @@ def leiden_programs(
 
 def _program_matrix(member_idx: Sequence[np.ndarray], n_vars: int) -> sparse.csr_matrix:
     """``(n_vars, n_programs)``: ``1/size`` where a gene belongs to a program."""
-    r = np.concatenate([np.asarray(m, dtype=np.int64) for m in member_idx]) if member_idx else np.zeros(0, np.int64)
-    c = np.concatenate([np.full(len(m), k) for k, m in enumerate(member_idx)]) if member_idx else np.zeros(0, np.int64)
-    v = np.concatenate([np.full(len(m), 1.0 / len(m)) for m in member_idx]) if member_idx else np.zeros(0)
+    r = (
+        np.concatenate([np.asarray(m, dtype=np.int64) for m in member_idx])
+        if member_idx
+        else np.zeros(0, np.int64)
+    )
+    c = (
+        np.concatenate([np.full(len(m), k) for k, m in enumerate(member_idx)])
+        if member_idx
+        else np.zeros(0, np.int64)
+    )
+    v = (
+        np.concatenate([np.full(len(m), 1.0 / len(m)) for m in member_idx])
+        if member_idx
+        else np.zeros(0)
+    )
     return sparse.csr_matrix((v, (r, c)), shape=(n_vars, len(member_idx)))
 
 
@@ -270,7 +288,9 @@ def _gene_mask(adata: AnnData, genes) -> np.ndarray:
         return np.ones(adata.n_vars, dtype=bool)
     if isinstance(genes, str):
         if genes not in adata.var.columns:
-            raise KeyError(f"genes={genes!r} is not a column of adata.var (columns: {list(adata.var.columns)})")
+            raise KeyError(
+                f"genes={genes!r} is not a column of adata.var (columns: {list(adata.var.columns)})"
+            )
         col = adata.var[genes]
         if col.dtype != bool:
             raise TypeError(f"adata.var[{genes!r}] must be boolean, got {col.dtype}")
@@ -283,7 +303,9 @@ def _gene_mask(adata: AnnData, genes) -> np.ndarray:
     wanted = pd.Index(np.asarray(genes, dtype=object).astype(str))
     missing = wanted.difference(adata.var_names)
     if len(missing):
-        raise KeyError(f"{len(missing)} of `genes` are not in adata.var_names (first: {', '.join(missing[:5])})")
+        raise KeyError(
+            f"{len(missing)} of `genes` are not in adata.var_names (first: {', '.join(missing[:5])})"
+        )
     return adata.var_names.isin(wanted)
 
 
@@ -487,7 +509,9 @@ def gene_programs(
         "model": model or "unknown",
         "threshold": float(thr),
         "threshold_source": how,
-        "quantile": float(quantile) if quantile is not None and threshold is None and how.startswith("quantile") else None,
+        "quantile": float(quantile)
+        if quantile is not None and threshold is None and how.startswith("quantile")
+        else None,
         "resolution": res,
         "min_size": int(min_size),
         "n_neighbors": n_neighbors,

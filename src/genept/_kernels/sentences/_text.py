@@ -38,8 +38,6 @@ def hash_gene_name(name: str) -> str:
     return hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:10]
 
 
-
-
 def missing_names(gene_names: Sequence[Any]) -> np.ndarray:
     """Boolean mask of the names that are missing: ``None``/NaN/``pd.NA`` or a string such as ``"nan"``, ``"NA"``, ``"<NA>"``, ``""`` (what a missing symbol prints as; the set is :data:`genept._gene_matching.MISSING_NAMES`, shared with gene matching).
 

@@ -106,14 +106,27 @@ def _embed_torch(
         resident = device_csr(X)
         if resident is not None:
             return embed_resident_csr(
-                resident, plan, dev, normalize=normalize, n_total=n_total,
-                precision=precision, check=check, show_progress=show_progress,
+                resident,
+                plan,
+                dev,
+                normalize=normalize,
+                n_total=n_total,
+                precision=precision,
+                check=check,
+                show_progress=show_progress,
             )
         parts = inmemory_csr(X)
         if parts is not None:  # the fast path: zero-copy blocks, threaded pinned staging
             return embed_csr_stream(
-                parts, int(X.shape[1]), plan, dev, normalize=normalize, n_total=n_total,
-                precision=precision, check=check, show_progress=show_progress,
+                parts,
+                int(X.shape[1]),
+                plan,
+                dev,
+                normalize=normalize,
+                n_total=n_total,
+                precision=precision,
+                check=check,
+                show_progress=show_progress,
                 block_rows=block_rows,
             )
         return _embed_torch_run(

@@ -135,7 +135,9 @@ class DeviceMatmul:
 
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-            A = torch.sparse_csr_tensor(ptr, cols, vals, size=(rows, self.K), check_invariants=False)
+            A = torch.sparse_csr_tensor(
+                ptr, cols, vals, size=(rows, self.K), check_invariants=False
+            )
         return torch.sparse.mm(A, self.E)
 
 
@@ -251,8 +253,18 @@ def _copy_piece(dst: np.ndarray, src: np.ndarray, gate=None) -> None:
 
 
 def embed_csr_stream(
-    parts, n_cols: int, plan: _Plan, dev, *, normalize, n_total, precision, check,
-    show_progress, block_rows: int | None = None, threads: int | None = None,
+    parts,
+    n_cols: int,
+    plan: _Plan,
+    dev,
+    *,
+    normalize,
+    n_total,
+    precision,
+    check,
+    show_progress,
+    block_rows: int | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GenePT-w of an in-memory CSR ``(indptr, indices, data)`` on ``dev`` (see module)."""
     import torch
@@ -321,7 +333,9 @@ def embed_csr_stream(
             o.event = None
         he, hw = o.bufs["emb"].numpy(), o.bufs["ws"].numpy()
         for p, q in _split(a, b, threads, align=64):
-            o.jobs.append(run(_copy_piece, emb_out[p:q], he[(p - a) * d : (q - a) * d].reshape(q - p, d)))
+            o.jobs.append(
+                run(_copy_piece, emb_out[p:q], he[(p - a) * d : (q - a) * d].reshape(q - p, d))
+            )
         o.jobs.append(run(_copy_piece, ws_out[a:b], hw[: b - a]))
 
     restore = _fp32_mode(precision) if cuda else None
@@ -465,8 +479,9 @@ def _sparse_block(comp: BlockCompute, ptr, idx, val, rows: int):
     bad = ~torch.isfinite(val) | (val < 0)
     keep = (cols < mm.n_used) | bad  # bad values still reach the checks
     counts = ptr[1:] - ptr[:-1]
-    row_ids = torch.repeat_interleave(torch.arange(rows, device=mm.dev), counts,
-                                      output_size=idx.numel())
+    row_ids = torch.repeat_interleave(
+        torch.arange(rows, device=mm.dev), counts, output_size=idx.numel()
+    )
     kept = torch.zeros(rows, dtype=torch.int64, device=mm.dev).index_add_(0, row_ids, keep.long())
     new_ptr = torch.zeros(rows + 1, dtype=torch.int64, device=mm.dev)
     torch.cumsum(kept, 0, out=new_ptr[1:])
