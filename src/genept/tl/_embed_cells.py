@@ -24,8 +24,7 @@ from .._core._docs import (
     doc_use_raw,
 )
 from .._core._keys import flag_key, sanitize_params, uns_key
-from .._core._progress import progress_bar
-from .._kernels.sentences._build import _iter_sentence_genes, sentence_plan
+from .._kernels.sentences._build import _ragged_sentence_genes, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._kernels.sentences._text import _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
@@ -85,24 +84,6 @@ def _check_counts(X, allow_counts: bool) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _sentence_genes(X, plan, *, n_genes, shuffle, random_state, block_rows, show_progress):
-    """Each cell's sentence genes as one ragged ``(indptr, idx)`` (no text written)."""
-    ptrs, idxs, offset = [np.zeros(1, dtype=np.int64)], [], 0
-    blocks = _iter_sentence_genes(
-        X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows
-    )
-    with progress_bar(
-        int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress
-    ) as bar:
-        for a, b, indptr, idx in blocks:
-            ptrs.append(np.asarray(indptr[1:], dtype=np.int64) + offset)
-            idxs.append(idx)
-            offset += int(indptr[-1])
-            bar.update(b - a)
-    idx = np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int32)
-    return np.concatenate(ptrs), idx
 
 
 def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
@@ -333,7 +314,7 @@ def embed_cells(
         names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
         encoder = get_encoder(model)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
-        indptr, idx = _sentence_genes(
+        indptr, idx = _ragged_sentence_genes(
             X,
             plan,
             n_genes=n_genes,

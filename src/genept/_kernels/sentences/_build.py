@@ -278,13 +278,38 @@ def _build(
     """:func:`build_sentences` on validated arguments."""
     text = _Names(plan.words)
     out: list[str] = []
-    blocks = _iter_sentence_genes(
-        X, plan, n_genes=n_genes, shuffle=shuffle, random_state=random_state, block_rows=block_rows
-    )
+    for indptr, idx in _sentence_blocks(
+        X,
+        plan,
+        n_genes=n_genes,
+        shuffle=shuffle,
+        random_state=random_state,
+        block_rows=block_rows,
+        show_progress=show_progress,
+    ):
+        out.extend(text.render(indptr, idx, plan.prefix))
+    return out
+
+
+def _sentence_blocks(X, plan, *, show_progress: bool, **options):
+    """:func:`_iter_sentence_genes`' ``(indptr, idx)`` per block, under a progress bar."""
     with progress_bar(
         int(X.shape[0]), desc="cell sentences", unit="cell", show=show_progress
     ) as bar:
-        for a, b, indptr, idx in blocks:
-            out.extend(text.render(indptr, idx, plan.prefix))
+        for a, b, indptr, idx in _iter_sentence_genes(X, plan, **options):
+            yield indptr, idx
             bar.update(b - a)
-    return out
+
+
+def _ragged_sentence_genes(X, plan, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's sentence genes as one ragged ``(indptr, idx)``, no text written.
+
+    For encoders that gather token ids; options as :func:`_sentence_blocks`.
+    """
+    ptrs, idxs, offset = [np.zeros(1, dtype=np.int64)], [], 0
+    for indptr, idx in _sentence_blocks(X, plan, **options):
+        ptrs.append(np.asarray(indptr[1:], dtype=np.int64) + offset)
+        idxs.append(idx)
+        offset += int(indptr[-1])
+    idx = np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int32)
+    return np.concatenate(ptrs), idx

@@ -103,31 +103,20 @@ def _embed_torch(
 
     dev = torch.device(device)
     with _GPU_LOCK if dev.type == "cuda" else contextlib.nullcontext():
+        opts = {
+            "normalize": normalize,
+            "n_total": n_total,
+            "precision": precision,
+            "check": check,
+            "show_progress": show_progress,
+        }
         resident = device_csr(X)
         if resident is not None:
-            return embed_resident_csr(
-                resident,
-                plan,
-                dev,
-                normalize=normalize,
-                n_total=n_total,
-                precision=precision,
-                check=check,
-                show_progress=show_progress,
-            )
+            return embed_resident_csr(resident, plan, dev, **opts)
         parts = inmemory_csr(X)
         if parts is not None:  # the fast path: zero-copy blocks, threaded pinned staging
             return embed_csr_stream(
-                parts,
-                int(X.shape[1]),
-                plan,
-                dev,
-                normalize=normalize,
-                n_total=n_total,
-                precision=precision,
-                check=check,
-                show_progress=show_progress,
-                block_rows=block_rows,
+                parts, int(X.shape[1]), plan, dev, block_rows=block_rows, **opts
             )
         return _embed_torch_run(
             X, plan, dev, normalize, n_total, precision, block_rows, check, show_progress
