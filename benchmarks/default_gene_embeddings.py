@@ -59,12 +59,8 @@ from _report import md  # noqa: E402
 
 
 def _enc_module():
-    spec = importlib.util.spec_from_file_location(
-        "encode_cards_gpu", ROOT / "scripts" / "encode_cards_gpu.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """``scripts/encode_cards_gpu.py``, loaded once through the build script."""
+    return _build_module()._enc_module()
 
 
 def _build_module():
