@@ -29,6 +29,7 @@ from typing import TypeVar
 
 __all__ = [
     "doc_adata",
+    "doc_common",
     "doc_copy",
     "doc_device",
     "doc_expression",
@@ -78,6 +79,18 @@ doc_device = """\
 device
     ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"``. ``None``: :attr:`genept.settings.device`."""
+
+
+#: every shared fragment by its placeholder name: ``@doc_params(**doc_common)``
+doc_common = {
+    "doc_adata": doc_adata,
+    "doc_copy": doc_copy,
+    "doc_device": doc_device,
+    "doc_key_added": doc_key_added,
+    "doc_layer": doc_layer,
+    "doc_random_state": doc_random_state,
+    "doc_use_raw": doc_use_raw,
+}
 
 
 def doc_params(**fragments: str) -> Callable[[F], F]:

@@ -13,16 +13,7 @@ from scipy import sparse
 
 from .._core._blocks import check_block_rows
 from .._core._device import resolve_device
-from .._core._docs import (
-    doc_adata,
-    doc_copy,
-    doc_device,
-    doc_key_added,
-    doc_layer,
-    doc_params,
-    doc_random_state,
-    doc_use_raw,
-)
+from .._core._docs import doc_common, doc_params
 from .._core._keys import flag_key, sanitize_params, uns_key
 from .._kernels.sentences._build import _ragged_sentence_genes, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
@@ -117,15 +108,7 @@ def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) 
     return out
 
 
-@doc_params(
-    doc_adata=doc_adata,
-    doc_copy=doc_copy,
-    doc_device=doc_device,
-    doc_key_added=doc_key_added,
-    doc_layer=doc_layer,
-    doc_random_state=doc_random_state,
-    doc_use_raw=doc_use_raw,
-)
+@doc_params(**doc_common)
 @renamed_arg("seed", "random_state")
 def embed_cells(
     adata: AnnData,

@@ -37,16 +37,7 @@ from scipy import sparse
 
 from .._core._blocks import iter_row_blocks
 from .._core._device import resolve_device
-from .._core._docs import (
-    doc_adata,
-    doc_copy,
-    doc_device,
-    doc_key_added,
-    doc_layer,
-    doc_params,
-    doc_random_state,
-    doc_use_raw,
-)
+from .._core._docs import doc_common, doc_params
 from .._core._keys import flag_key, sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._settings import settings
@@ -258,15 +249,7 @@ def _no_match_error(names: pd.Index, adata: AnnData, vocab: dict[str, int], gene
     )
 
 
-@doc_params(
-    doc_adata=doc_adata,
-    doc_copy=doc_copy,
-    doc_device=doc_device,
-    doc_key_added=doc_key_added,
-    doc_layer=doc_layer,
-    doc_random_state=doc_random_state,
-    doc_use_raw=doc_use_raw,
-)
+@doc_params(**doc_common)
 @renamed_arg("seed", "random_state")
 def embed_scgpt(
     adata: AnnData,
