@@ -86,12 +86,26 @@ class KVStore:
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=self.timeout)
-        con.execute("PRAGMA journal_mode=WAL")
+        try:
+            # WAL is a property of the file: switch once (the switch itself does not wait
+            # on SQLite's busy handler, so concurrent first openers retry in ``run``)
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            con.close()
+            raise
         return con
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(connection)`` in one transaction; damage handled as the class says."""
-        for attempt in (0, 1):
+    def _once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one transaction, retried while another process holds the lock.
+
+        SQLite's busy handler does not cover every lock (the WAL switch, a read
+        transaction upgraded to a write), so "locked"/"busy" errors are retried here with
+        a growing pause until ``timeout`` seconds have passed.
+        """
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
             try:
                 with self._lock:
                     con = self._connect()
@@ -100,6 +114,18 @@ class KVStore:
                             return fn(con)
                     finally:
                         con.close()
+            except sqlite3.OperationalError as e:
+                msg = str(e).lower()
+                if ("locked" not in msg and "busy" not in msg) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.25)
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in one transaction; damage handled as the class says."""
+        for attempt in (0, 1):
+            try:
+                return self._once(fn)
             except sqlite3.DatabaseError as e:
                 msg = str(e).lower()
                 damaged = any(w in msg for w in _DAMAGE)
