@@ -226,7 +226,9 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     assert val["accuracy_mean"] == pytest.approx(np.mean(val["accuracy_per_seed"]))
     assert val["accuracy_sd"] == pytest.approx(np.std(val["accuracy_per_seed"], ddof=1))
     assert val["n_val"] == pytest.approx(0.2 * len(ref), abs=1)
-    assert sorted(uns["grid"]["lr"]) == [3e-4, 1e-3]
+    # 2 learning rates for each candidate: the fusion and each branch alone (select="best")
+    assert sorted(uns["grid"]["lr"]) == [3e-4] * 3 + [1e-3] * 3
+    assert sorted(set(uns["grid"]["candidate"])) == ["X_pca", "X_pca_raw", "fusion"]
     assert uns["hyperparameters"]["lr"] in (3e-4, 1e-3)
     np.testing.assert_allclose(query.obsm["genept_scmpt_proba"].sum(axis=1), 1.0, rtol=1e-6)
 
@@ -680,7 +682,7 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     from genept.models import ScMPTParams
 
     names = ScMPTParams.names()
-    assert len(names) == 15 and "lr_grid" in names
+    assert len(names) == 17 and "lr_grid" in names and "select" in names
     for fn in (ScMPTModel.fit, annotate_scmpt):
         sig = inspect.signature(fn).parameters
         assert all(sig[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)

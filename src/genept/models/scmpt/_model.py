@@ -23,7 +23,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from ..._core._device import resolve_device
+from ..._core._device import resolve_device, torch_threads
 from ..._core._labels import as_key_list, check_query, empty_rows, get_rep, reference_labels
 from ..._utils import check_adata
 from ._params import ScMPTParams, takes_params
@@ -56,11 +56,26 @@ class ScMPTModel:
     validation
         Validation results of the seed ensemble (mean/SD over seeds).
     grid
-        Validation results of every grid configuration (column lists).
+        Validation results of every (candidate, grid configuration) pair (column lists).
+    branches
+        Indices into ``reps`` of the representations the network reads: all of them
+        for the fusion, one when a single branch validated best (``select="best"``).
+    selection
+        The model selection: ``select`` (``"best"`` or ``"fusion"``), ``metric``,
+        ``chosen`` (``"fusion"`` or the ``obsm`` key of the winning branch), ``reps``
+        (the keys it reads) and ``candidates`` (each candidate's validation accuracy,
+        macro-F1, loss, best epoch and hyper-parameters). Empty for models saved
+        before genept recorded it (they are fusions of all ``reps``).
+
+    Notes
+    -----
+    Prediction needs every key of ``reps`` in ``obsm``, also those the chosen network
+    does not read: a cell that is empty (all zeros) in any of them gets no label.
     """
 
     _FORMAT = "genept-scmpt"
-    _VERSION = 1
+    #: 2: ``branches`` and ``selection`` (version-1 folders load as fusions of all reps)
+    _VERSION = 2
 
     def __init__(
         self,
@@ -77,6 +92,8 @@ class ScMPTModel:
         validation: Mapping[str, Any] | None = None,
         grid: Mapping[str, Any] | None = None,
         seeds: Sequence[int] | None = None,
+        branches: Sequence[int] | None = None,
+        selection: Mapping[str, Any] | None = None,
     ):
         self.reps = list(reps)
         self.widths = [int(w) for w in widths]
@@ -94,11 +111,30 @@ class ScMPTModel:
             raise ValueError("reps, widths, means and stds must have one entry per branch")
         if not self.state_dicts:
             raise ValueError("a model needs at least one trained network (state dict)")
+        self.branches = (
+            list(range(len(self.reps))) if branches is None else [int(b) for b in branches]
+        )
+        if (
+            not self.branches
+            or len(set(self.branches)) != len(self.branches)
+            or not all(0 <= b < len(self.reps) for b in self.branches)
+        ):
+            raise ValueError(
+                f"branches must be distinct indices into reps (0..{len(self.reps) - 1}), "
+                f"got {self.branches}"
+            )
+        self.selection = dict(selection or {})
+
+    @property
+    def net_widths(self) -> list[int]:
+        """Input widths of the network's branches (``widths`` of the chosen ``reps``)."""
+        return [self.widths[b] for b in self.branches]
 
     def __repr__(self) -> str:
         return (
             f"ScMPTModel(reps={self.reps}, widths={self.widths}, hidden={self.hidden}, "
-            f"n_classes={len(self.classes)}, n_seeds={len(self.state_dicts)})"
+            f"n_classes={len(self.classes)}, n_seeds={len(self.state_dicts)}, "
+            f"uses={[self.reps[b] for b in self.branches]})"
         )
 
     # ---------------------------------------------------------------- training
@@ -113,7 +149,11 @@ class ScMPTModel:
         params: ScMPTParams | None = None,
         **options: Any,
     ) -> ScMPTModel:
-        """Train on ``reference`` (grid search on a validation split, then a seed ensemble).
+        """Train on ``reference``: model selection on a validation split, then a seed ensemble.
+
+        With ``select="best"`` (default) and several ``reps``, the fusion and each
+        representation alone are trained on the same validation split with every grid
+        configuration, and the best is kept (see :attr:`selection`).
 
         Parameters
         ----------
@@ -133,6 +173,8 @@ class ScMPTModel:
         Examples
         --------
         >>> m = gpt.models.ScMPTModel.fit(ref, label_key="cell_type", reps=["X_pca", "X_genept_s"], n_seeds=1)  # doctest: +SKIP
+        >>> m.selection["chosen"], m.selection["candidates"]["fusion"]["val_accuracy"]  # doctest: +SKIP
+        ('fusion', 0.83)
         """
         from ._train import train
 
@@ -170,7 +212,8 @@ class ScMPTModel:
             f"seeds, device {dev})"
         )
         z = [(x - m) / s for x, m, s in zip(xs, means, stds, strict=True)]
-        res = train(z, codes, classes, p, dev=dev)
+        with torch_threads(p.n_jobs):
+            res = train(z, codes, classes, p, dev=dev, names=keys)
         logg.info(
             f"    finished: {res.hyperparameters}, validation accuracy "
             f"{res.validation['accuracy_mean']:.3f} (SD {res.validation['accuracy_sd']:.3f})",
@@ -189,16 +232,42 @@ class ScMPTModel:
             validation=res.validation,
             grid=res.grid,
             seeds=res.seeds,
+            branches=res.branches,
+            selection=res.selection,
         )
 
     # ---------------------------------------------------------------- inference
     def predict_proba(
-        self, adata: AnnData, *, device: str = "auto", batch_size: int = 4096
+        self,
+        adata: AnnData,
+        *,
+        device: str = "auto",
+        batch_size: int = 4096,
+        n_jobs: int | None = None,
     ) -> pd.DataFrame:
         """Class probabilities of ``adata``'s cells, averaged over the seed ensemble.
 
-        Returns a DataFrame indexed by ``obs_names`` with one column per class; cells
-        whose representation is all zeros (empty cells) get a row of NaN.
+        Parameters
+        ----------
+        adata
+            Cells with every representation of :attr:`reps` in ``obsm``.
+        device
+            Torch device (``"auto"``: :attr:`genept.settings.device`).
+        batch_size
+            Cells per forward pass.
+        n_jobs
+            CPU threads (see :func:`genept.tl.annotate_scmpt`); torch's thread count is
+            restored afterwards.
+
+        Returns
+        -------
+        A DataFrame indexed by ``obs_names`` with one column per class; cells whose
+        representation is all zeros in any of :attr:`reps` (empty cells) get a row of
+        NaN.
+
+        Examples
+        --------
+        >>> m.predict_proba(query).idxmax(axis=1).head()  # doctest: +SKIP
         """
         import torch
 
@@ -218,13 +287,14 @@ class ScMPTModel:
             xs.append(x)
         empty = empty_rows(xs)
         ts = [
-            torch.from_numpy((x - m) / s) for x, m, s in zip(xs, self.means, self.stds, strict=True)
+            torch.from_numpy((xs[b] - self.means[b]) / self.stds[b]) for b in self.branches
         ]
         proba = np.zeros((adata.n_obs, len(self.classes)))
-        net = make_net(self.widths, self.hidden, len(self.classes)).to(dev)
-        for st in self.state_dicts:
-            net.load_state_dict(st)
-            proba += predict(net, ts, dev, batch_size).reshape(adata.n_obs, -1)
+        with torch_threads(n_jobs):
+            net = make_net(self.net_widths, self.hidden, len(self.classes)).to(dev)
+            for st in self.state_dicts:
+                net.load_state_dict(st)
+                proba += predict(net, ts, dev, batch_size).reshape(adata.n_obs, -1)
         proba /= len(self.state_dicts)
         proba[empty] = np.nan
         return pd.DataFrame(
@@ -247,6 +317,8 @@ class ScMPTModel:
             "hyperparameters": self.hyperparameters,
             "validation": _jsonable(self.validation),
             "grid": _jsonable(self.grid),
+            "branches": self.branches,
+            "selection": _jsonable(self.selection),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -358,12 +430,14 @@ class ScMPTModel:
                 validation=cfg.get("validation"),
                 grid=cfg.get("grid"),
                 seeds=cfg.get("seeds"),
+                branches=cfg.get("branches"),  # version 1: all reps
+                selection=cfg.get("selection"),
             )
         except KeyError as e:
             raise ValueError(
                 f"{cfg_file} or {w_file} lacks the entry {e}; save the model again"
             ) from None
-        net = make_net(model.widths, model.hidden, len(model.classes))
+        net = make_net(model.net_widths, model.hidden, len(model.classes))
         for sd in model.state_dicts:  # fail now, not at prediction time
             net.load_state_dict(sd)
         return model

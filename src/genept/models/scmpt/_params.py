@@ -60,7 +60,22 @@ standardize
     paper; it makes one learning-rate grid fit representations of any scale, e.g.
     PCA). ``False`` feeds the raw embeddings as the paper does.
 selection_metric
-    Validation score that picks the configuration (ties: lower validation loss).
+    Validation score that picks the configuration and the candidate model (ties:
+    lower validation loss).
+select
+    Which models compete on the validation split. ``"best"`` (default): the fusion
+    of all representations *and* each representation alone (an MLP probe of the
+    same width), each with every grid configuration; the best by
+    ``selection_metric`` is kept, so the result is never worse on validation than
+    its best single branch (a fusion can be: a weak or noisy branch adds variance
+    the small reference cannot average out). ``"fusion"``: the fusion only, as in
+    the paper. The candidates' scores and the winner are recorded in
+    ``ScMPTModel.selection`` and ``uns[key_added]["selection"]``.
+n_jobs
+    CPU threads for torch while training and predicting; ``None``:
+    :attr:`genept.settings.n_jobs`, and if that is ``None`` too, the cores this
+    process may use minus those other processes keep busy now (at least 1). torch's
+    thread count is restored afterwards.
 random_state
     Seed of the split and first seed of the ensemble (the global torch RNG is not
     touched).
@@ -102,6 +117,8 @@ class ScMPTParams:
     class_weight: Literal["balanced"] | Mapping[str, float] | None = None
     standardize: bool = True
     selection_metric: Literal["accuracy", "f1_macro", "loss"] = "accuracy"
+    select: Literal["best", "fusion"] = "best"
+    n_jobs: int | None = None
     random_state: int = 0
     device: str = "auto"
     _grids: dict = field(init=False, repr=False, compare=False)
@@ -135,6 +152,15 @@ class ScMPTParams:
                 "selection_metric must be 'accuracy', 'f1_macro' or 'loss', got "
                 f"{self.selection_metric!r}"
             )
+        if self.select not in {"best", "fusion"}:
+            raise ValueError(
+                f"select must be 'best' (fusion or a single branch, whichever validates "
+                f"best) or 'fusion' (the paper's fusion only), got {self.select!r}"
+            )
+        if self.n_jobs is not None:
+            from ..._core._device import resolve_n_jobs
+
+            resolve_n_jobs(self.n_jobs)  # refuses 0, bools, non-integers
         if not 0 <= float(self.val_size) < 1:
             raise ValueError(f"val_size must be in [0, 1), got {self.val_size}")
         if not float(self.weight_decay) >= 0:

@@ -1,8 +1,9 @@
-"""Training of scMPT: one network, the grid search and the seed ensemble (appendix A.2).
+"""Training of scMPT: one network, model selection and the seed ensemble (appendix A.2).
 
 :func:`train` is the whole procedure on arrays: a stratified validation split of the
-reference, every grid configuration scored with the first seed, then the chosen
-configuration trained with every seed of the ensemble.
+reference; every candidate model (the fusion of all inputs and, with ``select="best"``,
+each input alone) with every grid configuration scored with the first seed; then the
+chosen candidate and configuration trained with every seed of the ensemble.
 """
 
 from __future__ import annotations
@@ -197,19 +198,53 @@ def summarise_validation(infos, split, codes, n_classes) -> dict[str, Any]:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the ensemble's weights and the validation record."""
+    """What :func:`train` returns: the ensemble's weights and the validation record.
+
+    ``branches`` are the indices (into the inputs) of the representations the chosen
+    network reads; ``selection`` records the candidates and their validation scores.
+    """
 
     states: list[dict]
     hyperparameters: dict[str, Any]
     validation: dict[str, Any]
     grid: dict[str, list]
     seeds: list[int]
+    branches: list[int]
+    selection: dict[str, Any]
+
+
+def candidates(names: Sequence[str], select: str) -> list[tuple[str, list[int]]]:
+    """The models compared on validation: the fusion of all inputs, then each input alone.
+
+    ``select="fusion"`` (the paper) or a single input: the fusion only. A candidate is
+    ``(name, branch indices)``; the fusion is named ``"fusion"`` (``"fusion(all)"`` if an
+    input is itself called ``"fusion"``), a single branch by its ``obsm`` key.
+    """
+    all_ = list(range(len(names)))
+    fusion = "fusion(all)" if "fusion" in names else "fusion"
+    if select == "fusion" or len(names) == 1:
+        return [(fusion if len(names) > 1 else names[0], all_)]
+    return [(fusion, all_)] + [(n, [i]) for i, n in enumerate(names)]
 
 
 def train(
-    xs: Sequence[np.ndarray], codes: np.ndarray, classes: np.ndarray, p: ScMPTParams, *, dev: str
+    xs: Sequence[np.ndarray],
+    codes: np.ndarray,
+    classes: np.ndarray,
+    p: ScMPTParams,
+    *,
+    dev: str,
+    names: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Grid search on a stratified split, then the seed ensemble (standardised inputs ``xs``)."""
+    """Model selection on a stratified split, then the seed ensemble (standardised ``xs``).
+
+    Every candidate of :func:`candidates` (with ``select="best"``: the fusion and each
+    input alone) is trained with every grid configuration and the first seed on the
+    same split; the best ``(candidate, configuration)`` by ``selection_metric`` (ties:
+    lower validation loss, then the earlier candidate -- the fusion) is then trained
+    with the remaining seeds.
+    """
+    names = list(names) if names is not None else [f"rep{i}" for i in range(len(xs))]
     n_bytes = sum(x.nbytes for x in xs)
     store = dev if n_bytes < 2**30 else "cpu"  # big data stays on CPU, batches move
     tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(store) for x in xs]
@@ -219,8 +254,8 @@ def train(
     split = stratified_split(codes, p.val_size, p.random_state)
     configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
     seeds = [p.random_state + i for i in range(p.n_seeds)]
+    cands = candidates(names, p.select if split is not None else "fusion")
     common = {
-        "in_dims": [x.shape[1] for x in xs],
         "hidden": list(p.hidden),
         "n_classes": n_classes,
         "weight_decay": p.weight_decay,
@@ -228,33 +263,50 @@ def train(
         "patience": p.patience,
         "device": dev,
     }
+    n_search = len(configs) * len(cands)
     progress = progress_bar(
-        (len(configs) if len(configs) > 1 and split is not None else 0) + len(seeds),
+        (n_search if n_search > 1 and split is not None else 0) + len(seeds),
         desc="scMPT",
         unit="run",
     )
-    grid: dict[str, list] = {k: [] for k in ("lr", "epochs", "batch_size", "decay")}
+    grid: dict[str, list] = {k: [] for k in ("candidate", "lr", "epochs", "batch_size", "decay")}
 
-    def record(hp: Hyper, info: dict) -> None:
+    def record(name: str, hp: Hyper, info: dict) -> None:
+        grid["candidate"].append(name)
         for k, v in hp.as_dict().items():
             grid[k].append(v)
         for k in _VAL_KEYS:
             grid[k].append(info[k])
 
+    def dims(br: list[int]) -> list[int]:
+        return [xs[i].shape[1] for i in br]
+
     states, infos = [], []
+    chosen, branches = cands[0]
+    scores: dict[str, dict[str, Any]] = {}
     if split is None:
         hp = configs[0]
         warnings.warn(
             f"the reference ({codes.size} labelled cells, {n_classes} classes) is too small "
             f"for a stratified validation split of val_size={p.val_size}; training on all "
             f"cells with the first value of each grid ({hp.as_dict()}) for a fixed number of "
-            "epochs, without early stopping; validation metrics are NaN",
+            "epochs, without early stopping"
+            + (", and the fusion of all inputs (no model selection)" if len(xs) > 1 else "")
+            + "; validation metrics are NaN",
             UserWarning,
             stacklevel=4,
         )
         for seed in seeds:
             st, info = train_one(
-                tensors, y_t, None, None, hp=hp, early_stopping=False, seed=seed, **common
+                tensors,
+                y_t,
+                None,
+                None,
+                in_dims=dims(branches),
+                hp=hp,
+                early_stopping=False,
+                seed=seed,
+                **common,
             )
             states.append(st)
             infos.append(info)
@@ -270,45 +322,81 @@ def train(
         for k in _VAL_KEYS:
             grid[k] = []
 
-        def run(hp: Hyper, seed: int):
+        def run(br: list[int], hp: Hyper, seed: int):
             return train_one(
-                xs_tr,
+                [xs_tr[i] for i in br],
                 y_tr,
-                xs_va,
+                [xs_va[i] for i in br],
                 y_va,
+                in_dims=dims(br),
                 hp=hp,
                 early_stopping=p.early_stopping,
                 seed=seed,
                 **common,
             )
 
+        def score_of(info: dict) -> tuple:
+            if p.selection_metric == "loss":
+                return (-info["val_loss"],)
+            return (info[f"val_{p.selection_metric}"], -info["val_loss"])
+
         hp, best_first = configs[0], None
-        if len(configs) > 1:
+        if n_search > 1:
             best_score = None
-            for cand in configs:
-                st, info = run(cand, seeds[0])
-                record(cand, info)
-                score = (
-                    (-info["val_loss"],)
-                    if p.selection_metric == "loss"
-                    else (info[f"val_{p.selection_metric}"], -info["val_loss"])
-                )
-                if best_score is None or score > best_score:
-                    best_score, hp, best_first = score, cand, (st, info)
-                progress.update()
+            for name, br in cands:
+                cand_best = None
+                for cfg in configs:
+                    st, info = run(br, cfg, seeds[0])
+                    record(name, cfg, info)
+                    score = score_of(info)
+                    if cand_best is None or score > cand_best[0]:
+                        cand_best = (score, cfg, info)
+                    if best_score is None or score > best_score:
+                        best_score, hp, best_first = score, cfg, (st, info)
+                        chosen, branches = name, br
+                    progress.update()
+                _, cfg, info = cand_best
+                scores[name] = {
+                    "reps": [names[i] for i in br],
+                    **{k: info[k] for k in _VAL_KEYS},
+                    "hyperparameters": cfg.as_dict(),
+                }
         for i, seed in enumerate(seeds):
             if i == 0 and best_first is not None:
                 st, info = best_first
             else:
-                st, info = run(hp, seed)
-                if len(configs) == 1 and i == 0:
-                    record(hp, info)
+                st, info = run(branches, hp, seed)
+                if n_search == 1 and i == 0:
+                    record(chosen, hp, info)
+                    scores[chosen] = {
+                        "reps": [names[j] for j in branches],
+                        **{k: info[k] for k in _VAL_KEYS},
+                        "hyperparameters": hp.as_dict(),
+                    }
             states.append(st)
             infos.append(info)
             progress.update()
     progress.close()
     validation = summarise_validation(infos, split, codes, n_classes)
     validation.update(n_train=int(n_train), n_val=int(n_val))
+    selection = {
+        "select": p.select,
+        "metric": p.selection_metric,
+        "chosen": chosen,
+        "reps": [names[i] for i in branches],
+        "candidates": scores,
+    }
+    if len(cands) > 1:
+        logg.info(
+            "    model selection on validation: "
+            + ", ".join(
+                f"{n} {s[f'val_{p.selection_metric}']:.3f}"
+                if p.selection_metric != "loss"
+                else f"{n} {s['val_loss']:.3f}"
+                for n, s in scores.items()
+            )
+            + f" -> {chosen}"
+        )
     logg.debug(f"trained {len(states)} networks")
     return TrainResult(
         states=states,
@@ -316,4 +404,6 @@ def train(
         validation=validation,
         grid=grid,
         seeds=seeds,
+        branches=list(branches),
+        selection=selection,
     )

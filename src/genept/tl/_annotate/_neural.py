@@ -32,9 +32,10 @@ def _write_model_results(
     label_key: str | None,
     key_added: str,
     device: str,
+    n_jobs: int | None,
     copy: bool,
 ) -> AnnData | None:
-    p = model.predict_proba(adata, device=device).to_numpy()
+    p = model.predict_proba(adata, device=device, n_jobs=n_jobs).to_numpy()
     empty = np.isnan(p).all(axis=1)
     pred = np.asarray(model.classes, dtype=object)[np.nan_to_num(p, nan=-1).argmax(1)]
     pred[empty] = None
@@ -45,6 +46,8 @@ def _write_model_results(
         "validation": model.validation,
         "n_empty": int(empty.sum()),
     }
+    if model.selection:
+        uns["selection"] = model.selection
     if model.grid and model.grid.get("lr"):
         uns["grid"] = model.grid
     metrics = query_metrics(adata, label_key, pred)
@@ -74,6 +77,7 @@ def annotate_mlp(
     standardize: bool = True,
     random_state: int = 0,
     device: str = "auto",
+    n_jobs: int | None = None,
     key_added: str = "genept_mlp",
     copy: bool = False,
 ) -> AnnData | None:
@@ -107,6 +111,10 @@ def annotate_mlp(
         Seed of the split, initialisation and batch order (the global torch RNG is not
         touched).
     {doc_device}
+    n_jobs
+        CPU threads for torch while training and predicting; ``None``:
+        :attr:`genept.settings.n_jobs`, else the cores not busy with other processes
+        (see :func:`annotate_scmpt`). torch's thread count is restored afterwards.
 
     Returns
     -------
@@ -139,6 +147,7 @@ def annotate_mlp(
         standardize=standardize,
         random_state=random_state,
         device=device,
+        n_jobs=n_jobs,
     )
     paired_reps(adata, reference, [use_rep])  # width check before training
     model = ScMPTModel.fit(reference, label_key=label_key, reps=[use_rep], params=p)
@@ -167,6 +176,7 @@ def annotate_mlp(
         label_key=label_key,
         key_added=key_added,
         device=device,
+        n_jobs=n_jobs,
         copy=copy,
     )
 
@@ -292,5 +302,6 @@ def annotate_scmpt(
         label_key=label_key,
         key_added=key_added,
         device=p.device,
+        n_jobs=p.n_jobs,
         copy=copy,
     )
