@@ -1,0 +1,286 @@
+"""scMPT model selection (fusion vs each branch alone), thread sizing, selection save/load,
+empty cells and label dtypes (issue 15, item 3)."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import genept as gpt
+from genept._core import _device
+from genept._core._device import available_cores, torch_n_threads, torch_threads
+from genept.models import ScMPTModel
+from genept.tl import annotate_mlp, annotate_scmpt
+
+FAST = dict(hidden=32, epochs_grid=(40,), lr_grid=(3e-3,), patience=8, n_jobs=1, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    progress, gpt.settings.progress = gpt.settings.progress, False
+    yield
+    gpt.settings.progress = progress
+
+
+def _adata(y, reps: dict[str, np.ndarray], prefix="c") -> ad.AnnData:
+    n = len(y)
+    a = ad.AnnData(
+        np.zeros((n, 1), np.float32),
+        obs=pd.DataFrame({"cell_type": y}, index=[f"{prefix}{i}" for i in range(n)]),
+    )
+    for k, v in reps.items():
+        a.obsm[k] = v.astype(np.float32)
+    return a
+
+
+def noise_branch_data(n=240, seed=0):
+    """Branch A: 4 overlapping Gaussian clusters (informative); branch B: 300-dim noise."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(list("abcd")), n // 4)
+    centers = rng.normal(scale=1.3, size=(4, 6))
+    a = centers[np.searchsorted(list("abcd"), y)] + rng.normal(size=(n, 6))
+    b = rng.normal(size=(n, 300))
+    return _adata(y, {"A": a, "B": b})
+
+
+def complementary_data(n=240, seed=0):
+    """A separates a/b (c and d look alike there), B separates c/d (a and b alike)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(list("abcd")), n // 4)
+    ca = {"a": [4, 0], "b": [-4, 0], "c": [0, 4], "d": [0, 4]}
+    cb = {"a": [0, 4], "b": [0, 4], "c": [4, 0], "d": [-4, 0]}
+    a = np.array([ca[c] for c in y], float) + rng.normal(size=(n, 2))
+    b = np.array([cb[c] for c in y], float) + rng.normal(size=(n, 2))
+    return _adata(y, {"A": np.c_[a, rng.normal(size=(n, 3))], "B": np.c_[b, rng.normal(size=(n, 3))]})
+
+
+# ------------------------------------------------------------------- model selection
+def test_selection_drops_a_pure_noise_branch():
+    ref = noise_branch_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
+    sel = m.selection
+    cand = sel["candidates"]
+    assert set(cand) == {"fusion", "A", "B"}
+    # the noise branch alone is near chance (4 classes), the informative one is not
+    assert cand["B"]["val_accuracy"] < 0.45 < 0.7 < cand["A"]["val_accuracy"]
+    assert cand["A"]["val_accuracy"] > cand["fusion"]["val_accuracy"]
+    assert sel["chosen"] == "A" and sel["reps"] == ["A"] and m.branches == [0]
+    # the winner's first seed is the selection run itself
+    assert m.validation["accuracy_per_seed"][0] == cand["A"]["val_accuracy"]
+    # the network reads only A: its first layer is 6 wide
+    assert m.state_dicts[0]["branches.0.0.weight"].shape == (32, 6)
+    # the grid lists every (candidate, configuration) run
+    assert m.grid["candidate"] == ["fusion", "A", "B"]
+    assert m.grid["val_accuracy"][1] == cand["A"]["val_accuracy"]
+
+    # the paper's behaviour stays reachable: the fusion only
+    paper = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, select="fusion", **FAST)
+    assert paper.selection["chosen"] == "fusion" and paper.branches == [0, 1]
+    assert list(paper.selection["candidates"]) == ["fusion"]
+    assert paper.selection["candidates"]["fusion"]["val_accuracy"] == pytest.approx(
+        cand["fusion"]["val_accuracy"]
+    )
+
+
+def test_selection_keeps_the_fusion_of_complementary_branches():
+    ref = complementary_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    cand = m.selection["candidates"]
+    # each branch alone confuses one pair of classes (about 3/4 right); together all 4
+    assert cand["A"]["val_accuracy"] < 0.85 and cand["B"]["val_accuracy"] < 0.85
+    assert cand["fusion"]["val_accuracy"] > 0.95
+    assert m.selection["chosen"] == "fusion" and m.branches == [0, 1]
+
+
+def test_annotate_scmpt_reports_the_selection():
+    ref = noise_branch_data()
+    query = noise_branch_data(seed=1)
+    annotate_scmpt(query, ref, reps=["A", "B"], n_seeds=1, **FAST)
+    uns = query.uns["genept_scmpt"]
+    assert uns["selection"]["chosen"] == "A"
+    assert uns["params"]["select"] == "best"
+    assert set(uns["selection"]["candidates"]) == {"fusion", "A", "B"}
+    # the query was predicted by the A-only network: it matches a model fitted on A alone
+    alone = ScMPTModel.fit(ref, reps=["A"], n_seeds=1, **FAST)
+    np.testing.assert_allclose(
+        query.obsm["genept_scmpt_proba"], alone.predict_proba(query).to_numpy(), atol=1e-6
+    )
+
+
+def test_params_validate_select_and_n_jobs():
+    from genept.models import ScMPTParams
+
+    assert ScMPTParams().select == "best" and ScMPTParams().n_jobs is None
+    with pytest.raises(ValueError, match="select must be 'best'"):
+        ScMPTParams(select="stack")
+    with pytest.raises(ValueError, match="n_jobs"):
+        ScMPTParams(n_jobs=0)
+
+
+# ------------------------------------------------------------------- save / load
+def test_saved_model_keeps_the_selection(tmp_path):
+    ref = noise_branch_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
+    m.save(tmp_path / "m")
+    back = ScMPTModel.load(tmp_path / "m")
+    assert back.branches == m.branches == [0]
+    assert back.selection == json.loads(json.dumps(m.selection))
+    assert back.selection["chosen"] == "A"
+    q = noise_branch_data(seed=2)
+    pd.testing.assert_frame_equal(back.predict_proba(q), m.predict_proba(q))
+    out = annotate_scmpt(q, model=tmp_path / "m", copy=True, n_jobs=1)
+    assert out.uns["genept_scmpt"]["selection"]["chosen"] == "A"
+
+
+def test_version_1_models_load_as_fusions(tmp_path):
+    """Folders saved before the selection existed (no branches/selection) still load."""
+    ref = complementary_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, select="fusion", **FAST)
+    m.save(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    for k in ("branches", "selection"):
+        del cfg[k]
+    cfg["version"] = 1
+    cfg_file.write_text(json.dumps(cfg))
+    old = ScMPTModel.load(tmp_path / "old")
+    assert old.branches == [0, 1] and old.selection == {}
+    pd.testing.assert_frame_equal(old.predict_proba(ref), m.predict_proba(ref))
+
+
+# ------------------------------------------------------------------- threads
+def test_thread_sizing_is_restored(monkeypatch):
+    from genept.models.scmpt import _train
+
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 1
+    seen = []
+    real = _train.train_one
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(_train, "train_one", spy)
+    ref = complementary_data(n=80)
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **{**FAST, "n_jobs": target})
+    assert seen and set(seen) == {target}
+    assert torch.get_num_threads() == before
+    # prediction too, and after an error inside the block
+    m.predict_proba(ref, n_jobs=target)
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(_train, "train_one", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **{**FAST, "n_jobs": target})
+    assert torch.get_num_threads() == before
+
+
+def test_thread_count_follows_free_cores_and_settings(monkeypatch):
+    monkeypatch.setattr(_device, "available_cores", lambda: 8)
+    monkeypatch.setattr(_device, "busy_cores", lambda *a, **k: 3.0)
+    assert torch_n_threads() == 5  # 8 cores, 3 kept busy by other processes
+    monkeypatch.setattr(_device, "busy_cores", lambda *a, **k: 20.0)
+    assert torch_n_threads() == 1  # a saturated machine: one thread, never 0
+    monkeypatch.setattr(_device, "busy_cores", lambda *a, **k: 0.0)
+    assert torch_n_threads() == 8
+    monkeypatch.setattr(gpt.settings, "n_jobs", 3)
+    assert torch_n_threads() == 3  # settings.n_jobs wins over auto
+    assert torch_n_threads(2) == 2  # an explicit n_jobs wins over settings
+    with torch_threads(2) as n:
+        assert n == 2 == torch.get_num_threads()
+
+
+def test_available_and_busy_cores_are_sane():
+    n = available_cores()
+    assert 1 <= n <= (len(_device.os.sched_getaffinity(0)) if hasattr(_device.os, "sched_getaffinity") else n)
+    assert _device.busy_cores(samples=2, interval=0.0) >= 0
+
+
+# ------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("which", ["A", "B", "both"])
+def test_empty_cells_get_no_label_scmpt(which):
+    """A cell all-zero in one branch (or both) is not labelled, whichever branch won."""
+    ref = complementary_data()
+    query = complementary_data(n=40, seed=3)
+    for k in ("A", "B") if which == "both" else (which,):
+        query.obsm[k][[0, 5]] = 0
+    annotate_scmpt(query, ref, reps=["A", "B"], n_seeds=1, **FAST)
+    lab = query.obs["genept_scmpt"]
+    assert lab.isna().tolist() == [i in (0, 5) for i in range(40)]
+    assert (query.obs["genept_scmpt_confidence"].iloc[[0, 5]] == 0).all()
+    assert np.isnan(query.obsm["genept_scmpt_proba"][[0, 5]]).all()
+    assert np.isfinite(query.obsm["genept_scmpt_proba"][1:5]).all()
+    assert query.uns["genept_scmpt"]["n_empty"] == 2
+    # the metrics count only labelled cells
+    assert query.uns["genept_scmpt"]["metrics"]["n_cells"] == 38
+
+
+def test_empty_branch_unused_by_the_winner_still_unlabelled():
+    ref = noise_branch_data()
+    query = noise_branch_data(n=40, seed=4)
+    query.obsm["B"][3] = 0  # empty in the noise branch, which the chosen model ignores
+    annotate_scmpt(query, ref, reps=["A", "B"], n_seeds=1, **FAST)
+    assert query.uns["genept_scmpt"]["selection"]["chosen"] == "A"
+    assert pd.isna(query.obs["genept_scmpt"].iloc[3])
+    assert query.obs["genept_scmpt"].drop(query.obs_names[3]).notna().all()
+
+
+def test_empty_cells_get_no_label_mlp():
+    ref = complementary_data()
+    query = complementary_data(n=40, seed=3)
+    query.obsm["A"][[2, 7]] = 0
+    annotate_mlp(
+        query, ref, use_rep="A", hidden=32, epochs=30, lr=3e-3, device="cpu", n_jobs=1
+    )
+    assert query.obs["genept_mlp"].isna().tolist() == [i in (2, 7) for i in range(40)]
+    assert np.isnan(query.obsm["genept_mlp_proba"][[2, 7]]).all()
+    assert (query.obs["genept_mlp_confidence"].iloc[[2, 7]] == 0).all()
+
+
+def _relabel(adata, mapping, dtype=None):
+    vals = [mapping[v] for v in adata.obs["cell_type"]]
+    adata.obs["cell_type"] = pd.Series(vals, index=adata.obs_names, dtype=dtype)
+    return adata
+
+
+@pytest.mark.parametrize(
+    "ref_map, ref_dtype, query_map, query_dtype",
+    [
+        # int codes in the reference, strings in the query
+        ({"a": 0, "b": 1, "c": 2, "d": 3}, "int64", {"a": "0", "b": "1", "c": "2", "d": "3"}, object),
+        # categorical reference, object query
+        ({"a": "T", "b": "B", "c": "NK", "d": "Mono"}, "category",
+         {"a": "T", "b": "B", "c": "NK", "d": "Mono"}, object),
+        # float reference (1.0), int query (1)
+        ({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, "float64", {"a": 1, "b": 2, "c": 3, "d": 4}, "int64"),
+        # int categorical reference, float query with a missing label
+        ({"a": 1, "b": 2, "c": 3, "d": 4}, "category",
+         {"a": 1.0, "b": 2.0, "c": 3.0, "d": np.nan}, "float64"),
+    ],
+)
+@pytest.mark.parametrize("method", ["mlp", "scmpt"])
+def test_query_metrics_compare_labels_across_dtypes(method, ref_map, ref_dtype, query_map, query_dtype):
+    ref = _relabel(complementary_data(), ref_map, ref_dtype)
+    query = complementary_data(n=80, seed=5)
+    truth_letters = query.obs["cell_type"].to_numpy().copy()
+    query = _relabel(query, query_map, query_dtype)
+    if method == "mlp":
+        annotate_mlp(query, ref, use_rep="A", hidden=32, epochs=30, lr=3e-3, device="cpu", n_jobs=1)
+        key = "genept_mlp"
+    else:
+        annotate_scmpt(query, ref, reps=["A", "B"], n_seeds=1, **FAST)
+        key = "genept_scmpt"
+    # independent reference: map predictions back to the letters they stand for
+    back = {str(v if not isinstance(v, float) else int(v)): k for k, v in ref_map.items()}
+    pred_letters = np.array([back[str(p)] for p in query.obs[key]])
+    labelled = np.array([not pd.isna(query_map[t]) for t in truth_letters])
+    expected = float((pred_letters == truth_letters)[labelled].mean())
+    m = query.uns[key]["metrics"]
+    assert m["n_cells"] == int(labelled.sum())
+    assert m["accuracy"] == pytest.approx(expected)
+    assert expected > 0.6  # A alone gets a/b right: the comparison is not all-miss
