@@ -3,7 +3,8 @@
 Gene level: :func:`gene_property_auc`, :func:`gene_function_accuracy`,
 :func:`pair_auc`; cell level: :func:`knn_metrics`, :func:`cluster_metrics`,
 :func:`batch_metrics`; text-model probes: :func:`ablation_embeddings`,
-:func:`marker_similarity`, :func:`lexical_leakage`; loaders of the papers' data: :func:`dosage_sensitive_tfs`,
+:func:`marker_similarity`, :func:`lexical_leakage`; explanations:
+:func:`marker_recovery` (with :func:`marker_sets`, :func:`cellmarker_markers`); loaders of the papers' data: :func:`dosage_sensitive_tfs`,
 :func:`gene2vec_ggi`, :func:`huri`, :func:`panglao_markers`.
 """
 
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
         sample_negative_pairs,
     )
     from ._leakage import lexical_leakage
+    from ._markers import (
+        PBMC68K_MARKER_TYPES,
+        cellmarker_markers,
+        marker_recovery,
+        marker_sets,
+    )
     from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
     from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._core._lazy import attach_stub
 
 if TYPE_CHECKING:
+    from ._attributions import attributions
     from ._confusion import confusion_matrix
     from ._embeddings import bm_results, embeddings
     from ._genes import gene_umap

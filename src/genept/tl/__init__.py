@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._embed_cells import embed_cells
     from ._embed_genes import embed_genes
     from ._embed_scgpt import embed_scgpt
+    from ._explain import explain_annotation
     from ._gene_programs import gene_programs
 
 # the names above, imported on first access
