@@ -15,7 +15,7 @@ from .._core._blocks import check_block_rows
 from .._core._device import resolve_device
 from .._core._docs import doc_common, doc_params
 from .._core._keys import flag_key, sanitize_params, uns_key
-from .._kernels.sentences._build import _ragged_sentence_genes, sentence_plan
+from .._kernels.sentences._build import _ragged_sentence_windows, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._kernels.sentences._text import _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
@@ -134,6 +134,8 @@ def embed_cells(
     random_state: int | None = 0,
     batch_size: int | None = None,
     cache: bool = True,
+    windows: int = 1,
+    window_decay: float = 0.5,
     # both
     allow_counts: bool = False,
     show_progress: bool | None = None,
@@ -205,6 +207,18 @@ def embed_cells(
         (s) Sentences per encoder batch (a positive integer; ``None``: the encoder's).
     cache
         (s) Use the persistent text-embedding cache, so an interrupted run resumes.
+    windows
+        (s) Sentences per cell. ``1`` (default): the paper's single sentence, the top
+        genes that fit the encoder (about 76 genes for MiniLM). ``k > 1``: the ranked
+        genes are cut into up to ``k`` consecutive sentences that each fit the encoder
+        (window 0 is the single sentence, window 1 the genes after it, ...); each is
+        embedded (cached by its text) and the cell is the L2-normalised sum of the
+        unit window vectors weighted ``window_decay ** rank``. Measured on
+        pbmc68k_reduced (10-NN, 10 splits): 1 window 0.702, 2 windows 0.698, 4 windows
+        0.698 with decay 0.5 (0.446 unweighted): later, lower-expressed genes add no
+        identity for MiniLM, so the default stays 1.
+    window_decay
+        (s) Weight ratio of consecutive windows, in ``(0, 1]``.
     allow_counts
         Do not warn when the matrix looks like raw counts.
     show_progress
@@ -244,6 +258,10 @@ def embed_cells(
             raise ValueError("out='dask' is for GenePT-w; GenePT-s returns a numpy array")
         batch_size = check_block_rows(batch_size, "batch_size")
         _check_n_genes(n_genes)
+        if isinstance(windows, bool) or not isinstance(windows, (int, np.integer)) or windows < 1:
+            raise ValueError(f"windows must be a positive integer (1 = one sentence), got {windows!r}")
+        if not (0 < float(window_decay) <= 1):
+            raise ValueError(f"window_decay must be in (0, 1], got {window_decay!r}")
     dev = resolve_device(device)
     progress = settings.progress if show_progress is None else show_progress
     key_added = key_added or f"X_genept_{method}"
@@ -297,27 +315,27 @@ def embed_cells(
         names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
         encoder = get_encoder(model)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
-        indptr, idx = _ragged_sentence_genes(
+        indptr, idx, row, rank = _ragged_sentence_windows(
             X,
             plan,
+            windows=int(windows),
             n_genes=n_genes,
             shuffle=shuffle,
             random_state=random_state,
             block_rows=block_rows,
             show_progress=progress,
         )
+        n_obs = int(X.shape[0])
         n_words = np.diff(indptr)
-        empty = n_words == 0
-        todo = np.flatnonzero(~empty)
-        emb = np.zeros((empty.size, encoder.dim or 0), dtype=np.float32)
-        if todo.size:
+        empty = np.bincount(row, minlength=n_obs) == 0
+        emb = np.zeros((n_obs, encoder.dim or 0), dtype=np.float32)
+        if row.size:
             # texts only as cache keys (and for encoders that cannot gather token ids)
             texts = _Names(plan.words).render(indptr, idx, plan.prefix)
-            texts = [texts[i] for i in todo]
             vec = None
             if hasattr(encoder, "encode_ragged"):  # no string tokenizer: gathered ids
                 vec = encoder.encode_ragged(
-                    np.concatenate([[0], np.cumsum(n_words[todo])]),
+                    indptr,
                     idx,
                     plan.words,
                     prefix=plan.prefix,
@@ -335,9 +353,18 @@ def embed_cells(
                     show_progress=progress,
                     desc="embedding cell sentences",
                 )
-            emb = np.zeros((empty.size, vec.shape[1]), dtype=np.float32)
+            vec = np.asarray(vec, dtype=np.float32)
             norms = np.linalg.norm(vec, axis=1, keepdims=True)
-            emb[todo] = vec / np.where(norms > 0, norms, 1)
+            vec = vec / np.where(norms > 0, norms, 1)
+            if windows > 1:
+                w = (float(window_decay) ** rank).astype(np.float32)
+                pooled = np.zeros((n_obs, vec.shape[1]), dtype=np.float32)
+                np.add.at(pooled, row, vec * w[:, None])
+                norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+                vec = (pooled / np.where(norms > 0, norms, 1))[~empty]
+            emb = np.zeros((n_obs, vec.shape[1]), dtype=np.float32)
+            emb[~empty] = vec
+        first = rank == 0
         params.update(
             model=str(getattr(encoder, "model_name", None) or encoder.cache_id),
             dim=int(emb.shape[1]),
@@ -347,7 +374,12 @@ def embed_cells(
             hash_names=hash_names,
             shuffle=shuffle,
             random_state=random_state,
-            mean_genes_per_sentence=float(n_words[~empty].mean()) if (~empty).any() else 0.0,
+            windows=int(windows),
+            window_decay=float(window_decay),
+            mean_genes_per_sentence=float(n_words[first].mean()) if first.any() else 0.0,
+            mean_genes_per_cell=float(np.bincount(row, n_words, n_obs)[~empty].mean())
+            if (~empty).any()
+            else 0.0,
         )
     writes = [("obsm", key_added, emb if is_dask(emb) else np.asarray(emb, dtype=np.float32))]
     if empty is not None:

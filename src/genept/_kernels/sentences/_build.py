@@ -313,3 +313,41 @@ def _ragged_sentence_genes(X, plan, **options) -> tuple[np.ndarray, np.ndarray]:
         offset += int(indptr[-1])
     idx = np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int32)
     return np.concatenate(ptrs), idx
+
+
+def _ragged_sentence_windows(
+    X, plan: SentencePlan, *, windows: int, **options
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every cell's top genes split into up to ``windows`` sentences that each fit the budget.
+
+    The cell's ranked genes (cut to ``windows`` budgets of tokens and ``n_genes``) are
+    cut greedily, in rank order, into consecutive windows of at most ``plan.budget``
+    tokens: window 0 is the single sentence of :func:`_ragged_sentence_genes`, window 1
+    the genes that follow it, and so on. Returns ``(indptr, idx, row, rank)``: the
+    windows as one ragged gene list, the cell of each window and its rank in the cell.
+    Without a token budget every cell is one window.
+    """
+    import dataclasses
+
+    from ._numba import _window_bounds
+
+    if plan.budget is None or windows == 1:
+        indptr, idx = _ragged_sentence_genes(X, plan, **options)
+        n = np.diff(indptr)
+        rows = np.flatnonzero(n > 0)
+        keep = np.concatenate([[0], np.cumsum(n[rows])])
+        return keep.astype(np.int64), idx, rows.astype(np.int64), np.zeros(rows.size, np.int64)
+    wide = dataclasses.replace(plan, budget=int(plan.budget) * int(windows))
+    indptr, idx = _ragged_sentence_genes(X, wide, **options)
+    start, stop, row, rank = _window_bounds(
+        indptr,
+        np.asarray(idx, dtype=np.int64),
+        np.asarray(plan.token_counts, dtype=np.int64),
+        np.int64(plan.budget),
+        np.int64(windows),
+    )
+    lengths = stop - start
+    win_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    # positions of the kept genes: start of each window + offset within it
+    pos = np.repeat(start - win_ptr[:-1], lengths) + np.arange(int(win_ptr[-1]))
+    return win_ptr, np.asarray(idx)[pos], row, rank

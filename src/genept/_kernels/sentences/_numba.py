@@ -200,3 +200,50 @@ def _render(
             if t + 1 < e:
                 out[w] = 32  # " "
                 w += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_bounds(indptr, idx, costs, budget, max_windows):  # pragma: no cover - jit
+    """Greedy split of each row's genes into consecutive windows of at most ``budget`` tokens.
+
+    Returns ``(start, stop, row, rank)`` of every window: positions into ``idx`` (whose
+    order is unchanged), the row of the window and its rank within the row. Genes after
+    a row's ``max_windows``-th window are dropped; a gene costlier than ``budget`` gets a
+    window of its own.
+    """
+    n = indptr.shape[0] - 1
+    cap = idx.shape[0] + 1
+    start = np.empty(cap, np.int64)
+    stop = np.empty(cap, np.int64)
+    row = np.empty(cap, np.int64)
+    rank = np.empty(cap, np.int64)
+    w = 0
+    for r in range(n):
+        a = indptr[r]
+        b = indptr[r + 1]
+        if a == b:
+            continue
+        used = 0
+        k = 0
+        s0 = a
+        for j in range(a, b):
+            c = costs[idx[j]]
+            if used + c > budget and j > s0:
+                start[w] = s0
+                stop[w] = j
+                row[w] = r
+                rank[w] = k
+                w += 1
+                k += 1
+                s0 = j
+                used = 0
+                if k == max_windows:
+                    break
+            used += c
+        if k < max_windows:
+            start[w] = s0
+            stop[w] = b
+            row[w] = r
+            rank[w] = k
+            w += 1
+    return start[:w], stop[:w], row[:w], rank[:w]
