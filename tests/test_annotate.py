@@ -686,7 +686,7 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     for fn in (ScMPTModel.fit, annotate_scmpt):
         sig = inspect.signature(fn).parameters
         assert all(sig[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
-        assert sig["n_seeds"].default == 3 and sig["hidden"].default == (4096,)
+        assert sig["n_seeds"].default == 3 and sig["hidden"].default == (512,)
         assert "Values searched for the initial learning rate" in fn.__doc__
         assert "{scmpt_params}" not in fn.__doc__
     p = ScMPTParams(hidden=[16, 8], lr_grid=1e-3, class_weight={"a": 2})

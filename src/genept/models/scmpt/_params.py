@@ -104,8 +104,8 @@ class ScMPTParams:
     ((256,), (0.001,))
     """
 
-    hidden: int | Sequence[int] = 4096
-    lr_grid: Sequence[float] = (1e-3, 1e-4)
+    hidden: int | Sequence[int] = 512
+    lr_grid: Sequence[float] = (1e-3,)
     epochs_grid: Sequence[int] = (30,)
     batch_size_grid: Sequence[int] = (64,)
     decay_grid: Sequence[float] = (0.95,)
