@@ -126,48 +126,91 @@ def cluster_metrics(
     rep: str,
     label_key: str,
     *,
+    method: str = "kmeans",
+    resolution: float = 1.0,
+    n_neighbors: int = 15,
     silhouette_metric: str = "euclidean",
     random_state: int = 0,
 ) -> pd.DataFrame:
-    """k-means (k = number of labels) agreement with the labels, and label silhouette.
+    """Agreement of unsupervised clusters with the labels (ARI, AMI), and label silhouette.
 
     Parameters
     ----------
     {doc_cells}
     label_key
-        ``obs`` column with the labels (k = their number).
+        ``obs`` column with the labels.
+    method
+        ``"kmeans"`` (default; k = number of labels, GenePT section 3.2) or ``"leiden"``
+        (scanpy's graph clustering: :func:`scanpy.pp.neighbors` on ``rep``, cosine, then
+        :func:`scanpy.tl.leiden` at ``resolution``; the number of clusters is found,
+        not given, and reported as ``n_clusters``).
+    resolution
+        (leiden) Resolution; higher gives more clusters.
+    n_neighbors
+        (leiden) Neighbours of the graph.
     silhouette_metric
         Distance of the silhouette score.
     random_state
-        Seed of k-means.
+        Seed of k-means / Leiden.
 
     Returns
     -------
-    Tidy DataFrame ``rep``, ``metric`` (ari, ami, silhouette), ``value``.
+    Tidy DataFrame ``rep``, ``metric`` (ari, ami, silhouette, n_clusters), ``value``,
+    ``method``.
 
     Examples
     --------
     >>> import scanpy as sc, genept as gpt
     >>> adata = sc.datasets.pbmc68k_reduced()
     >>> gpt.bm.cluster_metrics(adata, "X_pca", "bulk_labels")["metric"].tolist()
-    ['ari', 'ami', 'silhouette']
+    ['ari', 'ami', 'silhouette', 'n_clusters']
+    >>> gpt.bm.cluster_metrics(adata, "X_pca", "bulk_labels", method="leiden")  # doctest: +SKIP
     """
-    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, silhouette_score
 
+    if method not in ("kmeans", "leiden"):
+        raise ValueError(f"method must be 'kmeans' or 'leiden', got {method!r}")
     X = get_rep(adata, rep)
     y = _labels(adata, label_key)
     n = len(np.unique(y))
     if n < 2:
         raise ValueError(f"adata.obs[{label_key!r}] has a single label; need at least 2")
-    km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(X)
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        clusters = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(X)
+    else:
+        import scanpy as sc
+
+        if not resolution > 0:
+            raise ValueError(f"resolution must be > 0, got {resolution!r}")
+        g = AnnData(np.zeros((X.shape[0], 0), dtype=np.float32))
+        g.obsm["rep"] = X
+        sc.pp.neighbors(
+            g,
+            n_neighbors=int(n_neighbors),
+            use_rep="rep",
+            metric="cosine",
+            random_state=random_state,
+        )
+        sc.tl.leiden(
+            g,
+            resolution=float(resolution),
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=random_state,
+        )
+        clusters = g.obs["leiden"].to_numpy()
     return _tidy(
         rep,
         {
-            "ari": adjusted_rand_score(y, km),
-            "ami": adjusted_mutual_info_score(y, km),
+            "ari": adjusted_rand_score(y, clusters),
+            "ami": adjusted_mutual_info_score(y, clusters),
             "silhouette": silhouette_score(X, y, metric=silhouette_metric),
+            "n_clusters": len(np.unique(clusters)),
         },
+        method=method,
     )
 
 
