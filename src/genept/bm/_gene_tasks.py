@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 from scanpy import logging as logg
 
+from .._core._keys import uns_key
 from .._utils import renamed_arg
 from ._common import as_embedding_frame, random_like
 
@@ -47,8 +49,14 @@ def _classifier(name: str, random_state: int):
     raise ValueError(f"unknown model {name!r}; choose 'lr' or 'rf'")
 
 
-def _embeddings(emb: Any, include_random: bool, random_state: int, name: str | None):
-    frame = as_embedding_frame(emb)
+def _embeddings(
+    emb: Any, include_random: bool, random_state: int, name: str | None, gene_key: str = "X_genept"
+):
+    frame = as_embedding_frame(emb, gene_key=gene_key)
+    if name is None and isinstance(emb, AnnData):
+        # a tissue-context embedding (embed_genes(context=...)) is named by its context
+        ctx = (emb.uns.get(uns_key(gene_key)) or {}).get("params", {}).get("context")
+        name = f"genept ({ctx})" if ctx else None
     embs = {name or "genept": frame}
     if include_random:
         embs["random"] = random_like(frame, random_state=random_state)
@@ -442,6 +450,7 @@ def pair_auc(
     random_state: int = 0,
     include_random: bool = True,
     name: str | None = None,
+    gene_key: str = "X_genept",
 ) -> pd.DataFrame:
     """Test ROC-AUC of predicting gene-pair interactions from summed gene embeddings.
 
@@ -471,7 +480,12 @@ def pair_auc(
     include_random
         Also evaluate random vectors of the same width.
     name
-        Name of ``emb`` in the ``embedding`` column.
+        Name of ``emb`` in the ``embedding`` column (default ``"genept"``, or
+        ``"genept (<context>)"`` for a tissue-context embedding of an AnnData).
+    gene_key
+        ``varm`` key when ``emb`` is an AnnData, e.g. the tissue-context embedding of
+        ``gpt.tl.embed_genes(adata, context="heart", key_added="X_genept_heart")`` (GenePT
+        appendix B.5: context-specific embeddings for tissue-specific interaction tasks).
 
     Returns
     -------
@@ -491,7 +505,7 @@ def pair_auc(
     """
     from sklearn.metrics import roc_auc_score
 
-    embs = _embeddings(emb, include_random, random_state, name)
+    embs = _embeddings(emb, include_random, random_state, name, gene_key)
     genes = next(iter(embs.values())).index
     train = _filter_pairs(_as_pairs(pairs_train, "train"), genes, "train")
     test = (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -138,6 +139,120 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: GenePT appendix B.5: GPT-4 rewrote each NCBI summary for a tissue; the rewrite,
+#: followed by the original summary, is embedded as the tissue-specific gene text
+CONTEXT_PROMPT = (
+    "Rewrite (the resulting summary should be approximately similar in length) the following "
+    "summary of {gene} to emphasize their functionality in the following different tissues or "
+    "contexts: {context}.\n\nSummary of {gene}: {text}"
+)
+
+
+def _context_per_gene(context: Any, names: pd.Index) -> np.ndarray:
+    """The context of each gene of ``adata.var`` (``""``: none)."""
+    n = len(names)
+    if isinstance(context, str):
+        if not context.strip():
+            raise ValueError("context must be a non-empty tissue or context name, got ''")
+        return np.full(n, context.strip(), dtype=object)
+    if isinstance(context, pd.Series | dict):
+        ser = pd.Series(context, dtype=object)
+        ser.index = ser.index.astype(str)
+        out = ser.reindex(names.astype(str)).to_numpy(dtype=object)
+    else:
+        out = np.asarray(list(context), dtype=object)
+        if out.shape != (n,):
+            raise ValueError(
+                f"context as a list needs one entry per gene of adata.var ({n}), got "
+                f"{out.shape[0] if out.ndim == 1 else out.shape}; or pass one string, or a "
+                "dict/Series gene -> context"
+            )
+    return np.array(["" if is_missing_name(v) else str(v).strip() for v in out], dtype=object)
+
+
+def _context_texts(
+    genes: Sequence[str],
+    texts: Sequence[str],
+    contexts: Sequence[str],
+    *,
+    mode: str,
+    llm: dict[str, Any],
+    show_progress: bool | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Tissue-context texts of ``genes`` (``""`` context: the text as is) and usage info."""
+    if mode == "card":
+        out = [
+            f"{t}\nIn the context of {c}: {g} in {c}." if c else t
+            for g, t, c in zip(genes, texts, contexts, strict=True)
+        ]
+        return out, {}
+    from .._core._progress import progress_bar
+    from .._settings import settings
+    from ._annotate._chat import Chat, ReplyCache, est_tokens, model_price
+
+    model = llm["model"]
+    price = model_price(model, llm.get("price_per_million"))
+    cap = llm.get("max_cost_usd")
+    if cap is not None and price is None:
+        raise ValueError(
+            f"no known price for {model!r}: pass price_per_million=(input, output) USD per "
+            "million tokens to use max_cost_usd"
+        )
+    cache = llm.get("cache", True)
+    store = (
+        ReplyCache(settings.cache_dir / "llm" / "chat.sqlite")
+        if cache is True
+        else (ReplyCache(cache) if cache else None)
+    )
+    chat = Chat(
+        model=model,
+        api_key=llm.get("api_key"),
+        base_url=llm.get("base_url"),
+        temperature=0.0,
+        max_tokens=llm.get("max_tokens", 512),
+        timeout=llm.get("timeout", 60.0),
+        max_retries=llm.get("max_retries", 3),
+        cache=store,
+    )
+    out: list[str] = []
+    spent = 0.0
+    todo = [i for i, c in enumerate(contexts) if c]
+    with progress_bar(
+        len(todo), desc="tissue-context texts", unit="gene", show=show_progress
+    ) as bar:
+        for g, t, c in zip(genes, texts, contexts, strict=True):
+            if not c:
+                out.append(t)
+                continue
+            prompt = CONTEXT_PROMPT.format(gene=g, context=c, text=t)
+            if cap is not None:
+                est = (est_tokens(prompt) * price[0] + 2 * est_tokens(t) * price[1]) / 1e6
+                if spent + est > cap:
+                    raise RuntimeError(
+                        f"stopped at the cost cap max_cost_usd={cap} (estimated spend "
+                        f"${spent:.4f}) after {len(out)} of {len(genes)} genes; replies so far "
+                        "are cached: raise max_cost_usd and rerun to resume (adata is unchanged)"
+                    )
+            n_in, n_out = chat.prompt_tokens, chat.completion_tokens
+            reply, _ = chat.ask(prompt)
+            if price is not None:
+                d_in = chat.prompt_tokens - n_in or est_tokens(prompt)
+                d_out = chat.completion_tokens - n_out or est_tokens(reply)
+                spent += (d_in * price[0] + d_out * price[1]) / 1e6
+            out.append(f"{reply.strip()}\n{t}")
+            bar.update(1)
+    usage = {
+        "llm_model": model,
+        "llm_requests": chat.n_requests,
+        "llm_cache_hits": chat.n_cache_hits,
+        "llm_prompt_tokens": chat.prompt_tokens,
+        "llm_completion_tokens": chat.completion_tokens,
+    }
+    if price is not None:
+        usage["estimated_cost_usd"] = float(spent)
+    return out, usage
+
+
 @doc_params(doc_adata=doc_adata, doc_copy=doc_copy)
 def embed_genes(
     adata: AnnData,
@@ -150,6 +265,13 @@ def embed_genes(
     batch_size: int | None = None,
     cache: bool = True,
     allow_pickle: bool = False,
+    context: str | Sequence[str] | dict[str, str] | pd.Series | None = None,
+    context_mode: Literal["card", "llm"] = "card",
+    llm_model: str = "gpt-4o-mini",
+    api_key: str | None = None,
+    base_url: str | None = None,
+    max_cost_usd: float | None = None,
+    price_per_million: tuple[float, float] | None = None,
     show_progress: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -212,6 +334,25 @@ def embed_genes(
         Use the persistent text-embedding cache (``genept.settings.cache_dir``).
     allow_pickle
         Allow reading a user-supplied pickle file (it can run code; only for files you trust).
+    context
+        Tissue-context gene embeddings (GenePT appendix B.5): a tissue or context for
+        every gene (``"lung"``), one per gene of ``adata.var`` (a list), or a dict/Series
+        gene -> context (genes without one get their plain text). Needs a text source
+        (not precomputed vectors). Store it next to the plain embeddings with
+        ``key_added="X_genept_lung"``.
+    context_mode
+        ``"card"`` (offline): the gene's text followed by "In the context of <tissue>:
+        <gene> in <tissue>."; ``"llm"``: a chat model rewrites the text to emphasise the
+        gene's function in that context (the paper's prompt, :data:`CONTEXT_PROMPT`) and
+        the rewrite followed by the original text is embedded, as in the paper. Replies
+        are cached (``genept.settings.cache_dir``), so an interrupted run resumes.
+    llm_model, api_key, base_url
+        (``"llm"``) The chat model and the OpenAI-compatible server (default
+        ``OPENAI_API_KEY`` and the official API); the key is never stored.
+    max_cost_usd, price_per_million
+        (``"llm"``) Stop before the estimated spend exceeds ``max_cost_usd`` (an error;
+        ``adata`` is unchanged and the replies so far are cached); prices in USD per
+        million (input, output) tokens for models without a known price.
     show_progress
         Progress bar (default ``genept.settings.progress``).
     {doc_copy}
@@ -230,7 +371,10 @@ def embed_genes(
         Source, model, text level, dimension, genes matched/total and counts per match
         kind (``ambiguous``: an alias or Ensembl id of several genes; ``missing``: no
         name), ``n_zero_vectors`` (matched genes whose source vector is all zero; they
-        count as without embedding) and ``mouse_names``.
+        count as without embedding) and ``mouse_names``; with ``context``: ``context``
+        (the tissue, or ``"per-gene"``), ``contexts`` (the distinct ones),
+        ``n_genes_with_context``, ``context_mode`` and, for ``"llm"``, the chat model,
+        requests, cache hits, tokens and estimated cost.
 
     Examples
     --------
@@ -246,8 +390,11 @@ def embed_genes(
         raise ValueError(f"text_level must be one of {TEXT_LEVELS}, got {text_level!r}")
     if isinstance(model, TextEncoder) and text_level is None:
         text_level = "card"  # an encoder object embeds texts: not the shipped table
+    if context_mode not in ("card", "llm"):
+        raise ValueError(f"context_mode must be 'card' or 'llm', got {context_mode!r}")
     start = logg.info("embedding genes")
     names, missing = _gene_names(adata, gene_symbols)
+    ctx = _context_per_gene(context, names) if context is not None else None
     if len(names) == 0:
         raise ValueError("adata has no genes (adata.n_vars == 0)")
     src = resolve_source(
@@ -276,37 +423,74 @@ def embed_genes(
         f"    matched {int(has.sum())} of {len(names)} genes to source {src.name!r} "
         + ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
     )
-    needed = pd.Index(pd.unique(target[has]))
-    if src.table is not None:
-        found, vectors = src.table.rows(needed)
-        model_name = DEFAULT_MODEL
-        if not found.all():
-            absent = needed[~found]
-            logg.warning(
-                f"{len(absent)} genes are not in the shipped default table "
-                f"({src.table.folder}; first: {', '.join(map(str, absent[:3]))}); projecting "
-                "their card texts into it (rebuild the table with "
-                "`python scripts/build_default_embeddings.py`)"
+    if ctx is not None:
+        if src.embeddings is not None:
+            raise ValueError(
+                f"context= needs gene texts, but source {src.name!r} holds precomputed "
+                "vectors; use source='cards', 'ncbi' or your own texts"
             )
-            vectors[~found] = _encode(
-                src.table.encoder(), src.texts_of(absent), batch_size, cache, show_progress
-            )
-    elif src.embeddings is not None:
-        pos = pd.Index(src.embeddings.genes).get_indexer(needed)
-        vectors = src.embeddings.matrix[pos]
-        model_name = src.model or src.embeddings.model or "precomputed"
+        # one text per (gene, context): two var rows of one gene may have two contexts
+        keys = pd.Index(pd.unique(pd.Series(target[has] + "\x1f" + ctx[has])))
+        kg = np.array([k.split("\x1f", 1)[0] for k in keys], dtype=object)
+        kc = np.array([k.split("\x1f", 1)[1] for k in keys], dtype=object)
+        base = pd.Index(pd.unique(kg))
+        plain = pd.Series(base.to_numpy(), index=base) if src.name == "name" else src.texts_of(base)
+        texts, usage = _context_texts(
+            list(kg),
+            [str(plain.loc[g]) for g in kg],
+            list(kc),
+            mode=context_mode,
+            llm={
+                "model": llm_model,
+                "api_key": api_key,
+                "base_url": base_url,
+                "max_cost_usd": max_cost_usd,
+                "price_per_million": price_per_million,
+                "cache": cache,
+            },
+            show_progress=show_progress,
+        )
+        encoder = src.table.encoder() if src.table is not None else get_encoder(model)
+        vectors = _encode(encoder, pd.Series(texts), batch_size, cache, show_progress)
+        model_name = (
+            DEFAULT_MODEL
+            if src.table is not None
+            else getattr(encoder, "model_name", None) or encoder.cache_id
+        )
+        row_keys = pd.Index(target[has] + "\x1f" + ctx[has])
+        needed, target_rows = keys, keys.get_indexer(row_keys)
     else:
-        encoder = get_encoder(model)
-        if src.name == "name":
-            texts = pd.Series(needed.to_numpy(), index=needed)
+        needed = pd.Index(pd.unique(target[has]))
+        if src.table is not None:
+            found, vectors = src.table.rows(needed)
+            model_name = DEFAULT_MODEL
+            if not found.all():
+                absent = needed[~found]
+                logg.warning(
+                    f"{len(absent)} genes are not in the shipped default table "
+                    f"({src.table.folder}; first: {', '.join(map(str, absent[:3]))}); projecting "
+                    "their card texts into it (rebuild the table with "
+                    "`python scripts/build_default_embeddings.py`)"
+                )
+                vectors[~found] = _encode(
+                    src.table.encoder(), src.texts_of(absent), batch_size, cache, show_progress
+                )
+        elif src.embeddings is not None:
+            pos = pd.Index(src.embeddings.genes).get_indexer(needed)
+            vectors = src.embeddings.matrix[pos]
+            model_name = src.model or src.embeddings.model or "precomputed"
         else:
-            texts = src.texts_of(needed)
-        vectors = _encode(encoder, texts, batch_size, cache, show_progress)
-        model_name = getattr(encoder, "model_name", None) or encoder.cache_id
+            encoder = get_encoder(model)
+            if src.name == "name":
+                texts = pd.Series(needed.to_numpy(), index=needed)
+            else:
+                texts = src.texts_of(needed)
+            vectors = _encode(encoder, texts, batch_size, cache, show_progress)
+            model_name = getattr(encoder, "model_name", None) or encoder.cache_id
+        target_rows = needed.get_indexer(target[has])
     dim = int(vectors.shape[1])
     M = np.zeros((len(names), dim), dtype=np.float32)
-    row = needed.get_indexer(target[has])
-    M[has] = vectors[row]
+    M[has] = vectors[target_rows]
     zero = has & ~M.any(axis=1)
     if zero.any():  # an all-zero vector is no embedding (GenePT-w skips zero rows)
         warnings.warn(
@@ -337,6 +521,15 @@ def embed_genes(
         "gene_symbols": gene_symbols or "var_names",
         "key_added": key_added,
     }
+    if ctx is not None:
+        distinct = sorted(set(ctx[has]) - {""})
+        params.update(
+            context=distinct[0] if isinstance(context, str) else "per-gene",
+            contexts=distinct,
+            n_genes_with_context=int((ctx[has] != "").sum()),
+            context_mode=context_mode,
+            **usage,
+        )
     if src.table is not None:  # which table: its name and content hash
         meta = src.table.meta
         params["table"] = f"{meta.get('name', 'default')} sha256:{str(meta.get('sha256', ''))[:16]}"
