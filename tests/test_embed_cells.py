@@ -302,3 +302,101 @@ def test_w_out_dask_lazy_for_in_memory_input(chunk_calls, fmt):
         assert emb.chunks[0] == (16, 16, 16, 2)
         np.testing.assert_allclose(emb.compute(), ref, atol=1e-5)
     assert sorted(chunk_calls) == [2, 16, 16, 16]  # one call per chunk
+
+
+class BudgetBagEncoder(BagEncoder):
+    """BagEncoder that reads at most ``max_tokens`` tokens: one per word, plus [CLS]/[SEP]."""
+
+    cache_id = "bag-budget:v1"
+    max_tokens = 5
+
+    def count_tokens(self, texts):
+        return np.array([len(t.split()) + 2 for t in texts], dtype=np.int64)
+
+
+def _unit(v):
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+def test_s_windows_split_the_ranked_genes_and_pool_them():
+    """windows=k: consecutive budget-sized sentences of the ranked genes, pooled by decay."""
+    adata = toy(n_obs=20, n_vars=8, seed=3)
+    vocab = [f"G{i}" for i in range(8)]
+    one = BudgetBagEncoder(vocab)
+    gpt.tl.embed_cells(adata, method="s", model=one, key_added="X_one", cache=False)
+    assert all(len(s.split()) <= 3 for s in one.seen)  # budget: 5 tokens - [CLS] - [SEP]
+    enc = BudgetBagEncoder(vocab)
+    gpt.tl.embed_cells(
+        adata, method="s", model=enc, windows=3, window_decay=0.5, key_added="X_win", cache=False
+    )
+    X = adata.X.toarray()
+    for i in range(adata.n_obs):
+        order = [j for j in np.argsort(-X[i], kind="stable") if X[i, j] > 0]
+        wins = [order[k : k + 3] for k in range(0, min(len(order), 9), 3)]
+        ref = np.zeros(9)
+        for r, w in enumerate(wins):
+            bag = np.zeros(9)
+            bag[w] = 1
+            ref += 0.5**r * _unit(bag)
+        np.testing.assert_allclose(adata.obsm["X_win"][i], _unit(ref), atol=1e-6)
+    # window 0 is the single sentence: with one window the two runs agree
+    gpt.tl.embed_cells(
+        adata, method="s", model=BudgetBagEncoder(vocab), windows=1, key_added="X_w1", cache=False
+    )
+    np.testing.assert_allclose(adata.obsm["X_w1"], adata.obsm["X_one"], atol=1e-7)
+    p = adata.uns["win"]["params"]
+    assert p["windows"] == 3 and p["mean_genes_per_sentence"] <= 3
+    assert p["mean_genes_per_cell"] == pytest.approx(
+        np.mean([min((X[i] > 0).sum(), 9) for i in range(20) if (X[i] > 0).any()])
+    )
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="windows must be a positive integer"):
+            gpt.tl.embed_cells(adata, method="s", model=enc, windows=bad)
+    with pytest.raises(ValueError, match="window_decay"):
+        gpt.tl.embed_cells(adata, method="s", model=enc, windows=2, window_decay=0)
+
+
+def test_w_mask_var_defaults_to_highly_variable():
+    """GenePT-w averages over var['highly_variable'] when present, like sc.pp.pca."""
+    adata = toy()
+    hv = np.zeros(12, bool)
+    hv[[0, 4, 5, 7, 9]] = True
+    adata.var["highly_variable"] = hv
+    gpt.tl.embed_cells(adata, method="w")
+    E = adata.varm["X_genept"] * hv[:, None]
+    np.testing.assert_allclose(adata.obsm["X_genept_w"], reference_w(adata.X, E), atol=1e-5)
+    assert adata.uns["genept_w"]["params"]["mask_var"] == "highly_variable"
+    assert adata.uns["genept_w"]["params"]["n_genes_embedded"] == 5
+    gpt.tl.embed_cells(adata, method="w", mask_var=False, key_added="X_all")
+    np.testing.assert_allclose(
+        adata.obsm["X_all"], reference_w(adata.X, adata.varm["X_genept"]), atol=1e-5
+    )
+    assert adata.uns["all"]["params"]["mask_var"] == "all genes"
+    own = ~hv
+    gpt.tl.embed_cells(adata, method="w", mask_var=own, key_added="X_own")
+    np.testing.assert_allclose(
+        adata.obsm["X_own"],
+        reference_w(adata.X, adata.varm["X_genept"] * own[:, None]),
+        atol=1e-5,
+    )
+    with pytest.raises(KeyError, match=r"not a column of adata\.var"):
+        gpt.tl.embed_cells(adata, method="w", mask_var="nope")
+    with pytest.raises(ValueError, match="selects no gene"):
+        gpt.tl.embed_cells(adata, method="w", mask_var=np.zeros(12, bool))
+    with pytest.raises(ValueError, match="boolean array of length 12"):
+        gpt.tl.embed_cells(adata, method="w", mask_var=np.ones(3, bool))
+
+
+def test_w_mask_var_with_raw_matches_by_name():
+    adata = toy()
+    raw = adata.copy()
+    adata = adata[:, 2:].copy()
+    adata.raw = raw
+    hv = np.zeros(10, bool)
+    hv[[0, 3]] = True  # G2, G5
+    adata.var["highly_variable"] = hv
+    gpt.tl.embed_cells(adata, method="w", use_raw=True)
+    E = np.zeros((12, 5), dtype=np.float32)
+    E[[2, 5]] = adata.varm["X_genept"][[0, 3]]
+    np.testing.assert_allclose(adata.obsm["X_genept_w"], reference_w(raw.X, E), atol=1e-5)

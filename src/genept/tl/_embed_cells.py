@@ -154,7 +154,7 @@ def embed_cells(
     key_added: str | None = None,
     # GenePT-w
     gene_key: str = "X_genept",
-    mask_var: str | np.ndarray | None | Literal[False] = None,
+    mask_var: str | np.ndarray | Literal[False] | None = None,
     normalize: Literal["l2", "notebook"] = "l2",
     device: str = "auto",
     precision: Literal["fp32", "tf32", "bf16"] = "fp32",
@@ -305,7 +305,9 @@ def embed_cells(
         batch_size = check_block_rows(batch_size, "batch_size")
         _check_n_genes(n_genes)
         if isinstance(windows, bool) or not isinstance(windows, (int, np.integer)) or windows < 1:
-            raise ValueError(f"windows must be a positive integer (1 = one sentence), got {windows!r}")
+            raise ValueError(
+                f"windows must be a positive integer (1 = one sentence), got {windows!r}"
+            )
         if not (0 < float(window_decay) <= 1):
             raise ValueError(f"window_decay must be in (0, 1], got {window_decay!r}")
     dev = resolve_device(device)

@@ -1,0 +1,284 @@
+"""Benchmark: cell-type annotation and cell-level metrics on real labelled datasets.
+
+For any h5ad + label column (raw counts or log-normalised), or the datasets of
+``benchmarks/real_datasets.py``, this script prepares the data as a user would
+(``normalize_total`` + ``log1p`` for counts, 2,000 highly variable genes, PCA of the
+log-normalised highly variable genes), makes a stratified 80/20 split (``random_state=0``)
+or a reference/query split by a condition column (``--shift``), and prints one table:
+
+* PCA: 10-NN cosine, logistic regression, MLP probe;
+* celltypist: its logistic regression (``train(use_SGD=False)``, with the
+  ``multi_class`` argument that current scikit-learn removed dropped) and its SGD path;
+* GenePT-w (defaults, i.e. highly variable genes; and the paper's all-gene average) and
+  GenePT-s: 10-NN and MLP, each with the text vectors and with the control (GenePT-w:
+  Gaussian random gene vectors of the same size; GenePT-s: gene names replaced by hashes);
+* scMPT fusions (PCA + GenePT-w, PCA + GenePT-s, PCA + both) with the branch the model
+  selection kept;
+
+each with its time, then Leiden/k-means ARI, AMI and silhouette of every representation.
+
+::
+
+    python benchmarks/real_datasets.py --fetch          # once: pbmc3k, bassez_tumor_immune
+    python benchmarks/annotation_real.py                # every dataset of real_datasets.py
+    python benchmarks/annotation_real.py --datasets pbmc68k_reduced --no-s
+    python benchmarks/annotation_real.py --h5ad my.h5ad --label cell_type
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
+
+import genept as gpt
+
+sys.path.insert(0, str(Path(__file__).parent))
+import real_datasets
+
+LABEL = "label"
+
+
+def prepare(a: ad.AnnData, x_kind: str) -> ad.AnnData:
+    """Log-normalised expression in X (counts kept in a layer), HVGs, PCA."""
+    a = a.copy()
+    if x_kind == "counts":
+        a.layers["counts"] = a.X.copy()
+        sc.pp.filter_genes(a, min_cells=3)
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    a.obs[LABEL] = a.obs[LABEL].astype(str)
+    sc.pp.highly_variable_genes(a, n_top_genes=min(2000, a.n_vars - 1))
+    sc.pp.pca(a, n_comps=50, random_state=0)
+    return a
+
+
+def split(a: ad.AnnData, shift: str | None) -> tuple[ad.AnnData, ad.AnnData, str]:
+    if shift:
+        col, ref_value = shift.split("=", 1)
+        is_ref = a.obs[col].astype(str) == ref_value
+        return a[is_ref].copy(), a[~is_ref].copy(), f"reference {col}={ref_value}, query the rest"
+    tr, te = train_test_split(a.obs_names, test_size=0.2, stratify=a.obs[LABEL], random_state=0)
+    return a[tr].copy(), a[te].copy(), "stratified 80/20, random_state=0"
+
+
+@contextlib.contextmanager
+def celltypist_without_multi_class():
+    """celltypist passes ``multi_class='ovr'``, removed from scikit-learn: drop it."""
+    import importlib
+
+    ct_train = importlib.import_module("celltypist.train")  # the package's `train` is the function
+    orig = ct_train.LogisticRegression
+
+    class LR(LogisticRegression):
+        def __init__(self, *args, multi_class=None, **kw):
+            super().__init__(*args, **kw)
+
+    LR.__name__ = "LogisticRegression"
+    ct_train.LogisticRegression = LR
+    try:
+        yield
+    finally:
+        ct_train.LogisticRegression = orig
+
+
+def celltypist_predict(ref: ad.AnnData, query: ad.AnnData, *, sgd: bool) -> np.ndarray:
+    import celltypist
+
+    with celltypist_without_multi_class(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = celltypist.train(
+            ref,
+            labels=LABEL,
+            use_SGD=sgd,
+            check_expression=False,
+            n_jobs=1,
+            max_iter=200 if not sgd else 1000,
+        )
+        pred = celltypist.annotate(query, model=model, majority_voting=False)
+    return pred.predicted_labels["predicted_labels"].astype(str).to_numpy()
+
+
+def add_genept(a: ad.AnnData, with_s: bool) -> list[str]:
+    """GenePT-w / -s (text and controls) in obsm; returns the keys added."""
+    gpt.tl.embed_genes(a, show_progress=False)
+    keys = []
+    gpt.tl.embed_cells(a, method="w", key_added="X_genept_w", show_progress=False)
+    gpt.tl.embed_cells(
+        a, method="w", mask_var=False, key_added="X_genept_w_allgenes", show_progress=False
+    )
+    E = np.asarray(a.varm["X_genept"])
+    has = np.abs(E).sum(1) > 0
+    R = np.random.default_rng(0).standard_normal(E.shape).astype(np.float32)
+    R[~has] = 0
+    a.varm["X_random"] = R
+    gpt.tl.embed_cells(
+        a, method="w", gene_key="X_random", key_added="X_genept_w_random", show_progress=False
+    )
+    keys += ["X_genept_w", "X_genept_w_allgenes", "X_genept_w_random"]
+    if with_s:
+        gpt.tl.embed_cells(a, method="s", key_added="X_genept_s", show_progress=True)
+        gpt.tl.embed_cells(
+            a, method="s", hash_names=True, key_added="X_genept_s_hashed", show_progress=True
+        )
+        keys += ["X_genept_s", "X_genept_s_hashed"]
+    return keys
+
+
+def scores(y_true, y_pred) -> tuple[float, float]:
+    y_true = np.asarray(y_true, dtype=str)
+    y_pred = np.asarray(y_pred, dtype=object)
+    y_pred = np.where(pd.isna(y_pred), "<none>", y_pred).astype(str)
+    return accuracy_score(y_true, y_pred), f1_score(y_true, y_pred, average="macro")
+
+
+def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | None) -> list[dict]:
+    t0 = time.perf_counter()
+    a = prepare(a, x_kind)
+    keys = add_genept(a, with_s)
+    t_embed = time.perf_counter() - t0
+    ref, query, how = split(a, shift)
+    y = query.obs[LABEL].to_numpy()
+    rows: list[dict] = []
+
+    def add(method: str, rep: str, pred, seconds: float, **extra):
+        acc, f1 = scores(y, pred)
+        rows.append(
+            dict(
+                dataset=name,
+                method=method,
+                rep=rep,
+                accuracy=acc,
+                f1_macro=f1,
+                seconds=seconds,
+                **extra,
+            )
+        )
+        print(
+            f"  {method:26s} {rep:34s} {acc:.3f} {f1:.3f} {seconds:7.1f}s "
+            + " ".join(f"{k}={v}" for k, v in extra.items()),
+            flush=True,
+        )
+
+    def timed(fn, *args, **kw):
+        t = time.perf_counter()
+        out = fn(*args, **kw)
+        return out, time.perf_counter() - t
+
+    print(
+        f"\n## {name}: {ref.n_obs} reference / {query.n_obs} query cells ({how}); "
+        f"embeddings {t_embed:.0f} s",
+        flush=True,
+    )
+    for rep in ["X_pca", *keys]:
+        _, s = timed(gpt.tl.annotate_knn, query, ref, use_rep=rep, label_key=LABEL, key_added="knn")
+        add("10-NN cosine", rep, query.obs["knn"].to_numpy(), s)
+        _, s = timed(gpt.tl.annotate_mlp, query, ref, use_rep=rep, label_key=LABEL, key_added="mlp")
+        add("MLP probe", rep, query.obs["mlp"].to_numpy(), s)
+    lr = LogisticRegression(max_iter=1000)
+    _, s = timed(lr.fit, ref.obsm["X_pca"], ref.obs[LABEL].to_numpy())
+    add("logistic regression", "X_pca", lr.predict(query.obsm["X_pca"]), s)
+    for sgd in (False, True):
+        pred, s = timed(celltypist_predict, ref, query, sgd=sgd)
+        add(f"celltypist {'SGD' if sgd else 'LR'}", "log-normalised X (all genes)", pred, s)
+    fusions = [["X_pca", "X_genept_w"]]
+    if with_s:
+        fusions += [["X_pca", "X_genept_s"], ["X_pca", "X_genept_w", "X_genept_s"]]
+    for reps in fusions:
+        _, s = timed(
+            gpt.tl.annotate_scmpt, query, ref, reps=reps, label_key=LABEL, key_added="fusion"
+        )
+        sel = query.uns["fusion"].get("selection", {})
+        add(
+            "scMPT",
+            " + ".join(reps),
+            query.obs["fusion"].to_numpy(),
+            s,
+            selected=sel.get("chosen", sel.get("selected", "?")) if isinstance(sel, dict) else sel,
+        )
+    print(f"\n  cell-level metrics of {name} (all {a.n_obs} cells; ARI / AMI vs labels)")
+    for rep in ["X_pca", *keys]:
+        for method in ("leiden", "kmeans"):
+            m = gpt.bm.cluster_metrics(a, rep, LABEL, method=method).set_index("metric")["value"]
+            rows.append(
+                dict(
+                    dataset=name,
+                    method=f"{method} clusters",
+                    rep=rep,
+                    ari=m["ari"],
+                    ami=m["ami"],
+                    silhouette=m["silhouette"],
+                    n_clusters=int(m["n_clusters"]),
+                )
+            )
+            print(
+                f"  {method:8s} {rep:24s} ARI {m['ari']:.3f} AMI {m['ami']:.3f} "
+                f"silhouette {m['silhouette']:.3f} clusters {int(m['n_clusters'])}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", help="names in real_datasets.DATASETS (default all)")
+    p.add_argument("--h5ad", help="any h5ad instead of --datasets")
+    p.add_argument("--label", default="cell_type", help="label column of --h5ad")
+    p.add_argument("--x-kind", choices=["counts", "lognorm"], help="--h5ad X (default: guessed)")
+    p.add_argument("--shift", help="COLUMN=VALUE: reference = cells with that value, query = rest")
+    p.add_argument("--no-s", action="store_true", help="skip GenePT-s (slow on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: genept's)")
+    p.add_argument("--json", help="also write every row as JSON here")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    gpt.settings.progress = False
+    if args.threads:
+        gpt.settings.n_jobs = args.threads
+    jobs = []
+    if args.h5ad:
+        a = ad.read_h5ad(args.h5ad)
+        a.obs[LABEL] = a.obs[args.label]
+        a = a[a.obs[LABEL].notna()].copy()
+        X = a.X[:200]
+        data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
+        kind = args.x_kind or ("counts" if np.all(np.mod(data, 1) == 0) else "lognorm")
+        jobs.append((Path(args.h5ad).stem, a, kind))
+    else:
+        for name in args.datasets or list(real_datasets.DATASETS):
+            info = real_datasets.DATASETS[name]
+            a = real_datasets.load(name)
+            a.obs[LABEL] = a.obs[info["label_key"]]
+            print(
+                f"{name}: {a.n_obs} cells, {a.obs[LABEL].nunique()} types; X {info['x_kind']}; "
+                f"labels from {info['labels_from']}; source {info['source']}"
+            )
+            jobs.append((name, a, info["x_kind"]))
+    rows = []
+    for name, a, kind in jobs:
+        rows += run(name, a, kind, with_s=not args.no_s, shift=args.shift)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    print(
+        f"\n(threads: torch {os.environ.get('OMP_NUM_THREADS', 'auto')}; "
+        f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f})"
+    )
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
