@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600, help="seconds per run (then '>T')")
     ap.add_argument("--skip-before", action="store_true")
     args = ap.parse_args()
+    # a SIGTERM (e.g. from `timeout`) unwinds through run()'s finally: the hogs are killed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:

@@ -227,9 +227,11 @@ def annotate_scmpt(
     1e-3, at most 30 epochs with early stopping (patience 5), batches of 64, decay
     0.95, 3 seeds -- reach the same accuracy as width 4096 with two learning rates on
     pbmc68k_reduced (5 stratified splits: 0.809 vs 0.813 mean, 0.829 vs 0.814 on split
-    0) in a tenth of the time: about 2-15 s for 560-2,400 reference cells on 2 CPU
-    cores (``benchmarks/bench_scmpt_speed.py``). On CPU, torch runs with as many
-    threads as there are cores not busy with other processes (``n_jobs``): its default
+    0) in a fraction of the time: 3 s for 560 reference cells with one thread, 13-24 s
+    for 560 or 2,400 cells on 2 cores shared with other work (load 8-13), where the
+    former defaults took over 240 s (``benchmarks/bench_scmpt_speed.py``). On CPU,
+    torch runs with as many threads as there are cores not busy with other processes
+    (``n_jobs``): its default
     of one thread per core made training 20-50 times slower on a busy machine.
 
     Parameters
