@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--n-steps", type=int, default=20)
     ap.add_argument("--n-samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", nargs="+", help="bulk_labels to explain (default: all)")
     ap.add_argument("--markers", default=str(MARKERS))
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -95,7 +96,8 @@ def main() -> None:
             t = time.perf_counter()
             gpt.tl.explain_annotation(
                 adata, "genept_mlp", method=m, model=model, groupby=LABEL,
-                n_cells=args.n_cells, n_steps=args.n_steps, n_samples=args.n_samples,
+                groups=args.groups, n_cells=args.n_cells, n_steps=args.n_steps,
+                n_samples=args.n_samples,
                 random_state=0,
             )  # fmt: skip
             times[m] = time.perf_counter() - t

@@ -557,7 +557,7 @@ def explain_annotation(
         of cells not explained are empty.
     ``uns[key_added + "_params"][method]``
         The parameters, the explained ``cells``, their ``target`` classes, ``f_x`` (target
-        probability) and, for IG, ``completeness_error`` per cell
+        probability) and, for IG, ``f_baseline`` and ``completeness_error`` per cell
         (``sum(attributions) - (f(x) - f(baseline))``).
 
     Examples
@@ -676,7 +676,7 @@ def explain_annotation(
     # explain
     n_vars = len(names)
     data_rows, data_cols, data_vals = [], [], []
-    targets, fxs, errors = [], [], []
+    targets, fxs, frefs, errors = [], [], [], []
     start = logg.info(f"explaining {rows.size} cells of {key!r} with {method}")
     with progress_bar(rows.size, desc=f"explaining ({method})", unit="cell", show=progress) as bar:
         for r, words in zip(rows, wordlists, strict=True):
@@ -689,6 +689,7 @@ def explain_annotation(
                     n_steps=int(n_steps), baseline=baseline, batch_size=batch_size,
                 )  # fmt: skip
                 errors.append(float(attr.sum() - (fx - fref)))
+                frefs.append(fref)
             else:
                 cell_rng = np.random.default_rng([random_state, int(r)])
                 attr, fx = _lime_cell(
@@ -726,7 +727,9 @@ def explain_annotation(
         "f_x": fxs,
     }
     if method == "ig":
-        params.update(n_steps=int(n_steps), baseline=baseline, completeness_error=errors)
+        params.update(
+            n_steps=int(n_steps), baseline=baseline, f_baseline=frefs, completeness_error=errors
+        )
     else:
         params.update(
             n_samples=int(n_samples), n_features=n_features, kernel_width=kernel_width, alpha=alpha
