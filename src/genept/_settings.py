@@ -36,8 +36,11 @@ class _Settings:
         Default device of every function with ``device=``: ``"auto"`` (CUDA when
         torch sees a GPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     n_jobs
-        Default number of CPU threads of the numerical kernels: ``None`` (all
-        available cores), a positive number, or ``-k`` (all but ``k - 1``).
+        Default number of CPU threads: ``None`` (auto), a positive number, or ``-k``
+        (all cores but ``k - 1``). Auto means all available cores for the numerical
+        kernels (GenePT-w, cell sentences), and for torch training and prediction
+        (scMPT, the MLP probe) the cores not kept busy by other processes right now (at
+        least 1; torch's thread pool slows 20-50 times when it competes for the cores).
 
     Examples
     --------
