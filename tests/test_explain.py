@@ -163,6 +163,11 @@ def test_deterministic_with_seed_and_both_methods_in_one_table(trained, explain)
 def test_results_survive_h5ad(trained, tmp_path, explain):
     adata, model, _ = trained
     a = adata.copy()
+    out = explain(
+        a, "genept_mlp", "lime", model=model, groupby="cell_type", n_cells=1, n_samples=10,
+        copy=True,
+    )  # fmt: skip
+    assert "genept_mlp_attributions" in out.uns and "genept_mlp_attributions" not in a.uns
     explain(a, "genept_mlp", "lime", model=model, groupby="cell_type", n_cells=2, n_samples=20)
     a.write_h5ad(tmp_path / "x.h5ad")
     b = ad.read_h5ad(tmp_path / "x.h5ad")

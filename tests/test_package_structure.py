@@ -212,7 +212,13 @@ CALLS = {
     "pp.cell_sentences": lambda a, ref, copy: gpt.pp.cell_sentences(a, copy=copy),
 }
 #: functions whose call needs a model or a server; their copy= is checked by signature only
-NEEDS_EXTERNAL = {"tl.annotate_llm", "tl.embed_scgpt", "tl.annotate_mlp", "tl.annotate_scmpt"}
+NEEDS_EXTERNAL = {
+    "tl.annotate_llm",
+    "tl.embed_scgpt",
+    "tl.annotate_mlp",
+    "tl.annotate_scmpt",
+    "tl.explain_annotation",  # a trained model and a text encoder: tests/test_explain.py
+}
 
 
 def _copy_functions():
