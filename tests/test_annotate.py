@@ -705,3 +705,23 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     ]:
         with pytest.raises(ValueError, match=match):
             ScMPTParams(**bad)
+
+
+def test_mlp_save_records_the_folder(tmp_path):
+    """annotate_mlp(save=) saves the probe; the saved model predicts what was written."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b"], 40)
+    X = rng.normal(size=(80, 4)).astype(np.float32) + (y == "b")[:, None] * 3
+    ref = ad.AnnData(np.zeros((80, 1), np.float32), obs=pd.DataFrame({"t": y}))
+    ref.obs_names = [f"r{i}" for i in range(80)]
+    ref.obsm["X_e"] = X
+    q = ref.copy()
+    gpt.tl.annotate_mlp(q, ref, use_rep="X_e", label_key="t", save=tmp_path / "probe")
+    saved = q.uns["genept_mlp"]["params"]["saved_to"]
+    m = gpt.models.ScMPTModel.load(saved)
+    proba = q.obsm["genept_mlp_proba"]
+    proba = proba.to_numpy() if hasattr(proba, "to_numpy") else np.asarray(proba)
+    np.testing.assert_allclose(m.predict_proba(q).to_numpy(), proba, atol=1e-6)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises((ValueError, FileExistsError, NotADirectoryError)):
+        gpt.tl.annotate_mlp(q, ref, use_rep="X_e", label_key="t", save=tmp_path / "file")

@@ -55,8 +55,28 @@ def toy(n_obs=30, n_vars=12, seed=0, fmt="csr"):
     return adata
 
 
-def reference_w(X, E):
+def ref_whiten(E, shrink=0.1):
+    """Whitening of the embedded genes' vectors by SVD (independent of the eigh in genept)."""
+    E = np.asarray(E, dtype=np.float64)
+    used = np.abs(E).sum(1) > 0
+    G = E[used] - E[used].mean(0)
+    _, S, Vt = np.linalg.svd(G, full_matrices=False)
+    var = np.zeros(E.shape[1])
+    var[: S.size] = S**2 / (used.sum() - 1)
+    V = np.zeros((E.shape[1], E.shape[1]))
+    V[:, : Vt.shape[0]] = Vt.T
+    if Vt.shape[0] < E.shape[1]:  # complete the basis (zero variance directions)
+        q, _ = np.linalg.qr(np.hstack([Vt.T, np.eye(E.shape[1])]))
+        V = q[:, : E.shape[1]]
+    out = np.zeros_like(E)
+    out[used] = G @ V @ np.diag((var + shrink * var.mean()) ** -0.5) @ V.T
+    return out
+
+
+def reference_w(X, E, whiten=0.1):
     X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    if whiten:
+        E = ref_whiten(E, whiten)
     P = X.astype(np.float64) @ E.astype(np.float64)
     n = np.linalg.norm(P, axis=1, keepdims=True)
     return np.where(n > 0, P / np.where(n > 0, n, 1), 0)
@@ -82,7 +102,14 @@ def test_w_notebook_form():
     gpt.tl.embed_cells(adata, method="w", normalize="notebook", key_added="X_nb")
     X = adata.X.toarray().astype(np.float64)
     np.testing.assert_allclose(
-        adata.obsm["X_nb"], X @ adata.varm["X_genept"] / X.shape[1], rtol=1e-5, atol=1e-6
+        adata.obsm["X_nb"],
+        X @ ref_whiten(adata.varm["X_genept"]) / X.shape[1],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    gpt.tl.embed_cells(adata, method="w", normalize="notebook", whiten=False, key_added="X_p")
+    np.testing.assert_allclose(
+        adata.obsm["X_p"], X @ adata.varm["X_genept"] / X.shape[1], rtol=1e-5, atol=1e-6
     )
     assert "nb" in adata.uns and "nb_empty" in adata.obs
 
@@ -394,9 +421,41 @@ def test_w_mask_var_with_raw_matches_by_name():
     adata = adata[:, 2:].copy()
     adata.raw = raw
     hv = np.zeros(10, bool)
-    hv[[0, 3]] = True  # G2, G5
+    hv[[0, 3, 5, 6]] = True  # G2 (no embedding), G5, G7, G8
     adata.var["highly_variable"] = hv
     gpt.tl.embed_cells(adata, method="w", use_raw=True)
     E = np.zeros((12, 5), dtype=np.float32)
-    E[[2, 5]] = adata.varm["X_genept"][[0, 3]]
+    E[[2, 5, 7, 8]] = adata.varm["X_genept"][[0, 3, 5, 6]]
     np.testing.assert_allclose(adata.obsm["X_genept_w"], reference_w(raw.X, E), atol=1e-5)
+
+
+def test_w_whiten_option():
+    """whiten=False is the paper's plain average; the default whitens (shrinkage 0.1)."""
+    adata = toy()
+    E = adata.varm["X_genept"]
+    gpt.tl.embed_cells(adata, method="w", whiten=False, key_added="X_plain")
+    np.testing.assert_allclose(
+        adata.obsm["X_plain"], reference_w(adata.X, E, whiten=False), atol=1e-5
+    )
+    assert adata.uns["plain"]["params"]["whiten"] == 0.0
+    gpt.tl.embed_cells(adata, method="w", whiten=0.5, key_added="X_w5")
+    np.testing.assert_allclose(adata.obsm["X_w5"], reference_w(adata.X, E, whiten=0.5), atol=1e-5)
+    assert adata.uns["w5"]["params"]["whiten"] == 0.5
+    for bad in (-1, float("nan"), "yes"):
+        with pytest.raises(ValueError, match="whiten must be"):
+            gpt.tl.embed_cells(adata, method="w", whiten=bad)
+
+
+def test_whitening_removes_the_shared_direction():
+    """Gene vectors sharing one big common direction: after whitening, the covariance of
+    the embedded genes' vectors is (close to) isotropic, and unembedded genes stay zero."""
+    from genept.tl._embed_cells import whiten_gene_embeddings
+
+    rng = np.random.default_rng(1)
+    E = (rng.normal(size=(300, 6)) + rng.normal(size=(300, 1)) * 20 + 7).astype(np.float32)
+    E[:5] = 0
+    W = whiten_gene_embeddings(E, 0.0)
+    assert not W[:5].any()
+    np.testing.assert_allclose(np.cov(W[5:].T), np.eye(6), atol=1e-3)
+    np.testing.assert_allclose(W[5:].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(whiten_gene_embeddings(E, 0.1), ref_whiten(E, 0.1), atol=1e-4)

@@ -377,7 +377,8 @@ def _load_model(model, uns: dict) -> ScMPTModel:
         if saved is None:
             raise ValueError(
                 "explain_annotation needs the trained model: pass model= (an ScMPTModel, "
-                "or the folder it was saved to with annotate_scmpt(..., save='folder') / "
+                "or the folder it was saved to with annotate_mlp/annotate_scmpt(..., "
+                "save='folder') / "
                 "ScMPTModel.save)"
             )
         model = saved

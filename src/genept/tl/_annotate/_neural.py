@@ -78,6 +78,7 @@ def annotate_mlp(
     random_state: int = 0,
     device: str = "auto",
     n_jobs: int | None = None,
+    save: str | os.PathLike | None = None,
     key_added: str = "genept_mlp",
     copy: bool = False,
 ) -> AnnData | None:
@@ -115,6 +116,10 @@ def annotate_mlp(
         CPU threads for torch while training and predicting; ``None``:
         :attr:`genept.settings.n_jobs`, else the cores not busy with other processes
         (see :func:`annotate_scmpt`). torch's thread count is restored afterwards.
+    save
+        Folder where the trained probe is saved (:meth:`ScMPTModel.save`; checked
+        before training), recorded in ``uns[key_added]["params"]["saved_to"]`` so that
+        :func:`genept.tl.explain_annotation` finds it.
 
     Returns
     -------
@@ -150,6 +155,8 @@ def annotate_mlp(
         n_jobs=n_jobs,
     )
     paired_reps(adata, reference, [use_rep])  # width check before training
+    if save is not None:
+        ScMPTModel.check_save_path(save)  # fail before training, not after
     model = ScMPTModel.fit(reference, label_key=label_key, reps=[use_rep], params=p)
     params = {
         "use_rep": use_rep,
@@ -168,6 +175,8 @@ def annotate_mlp(
         "random_state": random_state,
         "device": p.torch_device(),
     }
+    if save is not None:
+        params["saved_to"] = str(model.save(save))
     return _write_model_results(
         adata,
         model,
