@@ -135,19 +135,18 @@ class _Classifier:
     def __init__(self, model: ScMPTModel, text_branch: int, device):
         import torch
 
-        from ..models.scmpt._net import make_net
-
         self.model = model
         self.branch = int(text_branch)
+        if self.branch not in model.branches:
+            chosen = (model.selection or {}).get("chosen", [model.reps[b] for b in model.branches])
+            raise ValueError(
+                f"the model's selection kept {chosen!r}, which does not read "
+                f"obsm[{model.reps[self.branch]!r}]: its predictions do not depend on the cell "
+                "sentences, so there is nothing to attribute; train with select='fusion' or on "
+                "the GenePT-s embedding alone (annotate_mlp(use_rep='X_genept_s'))"
+            )
         self.device = device
-        self.nets = []
-        for sd in model.state_dicts:
-            net = make_net(model.widths, model.hidden, len(model.classes))
-            net.load_state_dict(sd)
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            self.nets.append(net.to(device))
+        self.nets = model.networks(device)
         self.mean = torch.as_tensor(model.means[self.branch], device=device)
         self.std = torch.as_tensor(model.stds[self.branch], device=device)
         self.others: list[Any] = []
@@ -159,7 +158,8 @@ class _Classifier:
         from .._core._labels import get_rep
 
         self.others = []
-        for b, key in enumerate(self.model.reps):
+        for b in self.model.branches:
+            key = self.model.reps[b]
             if b == self.branch:
                 self.others.append(None)
                 continue
@@ -174,7 +174,7 @@ class _Classifier:
         z = (emb.float() - self.mean) / self.std
         xs = [
             z if o is None else o.expand(z.shape[0], -1)
-            for o in (self.others or [None] * len(self.model.reps))
+            for o in (self.others or [None] * len(self.model.branches))
         ]
         out = 0
         for net in self.nets:

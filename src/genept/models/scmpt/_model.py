@@ -286,9 +286,7 @@ class ScMPTModel:
                 )
             xs.append(x)
         empty = empty_rows(xs)
-        ts = [
-            torch.from_numpy((xs[b] - self.means[b]) / self.stds[b]) for b in self.branches
-        ]
+        ts = [torch.from_numpy((xs[b] - self.means[b]) / self.stds[b]) for b in self.branches]
         proba = np.zeros((adata.n_obs, len(self.classes)))
         with torch_threads(n_jobs):
             net = make_net(self.net_widths, self.hidden, len(self.classes)).to(dev)
@@ -300,6 +298,32 @@ class ScMPTModel:
         return pd.DataFrame(
             proba, index=adata.obs_names.copy(), columns=pd.Index(self.classes, dtype=object)
         )
+
+    def networks(self, device: str = "cpu") -> list[Any]:
+        """The trained networks of the seed ensemble, in evaluation mode, frozen.
+
+        Each is a ``torch.nn.Module`` mapping a list of the standardised inputs of
+        :attr:`branches` (``(x - means[b]) / stds[b]`` for ``b`` in ``branches``, in
+        that order) to class logits; :meth:`predict_proba` averages their softmax.
+        Used by :func:`genept.tl.explain_annotation` to take gradients.
+
+        Examples
+        --------
+        >>> nets = model.networks()  # doctest: +SKIP
+        >>> len(nets) == len(model.state_dicts)  # doctest: +SKIP
+        True
+        """
+        from ._net import make_net
+
+        out = []
+        for st in self.state_dicts:
+            net = make_net(self.net_widths, self.hidden, len(self.classes))
+            net.load_state_dict(st)
+            net.eval()
+            for q in net.parameters():
+                q.requires_grad_(False)
+            out.append(net.to(device))
+        return out
 
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
