@@ -310,3 +310,27 @@ def test_plot_highlights_markers(trained):
     assert "1/2 markers" in ax.get_title()
     with pytest.raises(KeyError, match="not in the attribution table"):
         gpt.pl.attributions(t, groups=["NK"], show=False)
+
+
+def test_selection_without_the_text_branch_is_refused(trained):
+    """An scMPT model whose selection kept only the expression branch ignores the
+    sentences: explaining it is refused with the reason, before any attribution."""
+    import copy
+
+    adata, _, _ = trained
+    a = adata.copy()
+    a.obsm["X_expr"] = np.random.default_rng(2).normal(size=(a.n_obs, 4)).astype(np.float32)
+    m = ScMPTModel.fit(a, label_key="cell_type", reps=["X_expr", "X_genept_s"], params=_params())
+    alone = ScMPTModel.fit(a, label_key="cell_type", reps=["X_expr"], params=_params())
+    kept = copy.copy(m)
+    kept.branches, kept.state_dicts = [0], alone.state_dicts
+    kept.selection = {"chosen": "X_expr"}
+    np.testing.assert_allclose(
+        kept.predict_proba(a, device="cpu").to_numpy(),
+        alone.predict_proba(a, device="cpu").to_numpy(),
+        atol=1e-6,
+    )
+    gpt.tl.annotate_scmpt(a, model=kept, key_added="sel", device="cpu")
+    with pytest.raises(ValueError, match=r"selection kept 'X_expr'.*select='fusion'"):
+        gpt.tl.explain_annotation(a, "sel", "ig", model=kept)
+    assert "sel_attributions" not in a.uns
