@@ -232,6 +232,30 @@ def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | Non
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """One table: a row per (method, representation), a column per dataset (acc. / F1)."""
+    sets = list(dict.fromkeys(r["dataset"] for r in rows))
+    out = [
+        "| method | representation | " + " | ".join(sets) + " |",
+        "|---|---|" + "---:|" * len(sets),
+    ]
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        if "accuracy" in r:
+            seen.setdefault((r["method"], r["rep"]), {})[r["dataset"]] = r
+    for (method, rep), by in seen.items():
+        cells = []
+        for d in sets:
+            r = by.get(d)
+            if r is None:
+                cells.append("")
+                continue
+            sel = f" ({r['selected']})" if r.get("selected") else ""
+            cells.append(f"{r['accuracy']:.3f} / {r['f1_macro']:.3f}{sel}")
+        out.append(f"| {method} | `{rep}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", help="names in real_datasets.DATASETS (default all)")
@@ -242,7 +266,11 @@ def main() -> None:
     p.add_argument("--no-s", action="store_true", help="skip GenePT-s (slow on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: genept's)")
     p.add_argument("--json", help="also write every row as JSON here")
+    p.add_argument("--from-json", help="only print the markdown table of a --json file")
     args = p.parse_args()
+    if args.from_json:
+        print(markdown(json.loads(Path(args.from_json).read_text())))
+        return
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     gpt.settings.progress = False
@@ -272,6 +300,7 @@ def main() -> None:
         rows += run(name, a, kind, with_s=not args.no_s, shift=args.shift)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    print("\n" + markdown(rows))
     print(
         f"\n(threads: torch {os.environ.get('OMP_NUM_THREADS', 'auto')}; "
         f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f})"
