@@ -334,3 +334,27 @@ def test_selection_without_the_text_branch_is_refused(trained):
     with pytest.raises(ValueError, match=r"selection kept 'X_expr'.*select='fusion'"):
         gpt.tl.explain_annotation(a, "sel", "ig", model=kept)
     assert "sel_attributions" not in a.uns
+
+
+def test_encoder_loaded_in_inference_mode_still_explains(trained):
+    """A model whose weights were created under torch.inference_mode (loaded lazily by a
+    first encode) still gives gradients; encode() itself no longer loads it there."""
+    import torch
+
+    from genept.encoders import SentenceTransformerEncoder
+
+    fresh = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu")
+    fresh.encode(["CD3E MS4A1"], cache=False, show_progress=False)
+    assert not any(t.is_inference() for t in [*fresh.model.parameters(), *fresh.model.buffers()])
+    tainted = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu")
+    with torch.inference_mode():
+        tainted.model  # noqa: B018 - loads the model: its buffers become inference tensors
+    assert any(b.is_inference() for b in tainted.model.buffers())
+    adata, model, _ = trained
+    a = adata.copy()
+    gpt.tl.explain_annotation(
+        a, "genept_mlp", "ig", model=model, encoder=tainted, cells=["c0"], n_steps=32
+    )
+    p = a.uns["genept_mlp_attributions_params"]["ig"]
+    gap = np.asarray(p["f_x"]) - np.asarray(p["f_baseline"])
+    np.testing.assert_allclose(p["completeness_error"], 0, atol=2e-3 + 0.06 * np.abs(gap).max())

@@ -330,8 +330,11 @@ class SentenceTransformerEncoder(TextEncoder):
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        # load outside inference mode: weights created inside it are inference tensors,
+        # which autograd refuses later (explain_annotation's gradients)
+        model = self.model
         with torch.inference_mode():
-            out = self.model.encode(
+            out = model.encode(
                 texts,
                 batch_size=len(texts),
                 convert_to_numpy=True,

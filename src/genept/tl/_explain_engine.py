@@ -188,6 +188,7 @@ class _TextModel:
                 "explain_annotation needs a fast (Rust) tokenizer to map tokens to genes"
             )
         self.max_len = int(st.max_seq_length or self.tokenizer.model_max_length)
+        _out_of_inference_mode(self.st)
         self.word_embeddings = self.bert.get_input_embeddings()
         self.device = next(self.bert.parameters()).device
         self.dtype = self.word_embeddings.weight.dtype
@@ -245,6 +246,20 @@ class _TextModel:
         t_ids = torch.from_numpy(ids).to(self.device)
         t_mask = torch.from_numpy(mask).to(self.device)
         return self.embed(self.word_embeddings(t_ids), t_mask, t_ids)
+
+
+def _out_of_inference_mode(module) -> None:
+    """Replace weights created under ``torch.inference_mode`` (a model first loaded inside
+    it) by normal copies, which autograd accepts; values are unchanged."""
+    import torch
+
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
 
 
 def _sentence_spans(prefix: str, words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
