@@ -3,7 +3,10 @@ stratified reference/query split that works with pandas 3."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,79 @@ def stratified_split(adata, label_key: str, *, test_size: float = 0.2, random_st
 def split_cells():
     """:func:`stratified_split` for tests: ``ref, query = split_cells(adata, "cell_type")``."""
     return stratified_split
+
+
+class ChatServer:
+    """A minimal OpenAI-compatible chat-completions endpoint on 127.0.0.1."""
+
+    def __init__(self, respond, usage=(100, 5)):
+        self.respond = respond  # prompt -> reply text
+        self.usage = usage  # (prompt, completion) tokens reported per reply
+        self.requests: list[dict] = []
+        self.auth: list[str] = []
+        self.status = 200
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.auth.append(self.headers.get("Authorization", ""))
+                if server.status != 200:
+                    given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    out = {"error": {"message": f"Incorrect API key provided: {given}."}}
+                else:
+                    text = server.respond(body["messages"][-1]["content"])
+                    out = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": server.usage[0],
+                            "completion_tokens": server.usage[1],
+                            "total_tokens": sum(server.usage),
+                        },
+                    }
+                raw = json.dumps(out).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def chat_server():
+    """Start OpenAI-compatible chat servers: ``chat_server(respond, usage=...)``, closed after the test."""
+    started: list[ChatServer] = []
+
+    def start(respond, **kw) -> ChatServer:
+        started.append(ChatServer(respond, **kw))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()

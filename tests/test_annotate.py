@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anndata as ad
 import matplotlib
@@ -410,67 +408,6 @@ def test_confusion_plot(annotated, tmp_path):
 
 
 # ------------------------------------------------------------------------------ LLM
-class ChatServer:
-    """A minimal OpenAI-compatible chat-completions endpoint on 127.0.0.1."""
-
-    def __init__(self, respond):
-        self.respond = respond  # prompt -> reply text
-        self.requests: list[dict] = []
-        self.auth: list[str] = []
-        self.status = 200
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                server.auth.append(self.headers.get("Authorization", ""))
-                if server.status != 200:
-                    given = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    out = {"error": {"message": f"Incorrect API key provided: {given}."}}
-                else:
-                    text = server.respond(body["messages"][-1]["content"])
-                    out = {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": text},
-                            }
-                        ],
-                        "usage": {
-                            "prompt_tokens": 100,
-                            "completion_tokens": 5,
-                            "total_tokens": 105,
-                        },
-                    }
-                raw = json.dumps(out).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
 def llm_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path / "cache")
@@ -478,7 +415,7 @@ def llm_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def server():
+def server(chat_server):
     replies = {
         "MS4A1": "B cell",  # exact
         "CD3E": "  t CELL \n",  # other case and spaces
@@ -493,9 +430,7 @@ def server():
                 return reply
         return "?"
 
-    s = ChatServer(respond)
-    yield s
-    s.close()
+    return chat_server(respond)
 
 
 CANDS = ["B cell", "T cell", "NK cell"]
@@ -600,7 +535,7 @@ def test_llm_max_cells_and_cost(server, llm_cache):
         annotate_llm(sentences_adata(), candidates=CANDS, model="local-model", max_cost_usd=1.0)
 
 
-def test_llm_two_stage_top3(llm_cache):
+def test_llm_two_stage_top3(llm_cache, chat_server):
     seen: list[str] = []
 
     def respond(prompt: str) -> str:
@@ -609,7 +544,7 @@ def test_llm_two_stage_top3(llm_cache):
             return "Monocyte"
         return "REASONING: CD14 and LYZ point to monocytes."
 
-    s = ChatServer(respond)
+    s = chat_server(respond)
     try:
         adata = sentences_adata()[:2].copy()
         classes = ["B cell", "Monocyte", "NK cell", "T cell"]
@@ -632,8 +567,8 @@ def test_llm_two_stage_top3(llm_cache):
     assert list(proba_frame(adata, "genept_llm").columns) == classes
 
 
-def test_llm_error_redacts_key(llm_cache):
-    s = ChatServer(lambda p: "B cell")
+def test_llm_error_redacts_key(llm_cache, chat_server):
+    s = chat_server(lambda p: "B cell")
     s.status = 401
     adata = sentences_adata()
     try:

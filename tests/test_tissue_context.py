@@ -7,10 +7,6 @@ server on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -85,67 +81,16 @@ def test_context_bad_input(minilm):
     assert "X_genept" not in a.varm
 
 
-class ChatServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 that rewrites for the asked tissue."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.auth: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                server.auth.append(self.headers.get("Authorization", ""))
-                prompt = body["messages"][-1]["content"]
-                gene = prompt.split("Summary of ", 1)[1].split(":", 1)[0]
-                tissue = prompt.split("contexts: ", 1)[1].split(".", 1)[0]
-                out = {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {
-                                "role": "assistant",
-                                "content": f"In {tissue}, {gene} acts in {tissue} tissue.",
-                            },
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 80, "completion_tokens": 12, "total_tokens": 92},
-                }
-                raw = json.dumps(out).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+def _tissue_rewrite(prompt: str) -> str:
+    """The LLM's answer: a rewrite of the asked gene for the asked tissue."""
+    gene = prompt.split("Summary of ", 1)[1].split(":", 1)[0]
+    tissue = prompt.split("contexts: ", 1)[1].split(".", 1)[0]
+    return f"In {tissue}, {gene} acts in {tissue} tissue."
 
 
 @pytest.fixture
-def server():
-    s = ChatServer()
-    yield s
-    s.close()
+def server(chat_server):
+    return chat_server(_tissue_rewrite, usage=(80, 12))
 
 
 def test_llm_context_through_local_server(minilm, server, tmp_path):
