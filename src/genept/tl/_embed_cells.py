@@ -108,10 +108,14 @@ def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) 
     return out
 
 
+#: default shrinkage of the gene-vector whitening (``whiten=True``)
+WHITEN_SHRINK = 0.1
+
+
 def _check_whiten(whiten) -> float:
     """The whitening shrinkage as a float (0: off)."""
     if whiten is True:
-        return 0.1
+        return WHITEN_SHRINK
     if whiten is False or whiten is None:
         return 0.0
     if (
@@ -120,10 +124,12 @@ def _check_whiten(whiten) -> float:
         and whiten >= 0
     ):
         return float(whiten)
-    raise ValueError(f"whiten must be a shrinkage >= 0 (0.1 default) or True/False, got {whiten!r}")
+    raise ValueError(
+        f"whiten must be a shrinkage >= 0 ({WHITEN_SHRINK} default) or True/False, got {whiten!r}"
+    )
 
 
-def whiten_gene_embeddings(E: np.ndarray, shrink: float = 0.1) -> np.ndarray:
+def whiten_gene_embeddings(E: np.ndarray, shrink: float = WHITEN_SHRINK) -> np.ndarray:
     """Gene embeddings centred and decorrelated over the genes that have one (non-zero rows).
 
     ``(E - m) V (L + shrink * mean(L))^(-1/2) V^T`` with ``V L V^T`` the covariance of the
@@ -205,7 +211,7 @@ def embed_cells(
     # GenePT-w
     gene_key: str = "X_genept",
     mask_var: str | np.ndarray | Literal[False] | None = None,
-    whiten: float | bool = 0.1,
+    whiten: float | bool = WHITEN_SHRINK,
     normalize: Literal["l2", "notebook"] = "l2",
     device: str = "auto",
     precision: Literal["fp32", "tf32", "bf16"] = "fp32",
