@@ -220,6 +220,18 @@ def test_knn_and_cluster_metrics_equal_sklearn():
         knn_metrics(a, "X_nope", "cell_type")
 
 
+@pytest.mark.parametrize("metrics", [knn_metrics, cluster_metrics])
+def test_cell_metrics_refuse_missing_labels(metrics):
+    # a missing label is neither a class named "nan" (pandas 2) nor a float (pandas 3)
+    a = _cells()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(object)
+    a.obs.iloc[[3, 7], a.obs.columns.get_loc("cell_type")] = np.nan
+    with pytest.raises(ValueError, match=r"2 missing value\(s\).*notna"):
+        metrics(a, "X_emb", "cell_type")
+    ok = metrics(a[a.obs["cell_type"].notna()].copy(), "X_emb", "cell_type")
+    assert np.isfinite(ok["value"]).all()
+
+
 def test_leiden_cluster_metrics_recover_planted_types():
     """Leiden on well-separated planted types finds them (ARI = AMI = 1, 3 clusters);
     on a representation of pure noise it agrees with the labels no better than chance."""

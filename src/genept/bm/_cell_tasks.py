@@ -51,7 +51,14 @@ def get_rep(adata: AnnData, rep: str) -> np.ndarray:
 def _labels(adata: AnnData, key: str) -> np.ndarray:
     if key not in adata.obs:
         raise KeyError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    return adata.obs[key].astype(str).to_numpy()
+    col = adata.obs[key]
+    n_missing = int(col.isna().sum())
+    if n_missing:
+        raise ValueError(
+            f"adata.obs[{key!r}] has {n_missing} missing value(s); these metrics need a label "
+            f"for every cell: subset first, e.g. adata[adata.obs[{key!r}].notna()]"
+        )
+    return np.asarray(col.astype(str).to_numpy(), dtype=object)
 
 
 def _tidy(rep: str, values: dict[str, float], **extra) -> pd.DataFrame:

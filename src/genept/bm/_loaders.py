@@ -314,7 +314,8 @@ def panglao_markers(
     if not need <= set(df.columns):
         raise ValueError(f"{path} is not a PanglaoDB table (columns {list(df.columns)[:6]}...)")
     if species is not None and "species" in df.columns:
-        df = df[df["species"].astype(str).str.split().map(lambda s: species in s)]
+        sp = df["species"].fillna("").astype(str).str.split()
+        df = df[sp.map(lambda s: species in s).astype(bool)]
     return df.rename(
         columns={"cell type": "cell_type", "official gene symbol": "gene"}
     ).reset_index(drop=True)
