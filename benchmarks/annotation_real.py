@@ -6,14 +6,17 @@ For any h5ad + label column (raw counts or log-normalised), or the datasets of
 log-normalised highly variable genes), makes a stratified 80/20 split (``random_state=0``)
 or a reference/query split by a condition column (``--shift``), and prints one table:
 
-* PCA: 10-NN cosine, logistic regression, MLP probe;
+* PCA and the expression itself (``X_expr``: log-normalised values of the 2,000 highly
+  variable genes, every gene of a panel of at most 2,000): 10-NN cosine, logistic
+  regression, MLP probe;
 * celltypist: its logistic regression (``train(use_SGD=False)``, with the
   ``multi_class`` argument that current scikit-learn removed dropped) and its SGD path;
 * GenePT-w (defaults, i.e. highly variable genes; and the paper's all-gene average) and
   GenePT-s: 10-NN and MLP, each with the text vectors and with the control (GenePT-w:
   Gaussian random gene vectors of the same size; GenePT-s: gene names replaced by hashes);
-* scMPT fusions (PCA + GenePT-w, PCA + GenePT-s, PCA + both) with the branch the model
-  selection kept;
+* scMPT fusions of an expression branch (PCA or ``X_expr``) with GenePT-w and/or
+  GenePT-s, and the same fusions with the controls, each with the candidate the model
+  selection kept (the fusion, a branch alone or the linear fusion);
 
 each with its time, then Leiden/k-means ARI, AMI and silhouette of every representation.
 
@@ -65,16 +68,21 @@ def prepare(a: ad.AnnData, x_kind: str) -> ad.AnnData:
     # 2,000 genes, or half of a panel that was already selected (pbmc68k_reduced: 765)
     sc.pp.highly_variable_genes(a, n_top_genes=min(2000, a.n_vars // 2))
     sc.pp.pca(a, n_comps=50, random_state=0)
+    # the expression itself as an scMPT branch: log-normalised values of the 2,000 most
+    # variable genes, or of every gene of a smaller, already selected panel (pbmc68k: 765)
+    genes = a.var_names if a.n_vars <= 2000 else a.var_names[a.var["highly_variable"]]
+    X = a[:, genes].X
+    a.obsm["X_expr"] = (X.toarray() if sparse.issparse(X) else np.asarray(X)).astype(np.float32)
     return a
 
 
-def split(a: ad.AnnData, shift: str | None) -> tuple[ad.AnnData, ad.AnnData, str]:
+def split(a: ad.AnnData, shift: str | None, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData, str]:
     if shift:
         col, ref_value = shift.split("=", 1)
         is_ref = a.obs[col].astype(str) == ref_value
         return a[is_ref].copy(), a[~is_ref].copy(), f"reference {col}={ref_value}, query the rest"
-    tr, te = train_test_split(a.obs_names, test_size=0.2, stratify=a.obs[LABEL], random_state=0)
-    return a[tr].copy(), a[te].copy(), "stratified 80/20, random_state=0"
+    tr, te = train_test_split(a.obs_names, test_size=0.2, stratify=a.obs[LABEL], random_state=seed)
+    return a[tr].copy(), a[te].copy(), f"stratified 80/20, random_state={seed}"
 
 
 @contextlib.contextmanager
@@ -145,12 +153,57 @@ def scores(y_true, y_pred) -> tuple[float, float]:
     return accuracy_score(y_true, y_pred), f1_score(y_true, y_pred, average="macro")
 
 
-def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | None) -> list[dict]:
+def run(
+    name: str,
+    a: ad.AnnData,
+    x_kind: str,
+    *,
+    with_s: bool,
+    shift: str | None,
+    seeds: tuple[int, ...] = (0,),
+) -> list[dict]:
     t0 = time.perf_counter()
     a = prepare(a, x_kind)
     keys = add_genept(a, with_s)
     t_embed = time.perf_counter() - t0
-    ref, query, how = split(a, shift)
+    rows: list[dict] = []
+    for seed in seeds if not shift else (0,):
+        rows += run_split(name, a, keys, with_s=with_s, shift=shift, seed=seed, t_embed=t_embed)
+    print(f"\n  cell-level metrics of {name} (all {a.n_obs} cells; ARI / AMI vs labels)")
+    for rep in ["X_pca", *keys]:
+        for method in ("leiden", "kmeans"):
+            m = gpt.bm.cluster_metrics(a, rep, LABEL, method=method).set_index("metric")["value"]
+            rows.append(
+                dict(
+                    dataset=name,
+                    method=f"{method} clusters",
+                    rep=rep,
+                    ari=m["ari"],
+                    ami=m["ami"],
+                    silhouette=m["silhouette"],
+                    n_clusters=int(m["n_clusters"]),
+                )
+            )
+            print(
+                f"  {method:8s} {rep:24s} ARI {m['ari']:.3f} AMI {m['ami']:.3f} "
+                f"silhouette {m['silhouette']:.3f} clusters {int(m['n_clusters'])}",
+                flush=True,
+            )
+    return rows
+
+
+def run_split(
+    name: str,
+    a: ad.AnnData,
+    keys: list[str],
+    *,
+    with_s: bool,
+    shift: str | None,
+    seed: int,
+    t_embed: float,
+) -> list[dict]:
+    """Every annotator on one reference/query split of the prepared ``a``."""
+    ref, query, how = split(a, shift, seed)
     y = query.obs[LABEL].to_numpy()
     rows: list[dict] = []
 
@@ -159,6 +212,7 @@ def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | Non
         rows.append(
             dict(
                 dataset=name,
+                split=seed,
                 method=method,
                 rep=rep,
                 accuracy=acc,
@@ -183,20 +237,26 @@ def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | Non
         f"embeddings {t_embed:.0f} s",
         flush=True,
     )
-    for rep in ["X_pca", *keys]:
+    for rep in ["X_pca", "X_expr", *keys]:
         _, s = timed(gpt.tl.annotate_knn, query, ref, use_rep=rep, label_key=LABEL, key_added="knn")
         add("10-NN cosine", rep, query.obs["knn"].to_numpy(), s)
         _, s = timed(gpt.tl.annotate_mlp, query, ref, use_rep=rep, label_key=LABEL, key_added="mlp")
         add("MLP probe", rep, query.obs["mlp"].to_numpy(), s)
-    lr = LogisticRegression(max_iter=1000)
-    _, s = timed(lr.fit, ref.obsm["X_pca"], ref.obs[LABEL].to_numpy())
-    add("logistic regression", "X_pca", lr.predict(query.obsm["X_pca"]), s)
+    for rep in ("X_pca", "X_expr"):
+        lr = LogisticRegression(max_iter=1000)
+        _, s = timed(lr.fit, ref.obsm[rep], ref.obs[LABEL].to_numpy())
+        add("logistic regression", rep, lr.predict(query.obsm[rep]), s)
     for sgd in (False, True):
         pred, s = timed(celltypist_predict, ref, query, sgd=sgd)
         add(f"celltypist {'SGD' if sgd else 'LR'}", "log-normalised X (all genes)", pred, s)
-    fusions = [["X_pca", "X_genept_w"]]
+    fusions = [["X_pca", "X_genept_w"], ["X_expr", "X_genept_w"], ["X_expr", "X_genept_w_random"]]
     if with_s:
-        fusions += [["X_pca", "X_genept_s"], ["X_pca", "X_genept_w", "X_genept_s"]]
+        fusions += [
+            ["X_pca", "X_genept_s"],
+            ["X_expr", "X_genept_s"],
+            ["X_expr", "X_genept_s_hashed"],
+            ["X_expr", "X_genept_w", "X_genept_s"],
+        ]
     for reps in fusions:
         _, s = timed(
             gpt.tl.annotate_scmpt, query, ref, reps=reps, label_key=LABEL, key_added="fusion"
@@ -209,26 +269,6 @@ def run(name: str, a: ad.AnnData, x_kind: str, *, with_s: bool, shift: str | Non
             s,
             selected=sel.get("chosen", sel.get("selected", "?")) if isinstance(sel, dict) else sel,
         )
-    print(f"\n  cell-level metrics of {name} (all {a.n_obs} cells; ARI / AMI vs labels)")
-    for rep in ["X_pca", *keys]:
-        for method in ("leiden", "kmeans"):
-            m = gpt.bm.cluster_metrics(a, rep, LABEL, method=method).set_index("metric")["value"]
-            rows.append(
-                dict(
-                    dataset=name,
-                    method=f"{method} clusters",
-                    rep=rep,
-                    ari=m["ari"],
-                    ami=m["ami"],
-                    silhouette=m["silhouette"],
-                    n_clusters=int(m["n_clusters"]),
-                )
-            )
-            print(
-                f"  {method:8s} {rep:24s} ARI {m['ari']:.3f} AMI {m['ami']:.3f} "
-                f"silhouette {m['silhouette']:.3f} clusters {int(m['n_clusters'])}",
-                flush=True,
-            )
     return rows
 
 
@@ -242,16 +282,23 @@ def markdown(rows: list[dict]) -> str:
     seen: dict[tuple, dict] = {}
     for r in rows:
         if "accuracy" in r:
-            seen.setdefault((r["method"], r["rep"]), {})[r["dataset"]] = r
+            seen.setdefault((r["method"], r["rep"]), {}).setdefault(r["dataset"], []).append(r)
     for (method, rep), by in seen.items():
         cells = []
         for d in sets:
-            r = by.get(d)
-            if r is None:
+            rs = by.get(d)
+            if not rs:
                 cells.append("")
                 continue
-            sel = f" ({r['selected']})" if r.get("selected") else ""
-            cells.append(f"{r['accuracy']:.3f} / {r['f1_macro']:.3f}{sel}")
+            acc = np.mean([r["accuracy"] for r in rs])
+            f1 = np.mean([r["f1_macro"] for r in rs])
+            sel = [str(r["selected"]) for r in rs if r.get("selected")]
+            sel = (
+                f" ({', '.join(f'{k} {v}' if v > 1 else k for k, v in pd.Series(sel).value_counts().items())})"
+                if sel
+                else ""
+            )
+            cells.append(f"{acc:.3f} / {f1:.3f}{sel}")
         out.append(f"| {method} | `{rep}` | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -264,6 +311,10 @@ def main() -> None:
     p.add_argument("--x-kind", choices=["counts", "lognorm"], help="--h5ad X (default: guessed)")
     p.add_argument("--shift", help="COLUMN=VALUE: reference = cells with that value, query = rest")
     p.add_argument("--no-s", action="store_true", help="skip GenePT-s (slow on CPU)")
+    p.add_argument(
+        "--splits", type=int, default=1,
+        help="stratified splits (random_state 0..N-1); the table shows their mean",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: genept's)")
     p.add_argument("--json", help="also write every row as JSON here")
     p.add_argument("--from-json", help="only print the markdown table of a --json file")
@@ -297,7 +348,9 @@ def main() -> None:
             jobs.append((name, a, info["x_kind"]))
     rows = []
     for name, a, kind in jobs:
-        rows += run(name, a, kind, with_s=not args.no_s, shift=args.shift)
+        rows += run(
+            name, a, kind, with_s=not args.no_s, shift=args.shift, seeds=tuple(range(args.splits))
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
     print("\n" + markdown(rows))

@@ -224,17 +224,25 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     assert val["accuracy_mean"] == pytest.approx(np.mean(val["accuracy_per_seed"]))
     assert val["accuracy_sd"] == pytest.approx(np.std(val["accuracy_per_seed"], ddof=1))
     assert val["n_val"] == pytest.approx(0.2 * len(ref), abs=1)
-    # 2 learning rates for each candidate: the fusion and each branch alone (select="best")
-    assert sorted(uns["grid"]["lr"]) == [3e-4] * 3 + [1e-3] * 3
-    assert sorted(set(uns["grid"]["candidate"])) == ["X_pca", "X_pca_raw", "fusion"]
-    assert uns["hyperparameters"]["lr"] in (3e-4, 1e-3)
+    # 2 learning rates for each candidate: the fusion and each branch alone; the linear
+    # fusion once (select="best")
+    # (the linear fusion, a logistic regression, has no learning rate: one NaN row)
+    lrs = np.asarray(uns["grid"]["lr"], float)
+    assert sorted(lrs[~np.isnan(lrs)]) == [3e-4] * 3 + [1e-3] * 3 and np.isnan(lrs).sum() == 1
+    assert sorted(set(uns["grid"]["candidate"])) == ["X_pca", "X_pca_raw", "fusion", "linear"]
+    if uns["selection"]["chosen"] == "linear":
+        assert uns["hyperparameters"] == {"C": 1.0}
+    else:
+        assert uns["hyperparameters"]["lr"] in (3e-4, 1e-3)
     np.testing.assert_allclose(query.obsm["genept_scmpt_proba"].sum(axis=1), 1.0, rtol=1e-6)
 
     # the saved files: JSON config + tensors only (weights_only load works)
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["reps"] == ["X_pca", "X_pca_raw"] and cfg["widths"] == [50, 30]
     assert cfg["classes"] == query.uns["genept_scmpt"]["classes"]
-    assert len(torch.load(path / "weights.pt", weights_only=True)["state_dicts"]) == 2
+    # 2 seeds (and 2 copies of the logistic regression if the fusion+linear ensemble won)
+    n_states = 4 if uns["selection"]["chosen"] == "fusion+linear" else 2
+    assert len(torch.load(path / "weights.pt", weights_only=True)["state_dicts"]) == n_states
 
     model = ScMPTModel.load(path)
     q2 = query0.copy()

@@ -65,7 +65,7 @@ def test_selection_drops_a_pure_noise_branch():
     m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
     sel = m.selection
     cand = sel["candidates"]
-    assert set(cand) == {"fusion", "A", "B"}
+    assert set(cand) == {"fusion", "A", "B", "linear", "fusion+linear"}
     # the noise branch alone is near chance (4 classes), the informative one is not
     assert cand["B"]["val_accuracy"] < 0.45 < 0.7 < cand["A"]["val_accuracy"]
     assert cand["A"]["val_accuracy"] > cand["fusion"]["val_accuracy"]
@@ -75,7 +75,7 @@ def test_selection_drops_a_pure_noise_branch():
     # the network reads only A: its first layer is 6 wide
     assert m.state_dicts[0]["branches.0.0.weight"].shape == (32, 6)
     # the grid lists every (candidate, configuration) run
-    assert m.grid["candidate"] == ["fusion", "A", "B"]
+    assert m.grid["candidate"] == ["fusion", "A", "B", "linear"]
     assert m.grid["val_accuracy"][1] == cand["A"]["val_accuracy"]
 
     # the paper's behaviour stays reachable: the fusion only
@@ -93,8 +93,9 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
     cand = m.selection["candidates"]
     # each branch alone confuses one pair of classes (about 3/4 right); together all 4
     assert cand["A"]["val_accuracy"] < 0.85 and cand["B"]["val_accuracy"] < 0.85
-    assert cand["fusion"]["val_accuracy"] > 0.95
-    assert m.selection["chosen"] == "fusion" and m.branches == [0, 1]
+    assert cand["fusion"]["val_accuracy"] > 0.95 and cand["linear"]["val_accuracy"] > 0.95
+    # both read both inputs (the linear fusion wins ties on its lower validation loss)
+    assert m.selection["chosen"] in ("fusion", "linear") and m.branches == [0, 1]
 
 
 def test_annotate_scmpt_reports_the_selection():
@@ -104,12 +105,90 @@ def test_annotate_scmpt_reports_the_selection():
     uns = query.uns["genept_scmpt"]
     assert uns["selection"]["chosen"] == "A"
     assert uns["params"]["select"] == "best"
-    assert set(uns["selection"]["candidates"]) == {"fusion", "A", "B"}
+    assert set(uns["selection"]["candidates"]) == {"fusion", "A", "B", "linear", "fusion+linear"}
     # the query was predicted by the A-only network: it matches a model fitted on A alone
     alone = ScMPTModel.fit(ref, reps=["A"], n_seeds=1, **FAST)
     np.testing.assert_allclose(
         query.obsm["genept_scmpt_proba"], alone.predict_proba(query).to_numpy(), atol=1e-6
     )
+
+
+def linear_data(n=240, seed=0):
+    """4 classes separated by one direction each in 40 dimensions, split over A and B."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(list("abcd")), n // 4)
+    x = rng.normal(size=(n, 40))
+    x[np.arange(n), np.searchsorted(list("abcd"), y) * 10] += 3.0
+    return _adata(y, {"A": x[:, :20], "B": x[:, 20:]})
+
+
+def test_linear_candidate_is_a_logistic_regression_on_both_inputs(tmp_path):
+    ref = linear_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    cand = m.selection["candidates"]
+    assert cand["linear"]["reps"] == ["A", "B"] and cand["linear"]["hidden"] == []
+    # classes a, b live in A and c, d in B: a single branch cannot tell the other pair
+    assert max(cand["A"]["val_accuracy"], cand["B"]["val_accuracy"]) < 0.8
+    assert cand["linear"]["val_accuracy"] > 0.8
+    # a linear model, forced and checked against its closed form: softmax(z W^T + b)
+    paper = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    lin = ScMPTModel(
+        reps=["A", "B"], widths=[20, 20], classes=paper.classes, hidden=[],
+        state_dicts=[{"head.weight": torch.ones(4, 40) * torch.arange(40.0) / 40,
+                      "head.bias": torch.tensor([0.1, -0.2, 0.3, 0.0])}],
+        means=paper.means, stds=paper.stds,
+    )  # fmt: skip
+    q = linear_data(seed=1)
+    z = np.c_[
+        (q.obsm["A"] - paper.means[0]) / paper.stds[0], (q.obsm["B"] - paper.means[1]) / paper.stds[1]
+    ]
+    logits = z @ (np.ones((4, 40)) * np.arange(40.0) / 40).T + [0.1, -0.2, 0.3, 0.0]
+    ref_p = np.exp(logits - logits.max(1, keepdims=True))
+    ref_p /= ref_p.sum(1, keepdims=True)
+    np.testing.assert_allclose(lin.predict_proba(q).to_numpy(), ref_p, atol=1e-5)
+
+    # the fusion+linear ensemble: an MLP and that regression, averaged half and half
+    mlp = paper.state_dicts[0]
+    both = ScMPTModel(
+        reps=["A", "B"], widths=[20, 20], classes=paper.classes, hidden=paper.hidden,
+        state_dicts=[mlp, lin.state_dicts[0]], member_hidden=[paper.hidden, []],
+        means=paper.means, stds=paper.stds,
+    )  # fmt: skip
+    alone = ScMPTModel(
+        reps=["A", "B"], widths=[20, 20], classes=paper.classes, hidden=paper.hidden,
+        state_dicts=[mlp], means=paper.means, stds=paper.stds,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        both.predict_proba(q).to_numpy(),
+        (alone.predict_proba(q).to_numpy() + ref_p) / 2,
+        atol=1e-5,
+    )
+    both.save(tmp_path / "both")
+    back = ScMPTModel.load(tmp_path / "both")
+    assert back.member_hidden == [paper.hidden, []]
+    pd.testing.assert_frame_equal(back.predict_proba(q), both.predict_proba(q))
+    with pytest.raises(ValueError, match="member_hidden has 1 entries for 2"):
+        ScMPTModel(
+            reps=["A", "B"], widths=[20, 20], classes=paper.classes, hidden=[],
+            state_dicts=[mlp, mlp], member_hidden=[[]], means=paper.means, stds=paper.stds,
+        )  # fmt: skip
+
+
+def test_ensemble_candidate_scores_the_average_of_fusion_and_linear():
+    ref = linear_data(seed=3)
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
+    cand = m.selection["candidates"]
+    ens = cand["fusion+linear"]
+    assert ens["reps"] == ["A", "B"] and ens["hyperparameters"]["C"] == 1.0
+    assert ens["hyperparameters"]["lr"] == cand["fusion"]["hyperparameters"]["lr"]
+    # never worse on validation than the chosen candidate, which is the best of all
+    best = max(c["val_accuracy"] for c in cand.values())
+    assert cand[m.selection["chosen"]]["val_accuracy"] == best
+    n_lin = sum(h == [] for h in m.member_hidden)
+    if m.selection["chosen"] == "fusion+linear":
+        assert len(m.state_dicts) == 4 and n_lin == 2
+    else:
+        assert len(m.state_dicts) == 2
 
 
 def test_params_validate_select_and_n_jobs():

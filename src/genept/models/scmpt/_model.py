@@ -48,7 +48,12 @@ class ScMPTModel:
     classes
         Class names (output order).
     hidden
-        Widths of each branch's dense layers (scMPT: ``[4096]``).
+        Widths of each branch's dense layers (scMPT: ``[4096]``; ``[]`` for the linear
+        fusion).
+    member_hidden
+        The hidden widths of each network of ``state_dicts`` (all ``hidden`` but for the
+        ``"fusion+linear"`` candidate: the seed networks, then as many copies of the
+        logistic regression, ``[]``, so that their average is half of each).
     label_key
         Label column the model was trained on.
     hyperparameters
@@ -62,7 +67,8 @@ class ScMPTModel:
         for the fusion, one when a single branch validated best (``select="best"``).
     selection
         The model selection: ``select`` (``"best"`` or ``"fusion"``), ``metric``,
-        ``chosen`` (``"fusion"`` or the ``obsm`` key of the winning branch), ``reps``
+        ``chosen`` (``"fusion"``, ``"linear"``, ``"fusion+linear"`` or the ``obsm`` key
+        of the winning branch), ``reps``
         (the keys it reads) and ``candidates`` (each candidate's validation accuracy,
         macro-F1, loss, best epoch and hyper-parameters). Empty for models saved
         before genept recorded it (they are fusions of all ``reps``).
@@ -74,8 +80,9 @@ class ScMPTModel:
     """
 
     _FORMAT = "genept-scmpt"
-    #: 2: ``branches`` and ``selection`` (version-1 folders load as fusions of all reps)
-    _VERSION = 2
+    #: 2: ``branches`` and ``selection`` (version-1 folders load as fusions of all reps);
+    #: 3: ``member_hidden`` (the linear and fusion+linear candidates)
+    _VERSION = 3
 
     def __init__(
         self,
@@ -94,6 +101,7 @@ class ScMPTModel:
         seeds: Sequence[int] | None = None,
         branches: Sequence[int] | None = None,
         selection: Mapping[str, Any] | None = None,
+        member_hidden: Sequence[Sequence[int]] | None = None,
     ):
         self.reps = list(reps)
         self.widths = [int(w) for w in widths]
@@ -124,6 +132,16 @@ class ScMPTModel:
                 f"got {self.branches}"
             )
         self.selection = dict(selection or {})
+        self.member_hidden = (
+            [list(self.hidden)] * len(self.state_dicts)
+            if member_hidden is None
+            else [[int(h) for h in m] for m in member_hidden]
+        )
+        if len(self.member_hidden) != len(self.state_dicts):
+            raise ValueError(
+                f"member_hidden has {len(self.member_hidden)} entries for "
+                f"{len(self.state_dicts)} state dicts"
+            )
 
     @property
     def net_widths(self) -> list[int]:
@@ -133,7 +151,7 @@ class ScMPTModel:
     def __repr__(self) -> str:
         return (
             f"ScMPTModel(reps={self.reps}, widths={self.widths}, hidden={self.hidden}, "
-            f"n_classes={len(self.classes)}, n_seeds={len(self.state_dicts)}, "
+            f"n_classes={len(self.classes)}, n_seeds={len(self.seeds)}, "
             f"uses={[self.reps[b] for b in self.branches]})"
         )
 
@@ -153,7 +171,9 @@ class ScMPTModel:
 
         With ``select="best"`` (default) and several ``reps``, the fusion and each
         representation alone are trained on the same validation split with every grid
-        configuration, and the best is kept (see :attr:`selection`).
+        configuration, together with the linear fusion (a logistic regression) and the
+        average of the fusion and the linear fusion, and the best is kept (see
+        :attr:`selection`).
 
         Parameters
         ----------
@@ -223,7 +243,8 @@ class ScMPTModel:
             reps=keys,
             widths=[x.shape[1] for x in xs],
             classes=classes,
-            hidden=p.hidden,
+            hidden=res.hidden,
+            member_hidden=res.member_hidden,
             state_dicts=res.states,
             means=means,
             stds=stds,
@@ -289,8 +310,8 @@ class ScMPTModel:
         ts = [torch.from_numpy((xs[b] - self.means[b]) / self.stds[b]) for b in self.branches]
         proba = np.zeros((adata.n_obs, len(self.classes)))
         with torch_threads(n_jobs):
-            net = make_net(self.net_widths, self.hidden, len(self.classes)).to(dev)
-            for st in self.state_dicts:
+            for st, hid in zip(self.state_dicts, self.member_hidden, strict=True):
+                net = make_net(self.net_widths, hid, len(self.classes)).to(dev)
                 net.load_state_dict(st)
                 proba += predict(net, ts, dev, batch_size).reshape(adata.n_obs, -1)
         proba /= len(self.state_dicts)
@@ -316,8 +337,8 @@ class ScMPTModel:
         from ._net import make_net
 
         out = []
-        for st in self.state_dicts:
-            net = make_net(self.net_widths, self.hidden, len(self.classes))
+        for st, hid in zip(self.state_dicts, self.member_hidden, strict=True):
+            net = make_net(self.net_widths, hid, len(self.classes))
             net.load_state_dict(st)
             net.eval()
             for q in net.parameters():
@@ -335,8 +356,9 @@ class ScMPTModel:
             "widths": self.widths,
             "classes": self.classes,
             "hidden": self.hidden,
+            "member_hidden": self.member_hidden,
             "label_key": self.label_key,
-            "n_seeds": len(self.state_dicts),
+            "n_seeds": len(self.seeds),
             "seeds": self.seeds,
             "hyperparameters": self.hyperparameters,
             "validation": _jsonable(self.validation),
@@ -456,14 +478,15 @@ class ScMPTModel:
                 seeds=cfg.get("seeds"),
                 branches=cfg.get("branches"),  # version 1: all reps
                 selection=cfg.get("selection"),
+                member_hidden=cfg.get("member_hidden"),  # version <= 2: all `hidden`
             )
         except KeyError as e:
             raise ValueError(
                 f"{cfg_file} or {w_file} lacks the entry {e}; save the model again"
             ) from None
-        net = make_net(model.net_widths, model.hidden, len(model.classes))
-        for sd in model.state_dicts:  # fail now, not at prediction time
-            net.load_state_dict(sd)
+        for sd, hid in zip(model.state_dicts, model.member_hidden, strict=True):
+            # fail now, not at prediction time
+            make_net(model.net_widths, hid, len(model.classes)).load_state_dict(sd)
         return model
 
 

@@ -64,11 +64,13 @@ selection_metric
     lower validation loss).
 select
     Which models compete on the validation split. ``"best"`` (default): the fusion
-    of all representations *and* each representation alone (an MLP probe of the
-    same width), each with every grid configuration; the best by
-    ``selection_metric`` is kept, so the result is never worse on validation than
-    its best single branch (a fusion can be: a weak or noisy branch adds variance
-    the small reference cannot average out). ``"fusion"``: the fusion only, as in
+    of all representations, each representation alone (an MLP probe of the same
+    width) and, with several representations, the linear fusion ``"linear"`` (no
+    hidden layer: a multinomial logistic regression on the concatenated standardised
+    inputs, which wins on some small references), each with every grid
+    configuration; the best by ``selection_metric`` is kept, so the result is never
+    worse on validation than its best single branch (a fusion can be: a weak or noisy
+    branch adds variance the small reference cannot average out). ``"fusion"``: the fusion only, as in
     the paper. The candidates' scores and the winner are recorded in
     ``ScMPTModel.selection`` and ``uns[key_added]["selection"]``.
 n_jobs

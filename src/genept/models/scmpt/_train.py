@@ -2,8 +2,9 @@
 
 :func:`train` is the whole procedure on arrays: a stratified validation split of the
 reference; every candidate model (the fusion of all inputs and, with ``select="best"``,
-each input alone) with every grid configuration scored with the first seed; then the
-chosen candidate and configuration trained with every seed of the ensemble.
+each input alone and the linear fusion) with every grid configuration scored with the
+first seed; then the chosen candidate and configuration trained with every seed of the
+ensemble.
 """
 
 from __future__ import annotations
@@ -110,6 +111,87 @@ def train_one(
     return state, info
 
 
+#: inverse L2 strength of the linear candidate (scikit-learn's and celltypist's default)
+LINEAR_C = 1.0
+#: the grid does not apply to the linear candidate: its row in ``grid`` carries these
+LINEAR_HYPER = Hyper(float("nan"), 0, 0, float("nan"))
+
+
+def hyper_dict(hp: Hyper, hidden: Sequence[int]) -> dict[str, Any]:
+    """The hyper-parameters of a candidate as recorded (the linear one: its ``C``)."""
+    return hp.as_dict() if len(hidden) else {"C": LINEAR_C}
+
+
+def train_linear(
+    xs_tr,
+    y_tr,
+    xs_va,
+    y_va,
+    *,
+    n_classes: int,
+    class_weight,
+    device: str,
+    **_: Any,
+) -> tuple[dict, dict[str, Any]]:
+    """The linear candidate: a logistic regression as a network without hidden layers.
+
+    A multinomial logistic regression (L-BFGS, ``C=LINEAR_C``) on the concatenated
+    inputs, stored as the head of a :class:`FusionNet` with no hidden layer. The same outputs as :func:`train_one`; deterministic, so every seed gives the same
+    weights.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([t.cpu().numpy() for t in xs_tr], axis=1).astype(np.float64)
+    y = y_tr.numpy()
+    cw = None if class_weight is None else dict(enumerate(class_weight.numpy().tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning on tiny references
+        lr = LogisticRegression(C=LINEAR_C, max_iter=1000, class_weight=cw).fit(x, y)
+    present = lr.classes_.astype(int)
+    coef, bias = lr.coef_, lr.intercept_
+    if present.size == 2:  # scikit-learn's binary form: one row for class 1
+        coef, bias = np.r_[-coef / 2, coef / 2], np.r_[-bias / 2, bias / 2]
+    w = np.zeros((n_classes, x.shape[1]), np.float32)
+    b = np.full(n_classes, -1e4, np.float32)  # classes absent from training: never chosen
+    w[present], b[present] = coef, bias
+    state = {"head.weight": torch.from_numpy(w), "head.bias": torch.from_numpy(b)}
+    info: dict[str, Any] = {"epochs_run": int(np.max(lr.n_iter_)), "best_epoch": 0}
+    if xs_va is not None:
+        net = make_net([t.shape[1] for t in xs_tr], [], n_classes)
+        net.load_state_dict(state)
+        net = net.to(device)
+        proba = predict(net, xs_va, device)
+        yv = y_va.numpy()
+        pred = proba.argmax(1)
+        loss_fn = nn.CrossEntropyLoss(
+            weight=None if class_weight is None else class_weight.to(device)
+        )
+        info.update(
+            val_loss=val_loss(net, xs_va, y_va, loss_fn, device),
+            val_accuracy=float((pred == yv).mean()),
+            val_f1_macro=float(f1_score(yv, pred, average="macro", zero_division=0)),
+            val_proba=proba,
+        )
+    return state, info
+
+
+def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
+    """Validation record of the average of two models' probabilities."""
+    proba = (a["val_proba"] + b["val_proba"]) / 2
+    yv = y_va.numpy()
+    pred = proba.argmax(1)
+    w = np.ones(proba.shape[1]) if class_weight is None else class_weight.numpy()
+    nll = -np.log(np.clip(proba[np.arange(yv.size), yv], 1e-12, None))
+    return {
+        "epochs_run": a["epochs_run"],
+        "best_epoch": a["best_epoch"],
+        "val_loss": float((w[yv] * nll).sum() / max(w[yv].sum(), 1e-12)),
+        "val_accuracy": float((pred == yv).mean()),
+        "val_f1_macro": float(f1_score(yv, pred, average="macro", zero_division=0)),
+        "val_proba": proba,
+    }
+
+
 def stratified_split(
     codes: np.ndarray, val_size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -201,7 +283,8 @@ class TrainResult:
     """What :func:`train` returns: the ensemble's weights and the validation record.
 
     ``branches`` are the indices (into the inputs) of the representations the chosen
-    network reads; ``selection`` records the candidates and their validation scores.
+    network reads; ``selection`` records the candidates and their validation scores;
+    ``member_hidden`` gives the hidden widths of each state (``[]``: linear).
     """
 
     states: list[dict]
@@ -211,20 +294,36 @@ class TrainResult:
     seeds: list[int]
     branches: list[int]
     selection: dict[str, Any]
+    hidden: list[int]
+    member_hidden: list[list[int]]
 
 
-def candidates(names: Sequence[str], select: str) -> list[tuple[str, list[int]]]:
-    """The models compared on validation: the fusion of all inputs, then each input alone.
+def candidates(
+    names: Sequence[str], select: str, hidden: Sequence[int]
+) -> list[tuple[str, list[int], list[int]]]:
+    """The models compared on validation: the fusion, each input alone, the linear fusion.
 
     ``select="fusion"`` (the paper) or a single input: the fusion only. A candidate is
-    ``(name, branch indices)``; the fusion is named ``"fusion"`` (``"fusion(all)"`` if an
-    input is itself called ``"fusion"``), a single branch by its ``obsm`` key.
+    ``(name, branch indices, hidden widths)``; the fusion is named ``"fusion"``
+    (``"fusion(all)"`` if an input is itself called ``"fusion"``), a single branch by its
+    ``obsm`` key, and the linear fusion -- no hidden layer: a multinomial logistic
+    regression on the concatenated, standardised inputs -- ``"linear"`` (``"linear(all)"``
+    likewise); the linear fusion is left out when ``hidden`` is already empty.
     """
     all_ = list(range(len(names)))
+    hidden = list(hidden)
     fusion = "fusion(all)" if "fusion" in names else "fusion"
     if select == "fusion" or len(names) == 1:
-        return [(fusion if len(names) > 1 else names[0], all_)]
-    return [(fusion, all_)] + [(n, [i]) for i, n in enumerate(names)]
+        return [(fusion if len(names) > 1 else names[0], all_, hidden)]
+    out = [(fusion, all_, hidden)] + [(n, [i], hidden) for i, n in enumerate(names)]
+    if hidden:
+        out.append(("linear(all)" if "linear" in names else "linear", all_, []))
+    return out
+
+
+def ensemble_name(names: Sequence[str]) -> str:
+    """The name of the candidate that averages the fusion and the linear fusion."""
+    return "fusion+linear(all)" if "fusion+linear" in names else "fusion+linear"
 
 
 def train(
@@ -254,16 +353,15 @@ def train(
     split = stratified_split(codes, p.val_size, p.random_state)
     configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
     seeds = [p.random_state + i for i in range(p.n_seeds)]
-    cands = candidates(names, p.select if split is not None else "fusion")
+    cands = candidates(names, p.select if split is not None else "fusion", p.hidden)
     common = {
-        "hidden": list(p.hidden),
         "n_classes": n_classes,
         "weight_decay": p.weight_decay,
         "class_weight": cw,
         "patience": p.patience,
         "device": dev,
     }
-    n_search = len(configs) * len(cands)
+    n_search = sum(len(configs) if hid else 1 for _, _, hid in cands)
     progress = progress_bar(
         (n_search if n_search > 1 and split is not None else 0) + len(seeds),
         desc="scMPT",
@@ -282,7 +380,8 @@ def train(
         return [xs[i].shape[1] for i in br]
 
     states, infos = [], []
-    chosen, branches = cands[0]
+    chosen, branches, hidden = cands[0]
+    linear_run = None  # (state, info) of the linear fusion when the ensemble wins
     scores: dict[str, dict[str, Any]] = {}
     if split is None:
         hp = configs[0]
@@ -297,12 +396,13 @@ def train(
             stacklevel=4,
         )
         for seed in seeds:
-            st, info = train_one(
+            st, info = (train_one if hidden else train_linear)(
                 tensors,
                 y_t,
                 None,
                 None,
                 in_dims=dims(branches),
+                hidden=hidden,
                 hp=hp,
                 early_stopping=False,
                 seed=seed,
@@ -322,13 +422,14 @@ def train(
         for k in _VAL_KEYS:
             grid[k] = []
 
-        def run(br: list[int], hp: Hyper, seed: int):
-            return train_one(
+        def run(br: list[int], hid: list[int], hp: Hyper, seed: int):
+            return (train_one if hid else train_linear)(
                 [xs_tr[i] for i in br],
                 y_tr,
                 [xs_va[i] for i in br],
                 y_va,
                 in_dims=dims(br),
+                hidden=hid,
                 hp=hp,
                 early_stopping=p.early_stopping,
                 seed=seed,
@@ -343,40 +444,68 @@ def train(
         hp, best_first = configs[0], None
         if n_search > 1:
             best_score = None
-            for name, br in cands:
+            runs: dict[str, tuple] = {}  # each candidate's best (score, cfg, state, info)
+            for name, br, hid in cands:
                 cand_best = None
-                for cfg in configs:
-                    st, info = run(br, cfg, seeds[0])
+                for cfg in configs if hid else [LINEAR_HYPER]:
+                    st, info = run(br, hid, cfg, seeds[0])
                     record(name, cfg, info)
                     score = score_of(info)
                     if cand_best is None or score > cand_best[0]:
-                        cand_best = (score, cfg, info)
+                        cand_best = (score, cfg, st, info)
                     if best_score is None or score > best_score:
                         best_score, hp, best_first = score, cfg, (st, info)
-                        chosen, branches = name, br
+                        chosen, branches, hidden = name, br, hid
                     progress.update()
-                _, cfg, info = cand_best
+                _, cfg, _, info = runs[name] = cand_best
                 scores[name] = {
                     "reps": [names[i] for i in br],
+                    "hidden": list(hid),
                     **{k: info[k] for k in _VAL_KEYS},
-                    "hyperparameters": cfg.as_dict(),
+                    "hyperparameters": hyper_dict(cfg, hid),
                 }
+            # the average of the fusion and the linear fusion (an MLP and a logistic
+            # regression on the same inputs): scored on the same validation cells
+            fusion_name, lin_name = cands[0][0], cands[-1][0]
+            if len(cands) > 2 and not cands[-1][2]:
+                f_run, l_run = runs[fusion_name], runs[lin_name]
+                info = mean_of(f_run[3], l_run[3], y_va, cw)
+                ens = ensemble_name(names)
+                scores[ens] = {
+                    "reps": list(names),
+                    "hidden": list(p.hidden),
+                    **{k: info[k] for k in _VAL_KEYS},
+                    "hyperparameters": {**hyper_dict(f_run[1], p.hidden), "C": LINEAR_C},
+                }
+                score = score_of(info)
+                if score > best_score:
+                    best_score, hp = score, f_run[1]
+                    best_first = (f_run[2], f_run[3])
+                    chosen, branches, hidden = ens, cands[0][1], cands[0][2]
+                    linear_run = (l_run[2], l_run[3])
         for i, seed in enumerate(seeds):
             if i == 0 and best_first is not None:
                 st, info = best_first
             else:
-                st, info = run(branches, hp, seed)
+                st, info = run(branches, hidden, hp, seed)
                 if n_search == 1 and i == 0:
                     record(chosen, hp, info)
                     scores[chosen] = {
                         "reps": [names[j] for j in branches],
+                        "hidden": list(hidden),
                         **{k: info[k] for k in _VAL_KEYS},
-                        "hyperparameters": hp.as_dict(),
+                        "hyperparameters": hyper_dict(hp, hidden),
                     }
             states.append(st)
-            infos.append(info)
+            infos.append(info if linear_run is None else mean_of(info, linear_run[1], y_va, cw))
             progress.update()
     progress.close()
+    member_hidden = [list(hidden)] * len(states)
+    if linear_run is not None:
+        # the logistic regression is deterministic: one copy per seed network makes the
+        # ensemble's average exactly half MLPs, half logistic regression
+        states += [linear_run[0]] * len(seeds)
+        member_hidden += [[]] * len(seeds)
     validation = summarise_validation(infos, split, codes, n_classes)
     validation.update(n_train=int(n_train), n_val=int(n_val))
     selection = {
@@ -384,6 +513,7 @@ def train(
         "metric": p.selection_metric,
         "chosen": chosen,
         "reps": [names[i] for i in branches],
+        "hidden": list(hidden),
         "candidates": scores,
     }
     if len(cands) > 1:
@@ -400,10 +530,15 @@ def train(
     logg.debug(f"trained {len(states)} networks")
     return TrainResult(
         states=states,
-        hyperparameters={**hp.as_dict(), "weight_decay": p.weight_decay},
+        hyperparameters=(
+            {**hp.as_dict(), "weight_decay": p.weight_decay} if hidden else hyper_dict(hp, [])
+        )
+        | ({"C": LINEAR_C} if linear_run is not None else {}),
         validation=validation,
         grid=grid,
         seeds=seeds,
         branches=list(branches),
         selection=selection,
+        hidden=list(hidden),
+        member_hidden=member_hidden,
     )

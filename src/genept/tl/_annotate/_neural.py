@@ -222,9 +222,12 @@ def annotate_scmpt(
     averaged probabilities.
 
     **Model selection** (``select="best"``, the default): on the same validation split
-    each representation alone (the same network with one branch: an MLP probe) competes
-    with the fusion, and the best by ``selection_metric`` is kept, so the model is never
-    worse on validation than its best single branch. A fusion can fall below its better
+    the fusion competes with each representation alone (the same network with one
+    branch: an MLP probe), with the linear fusion (``"linear"``: a logistic regression
+    on the concatenated standardised representations) and with the average of the
+    fusion's and the linear fusion's probabilities (``"fusion+linear"``); the best by
+    ``selection_metric`` is kept, so the model is never worse on validation than its
+    best single branch. A fusion can fall below its better
     input when the other one is weak or noisy (on pbmc68k_reduced, PCA fused with
     GenePT-s scored 0.771 against 0.829 for the PCA probe). ``select="fusion"`` keeps
     the paper's fusion-only training. The winner and every candidate's validation
@@ -308,7 +311,7 @@ def annotate_scmpt(
             "reps": fitted.reps,
             "label_key": fitted.label_key,
             "hidden": fitted.hidden,
-            "n_seeds": len(fitted.state_dicts),
+            "n_seeds": len(fitted.seeds),
             "pretrained": True,
             "device": p.torch_device(),
         }
