@@ -131,3 +131,31 @@ def test_local_folder_model_knows_its_limits_before_first_use(tmp_path):
     )
     assert budget == 254  # 256 minus [CLS] and [SEP]
     assert counts.tolist() == enc.count_tokens(["CD3E", "MS4A1"]).__sub__(2).tolist()
+
+
+def test_minilm_on_cpu_sizes_torch_threads(minilm, monkeypatch):
+    """Encoding runs with torch's thread pool sized like scMPT training (n_jobs), restored after."""
+    import torch
+
+    import genept as gpt
+
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 1
+    seen = []
+    model = minilm.model
+    real = model.encode
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "encode", spy)
+    monkeypatch.setattr(gpt.settings, "n_jobs", target)
+    out = minilm.encode(["CD3E CD3D", "MS4A1 CD79A", "LYZ"], cache=False, batch_size=2)
+    assert out.shape == (3, 384)
+    assert seen == [target, target]  # two batches, both sized
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(model, "encode", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        minilm.encode(["HBB"], cache=False)
+    assert torch.get_num_threads() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -52,6 +53,10 @@ class TextEncoder(ABC):
     @abstractmethod
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Encode one batch (no cache). Returns ``(len(texts), dim)`` float32."""
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """Context of a run of :meth:`_encode` calls (local models size CPU threads here)."""
+        return contextlib.nullcontext()
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Number of model tokens of each text (default: a word-based estimate)."""
@@ -113,7 +118,10 @@ class TextEncoder(ABC):
         # slowest batch comes first so the progress bar's estimate is honest
         todo.sort(key=len, reverse=True)
         n_batches = -(-len(todo) // bs)
-        with progress_bar(len(todo), desc=desc, unit="text", show=show_progress) as bar:
+        with (
+            progress_bar(len(todo), desc=desc, unit="text", show=show_progress) as bar,
+            self._compute() if todo else contextlib.nullcontext(),
+        ):
             for b in range(n_batches):
                 batch = todo[b * bs : (b + 1) * bs]
                 out = np.asarray(self._encode(batch), dtype=np.float32)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .._core._device import resolve_device
+from .._core._device import resolve_device, torch_threads
 from ._base import TextEncoder
 
 __all__ = ["SentenceTransformerEncoder", "packaged_minilm_path"]
@@ -310,7 +310,10 @@ class SentenceTransformerEncoder(TextEncoder):
             sub_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             take = np.repeat(cell_ptr[todo] - sub_ptr[:-1], lens) + np.arange(sub_ptr[-1])
             sub_gene = np.asarray(cell_gene)[take]
-            with progress_bar(todo.size, desc=desc, unit="cell", show=show_progress) as bar:
+            with (
+                progress_bar(todo.size, desc=desc, unit="cell", show=show_progress) as bar,
+                self._compute(),
+            ):
                 vec = encode_gathered(
                     self.model,
                     table,
@@ -326,6 +329,19 @@ class SentenceTransformerEncoder(TextEncoder):
             if store is not None:
                 store.put_many(self.cache_id, [texts[i] for i in todo.tolist()], vec)
         return out
+
+    def _compute(self):
+        """On CPU, torch's thread pool sized to the cores not busy with other work.
+
+        torch's default of one thread per core oversubscribes a machine that other
+        processes keep busy (see :func:`genept._core._device.torch_n_threads`);
+        :attr:`genept.settings.n_jobs` fixes the count.
+        """
+        import contextlib
+
+        if str(self.model.device).startswith("cpu"):
+            return torch_threads(None)
+        return contextlib.nullcontext()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
