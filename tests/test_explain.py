@@ -358,3 +358,33 @@ def test_encoder_loaded_in_inference_mode_still_explains(trained):
     p = a.uns["genept_mlp_attributions_params"]["ig"]
     gap = np.asarray(p["f_x"]) - np.asarray(p["f_baseline"])
     np.testing.assert_allclose(p["completeness_error"], 0, atol=2e-3 + 0.06 * np.abs(gap).max())
+
+
+def test_ig_on_a_fusion_plus_linear_ensemble(trained, explain):
+    """A model whose networks differ (an MLP and a logistic regression, averaged):
+    integrated gradients of the average still sum to f(x) - f(baseline)."""
+    import torch
+
+    adata, model, _ = trained
+    a = adata.copy()
+    g = torch.Generator().manual_seed(0)
+    lin = {
+        "head.weight": torch.randn(2, model.widths[0], generator=g) * 0.3,
+        "head.bias": torch.zeros(2),
+    }
+    both = ScMPTModel(
+        reps=model.reps, widths=model.widths, classes=model.classes, hidden=model.hidden,
+        state_dicts=[model.state_dicts[0], lin], member_hidden=[model.hidden, []],
+        means=model.means, stds=model.stds,
+    )  # fmt: skip
+    gpt.tl.annotate_scmpt(a, model=both, key_added="both", device="cpu")
+    cells = ["c0", "c25"]
+    explain(a, "both", "ig", model=both, groupby="cell_type", cells=cells, n_steps=48)
+    p = a.uns["both_attributions_params"]["ig"]
+    proba = both.predict_proba(a[cells], device="cpu")
+    want = [proba.loc[c, t] for c, t in zip(cells, ["B", "T"], strict=True)]
+    np.testing.assert_allclose(p["f_x"], want, atol=1e-5)
+    rows = a.obs_names.get_indexer(cells)
+    sums = np.asarray(a.obsm["both_attributions_ig"][rows].sum(1)).ravel()
+    gap = np.asarray(p["f_x"]) - np.asarray(p["f_baseline"])
+    np.testing.assert_allclose(sums, gap, atol=2e-3 + 0.06 * np.abs(gap).max())

@@ -94,8 +94,38 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
     # each branch alone confuses one pair of classes (about 3/4 right); together all 4
     assert cand["A"]["val_accuracy"] < 0.85 and cand["B"]["val_accuracy"] < 0.85
     assert cand["fusion"]["val_accuracy"] > 0.95 and cand["linear"]["val_accuracy"] > 0.95
-    # both read both inputs (the linear fusion wins ties on its lower validation loss)
-    assert m.selection["chosen"] in ("fusion", "linear") and m.branches == [0, 1]
+    # no candidate beats the fusion+linear average by a standard error: it is kept
+    assert m.selection["chosen"] == "fusion+linear" and m.branches == [0, 1]
+    assert m.member_hidden == [[32], []]
+
+
+def test_selection_margin_against_the_average():
+    from genept.models.scmpt._train import paired_margins
+
+    # known answer: 4 validation cells, the default right on 2, a candidate on 3
+    y = torch.tensor([0, 1, 0, 1])
+    default = {"val_proba": np.array([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.2, 0.8]]),
+               "val_accuracy": 0.5, "val_loss": 0.0}
+    cand = {"val_proba": np.array([[0.8, 0.2], [0.3, 0.7], [0.7, 0.3], [0.6, 0.4]]),
+            "val_accuracy": 0.75, "val_loss": 0.0}  # fmt: skip
+    (diff, se), = paired_margins({"c": cand}, default, y, "accuracy").values()
+    d = np.array([1, 1, 1, 0]) - np.array([1, 0, 0, 1])
+    assert diff == pytest.approx(0.25) and se == pytest.approx(d.std(ddof=1) / 2)
+
+    # a noise branch: "A" alone beats the average clearly; with an unreachable margin the
+    # average is kept, and with margin 0 the plain best on validation wins
+    ref = noise_branch_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    vs = m.selection["candidates"]["A"]["vs_default"]
+    assert m.selection["chosen"] == "A" and vs["diff"] > vs["se"] > 0
+    keep = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, selection_margin=1e9, **FAST)
+    assert keep.selection["chosen"] == "fusion+linear" and keep.member_hidden == [[32], []]
+    cand = keep.selection["candidates"]
+    best = max(cand, key=lambda n: (cand[n]["val_accuracy"], -cand[n]["val_loss"]))
+    plain = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, selection_margin=0, **FAST)
+    assert cand[plain.selection["chosen"]]["val_accuracy"] == cand[best]["val_accuracy"]
+    with pytest.raises(ValueError, match="selection_margin"):
+        ScMPTModel.fit(ref, reps=["A", "B"], selection_margin=-1, **FAST)
 
 
 def test_annotate_scmpt_reports_the_selection():

@@ -192,6 +192,38 @@ def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
     }
 
 
+def paired_margins(
+    infos: Mapping[str, dict], default: dict, y_va, metric: str
+) -> dict[str, tuple[float, float]]:
+    """Each candidate's validation advantage over the default and its standard error.
+
+    Per validation cell: correctness (``metric="accuracy"`` or ``"f1_macro"``, whose
+    per-cell noise is taken to be that of the accuracy) or negative log-loss
+    (``"loss"``) of the candidate minus that of the default; the advantage is the
+    metric's difference, the standard error that of the mean per-cell difference.
+    """
+    yv = y_va.numpy()
+    idx = np.arange(yv.size)
+
+    def per_cell(info: dict) -> np.ndarray:
+        proba = info["val_proba"]
+        if metric == "loss":
+            return np.log(np.clip(proba[idx, yv], 1e-12, None))
+        return (proba.argmax(1) == yv).astype(np.float64)
+
+    base = per_cell(default)
+    out = {}
+    for name, info in infos.items():
+        d = per_cell(info) - base
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
+        if metric == "loss":
+            diff = float(default["val_loss"] - info["val_loss"])
+        else:
+            diff = float(info[f"val_{metric}"] - default[f"val_{metric}"])
+        out[name] = (diff, se)
+    return out
+
+
 def stratified_split(
     codes: np.ndarray, val_size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -477,10 +509,22 @@ def train(
                     **{k: info[k] for k in _VAL_KEYS},
                     "hyperparameters": {**hyper_dict(f_run[1], p.hidden), "C": LINEAR_C},
                 }
-                score = score_of(info)
-                if score > best_score:
-                    best_score, hp = score, f_run[1]
-                    best_first = (f_run[2], f_run[3])
+                # the ensemble is the default; another candidate replaces it only if it
+                # is better on validation by more than `selection_margin` standard errors
+                # of the paired per-cell difference (small validation sets are noisy)
+                margins = paired_margins(
+                    {n: r[3] for n, r in runs.items()}, info, y_va, p.selection_metric
+                )
+                for n, (diff, se) in margins.items():
+                    scores[n]["vs_default"] = {"diff": diff, "se": se}
+                ahead = [n for n, (diff, se) in margins.items() if diff > p.selection_margin * se]
+                if ahead:
+                    chosen = max(ahead, key=lambda n: runs[n][0])
+                    _, hp, st0, info0 = runs[chosen]
+                    best_first = (st0, info0)
+                    _, branches, hidden = next(c for c in cands if c[0] == chosen)
+                else:
+                    hp, best_first = f_run[1], (f_run[2], f_run[3])
                     chosen, branches, hidden = ens, cands[0][1], cands[0][2]
                     linear_run = (l_run[2], l_run[3])
         for i, seed in enumerate(seeds):

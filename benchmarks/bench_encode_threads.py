@@ -1,0 +1,103 @@
+"""Benchmark: GenePT-s encoding speed on CPU, torch's default thread pool vs genept's sizing.
+
+Encodes the cell sentences of ``sc.datasets.pbmc68k_reduced()`` (the log-normalised
+``.raw``) with the packaged all-MiniLM-L6-v2 (``gpt.tl.embed_cells(method="s",
+cache=False)``), in a fresh Python process per run:
+
+* ``torch default``: ``gpt.settings.n_jobs = -1``, one torch thread per core, as torch
+  sets it (what genept did before);
+* ``genept auto``: ``gpt.settings.n_jobs = None``, the cores not kept busy by other
+  processes (:func:`genept._core._device.torch_n_threads`).
+
+Conditions: ``quiet``, and ``busy`` -- as many ``python -c "while True: pass"`` processes
+as cores, started before and killed after each busy run. The ratio default/auto is
+measured within one invocation, so it holds on any machine::
+
+    python benchmarks/bench_encode_threads.py                  # ~3-10 min on 2 cores
+    python benchmarks/bench_encode_threads.py --cells 100 --conditions busy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+WORKER = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import scanpy as sc
+import genept as gpt
+n_cells, n_jobs = int(sys.argv[1]), json.loads(sys.argv[2])
+gpt.settings.progress = False
+gpt.settings.n_jobs = n_jobs
+a = sc.datasets.pbmc68k_reduced().raw.to_adata()[:n_cells].copy()
+enc = gpt.encoders.get_encoder("all-MiniLM-L6-v2", device="cpu")
+enc.encode(["warm up the model"], cache=False)
+import torch
+threads = torch.get_num_threads()
+from genept._core._device import torch_n_threads
+used = torch_n_threads()
+t = time.perf_counter()
+gpt.tl.embed_cells(a, method="s", model=enc, cache=False, show_progress=False)
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "cells_per_s": n_cells / dt, "threads": used}))
+"""
+
+
+def run(n_cells: int, n_jobs: int | None, busy: int, timeout: float) -> dict:
+    hogs = []
+    try:
+        for _ in range(busy):
+            hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        if hogs:
+            time.sleep(1.0)
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", WORKER, str(n_cells), json.dumps(n_jobs)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"seconds": float("inf"), "cells_per_s": n_cells / timeout, "threads": "?"}
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"])
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"pbmc68k_reduced cell sentences, {args.cells} cells, all-MiniLM-L6-v2; {cores} cores\n")
+    print("| condition | torch threads | threads | seconds | cells/s | default/auto time |")
+    print("|---|---|---:|---:|---:|---:|")
+    for cond in args.conditions:
+        res = {}
+        for name, n_jobs in (("torch default", -1), ("genept auto", None)):
+            r = res[name] = run(args.cells, n_jobs, cores if cond == "busy" else 0, args.timeout)
+            ratio = ""
+            if name == "genept auto":
+                ratio = f"{res['torch default']['seconds'] / r['seconds']:.1f}x"
+            print(
+                f"| {cond} | {name} | {r['threads']} | {r['seconds']:.1f} | "
+                f"{r['cells_per_s']:.1f} | {ratio} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
