@@ -104,7 +104,7 @@ def prepare(path: Path, second: str) -> str:
             gpt.tl.embed_genes(raw)
             gpt.tl.embed_cells(raw, method="w")
             sec, what = np.asarray(raw.obsm["X_genept_w"]), "GenePT-w"
-        except Exception as e:  # noqa: BLE001 - fall back to a second PCA, said aloud
+        except Exception as e:
             print(f"GenePT-w failed ({type(e).__name__}: {e}); using a PCA of odd genes")
     if sec is None:
         r2 = ad.AnnData(a.raw.X[:, 1::2].copy())

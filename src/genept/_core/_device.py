@@ -247,7 +247,7 @@ def torch_n_threads(n_jobs: int | None = None) -> int:
     if n_jobs is not None:
         return resolve_n_jobs(n_jobs)
     cores = available_cores()
-    return max(1, min(cores, cores - int(round(busy_cores()))))
+    return max(1, min(cores, cores - round(busy_cores())))
 
 
 @contextmanager

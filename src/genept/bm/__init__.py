@@ -25,13 +25,13 @@ if TYPE_CHECKING:
         sample_negative_pairs,
     )
     from ._leakage import lexical_leakage
+    from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
     from ._markers import (
         PBMC68K_MARKER_TYPES,
         cellmarker_markers,
         marker_recovery,
         marker_sets,
     )
-    from ._loaders import dosage_sensitive_tfs, gene2vec_ggi, huri, panglao_markers
     from ._probes import ABLATION_MODES, ablation_embeddings, marker_similarity
 
 # the names above, imported on first access

@@ -249,8 +249,11 @@ class _TextModel:
 
 
 def _out_of_inference_mode(module) -> None:
-    """Replace weights created under ``torch.inference_mode`` (a model first loaded inside
-    it) by normal copies, which autograd accepts; values are unchanged."""
+    """Replace inference tensors of ``module`` by normal copies, which autograd accepts.
+
+    Weights created under ``torch.inference_mode`` (a model first loaded inside it) are
+    inference tensors; the copies have the same values.
+    """
     import torch
 
     for m in module.modules():
