@@ -158,7 +158,9 @@ def main() -> None:
         data = Path(tmp) / "pbmc.npz"
         desc = prepare(data, args.second)
         print(f"pbmc68k_reduced, bulk_labels, {desc}; {cores} cores; query 140 cells\n")
-        print("| condition | ref cells | defaults | time (s) | accuracy | macro-F1 | chosen | before/after |")
+        print(
+            "| condition | ref cells | defaults | time (s) | accuracy | macro-F1 | chosen | before/after |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for cond in args.conditions:
             for size in args.sizes:
@@ -175,7 +177,9 @@ def main() -> None:
                     if name == "after" and "before" in res:
                         tb = res["before"]["time"]
                         ratio = (
-                            f"{tb / r['time']:.1f}x" if np.isfinite(tb) else f">{args.timeout / r['time']:.0f}x"
+                            f"{tb / r['time']:.1f}x"
+                            if np.isfinite(tb)
+                            else f">{args.timeout / r['time']:.0f}x"
                         )
                     print(
                         f"| {cond} | {size} | {name} | {t} | {acc} | {f1} | "

@@ -303,9 +303,11 @@ def fetch(names: list[str] | None = None) -> dict[str, float]:
             adata = BUILDERS[name](Path(tmp))
         adata.write_h5ad(DATASETS[name]["path"], compression="gzip")
         times[name] = time.perf_counter() - t0
-        print(f"{name}: {adata.n_obs} cells x {adata.n_vars} genes, "
-              f"{adata.obs['label'].nunique()} types -> {DATASETS[name]['path']} "
-              f"({times[name]:.1f} s)")
+        print(
+            f"{name}: {adata.n_obs} cells x {adata.n_vars} genes, "
+            f"{adata.obs['label'].nunique()} types -> {DATASETS[name]['path']} "
+            f"({times[name]:.1f} s)"
+        )
     return times
 
 
@@ -316,16 +318,20 @@ def table() -> str:
     --------
     >>> print(table())                                      # doctest: +SKIP
     """
-    rows = ["| name | cells | genes | types | x_kind | species | labels_from | source |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| name | cells | genes | types | x_kind | species | labels_from | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, d in DATASETS.items():
         try:
             a = load(name)
             n = (a.n_obs, a.n_vars, a.obs["label"].nunique())
         except FileNotFoundError:
             n = ("missing",) * 3
-        rows.append(f"| {name} | {n[0]} | {n[1]} | {n[2]} | {d['x_kind']} | {d['species']} "
-                    f"| {d['labels_from']} | {d['source']} |")
+        rows.append(
+            f"| {name} | {n[0]} | {n[1]} | {n[2]} | {d['x_kind']} | {d['species']} "
+            f"| {d['labels_from']} | {d['source']} |"
+        )
     return "\n".join(rows)
 
 

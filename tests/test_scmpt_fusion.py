@@ -56,7 +56,9 @@ def complementary_data(n=240, seed=0):
     cb = {"a": [0, 4], "b": [0, 4], "c": [4, 0], "d": [-4, 0]}
     a = np.array([ca[c] for c in y], float) + rng.normal(size=(n, 2))
     b = np.array([cb[c] for c in y], float) + rng.normal(size=(n, 2))
-    return _adata(y, {"A": np.c_[a, rng.normal(size=(n, 3))], "B": np.c_[b, rng.normal(size=(n, 3))]})
+    return _adata(
+        y, {"A": np.c_[a, rng.normal(size=(n, 3))], "B": np.c_[b, rng.normal(size=(n, 3))]}
+    )
 
 
 # ------------------------------------------------------------------- model selection
@@ -104,11 +106,14 @@ def test_selection_margin_against_the_average():
 
     # known answer: 4 validation cells, the default right on 2, a candidate on 3
     y = torch.tensor([0, 1, 0, 1])
-    default = {"val_proba": np.array([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.2, 0.8]]),
-               "val_accuracy": 0.5, "val_loss": 0.0}
+    default = {
+        "val_proba": np.array([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.2, 0.8]]),
+        "val_accuracy": 0.5,
+        "val_loss": 0.0,
+    }
     cand = {"val_proba": np.array([[0.8, 0.2], [0.3, 0.7], [0.7, 0.3], [0.6, 0.4]]),
             "val_accuracy": 0.75, "val_loss": 0.0}  # fmt: skip
-    (diff, se), = paired_margins({"c": cand}, default, y, "accuracy").values()
+    ((diff, se),) = paired_margins({"c": cand}, default, y, "accuracy").values()
     d = np.array([1, 1, 1, 0]) - np.array([1, 0, 0, 1])
     assert diff == pytest.approx(0.25) and se == pytest.approx(d.std(ddof=1) / 2)
 
@@ -170,7 +175,8 @@ def test_linear_candidate_is_a_logistic_regression_on_both_inputs(tmp_path):
     )  # fmt: skip
     q = linear_data(seed=1)
     z = np.c_[
-        (q.obsm["A"] - paper.means[0]) / paper.stds[0], (q.obsm["B"] - paper.means[1]) / paper.stds[1]
+        (q.obsm["A"] - paper.means[0]) / paper.stds[0],
+        (q.obsm["B"] - paper.means[1]) / paper.stds[1],
     ]
     logits = z @ (np.ones((4, 40)) * np.arange(40.0) / 40).T + [0.1, -0.2, 0.3, 0.0]
     ref_p = np.exp(logits - logits.max(1, keepdims=True))
@@ -306,7 +312,11 @@ def test_thread_count_follows_free_cores_and_settings(monkeypatch):
 
 def test_available_and_busy_cores_are_sane():
     n = available_cores()
-    assert 1 <= n <= (len(_device.os.sched_getaffinity(0)) if hasattr(_device.os, "sched_getaffinity") else n)
+    assert (
+        1
+        <= n
+        <= (len(_device.os.sched_getaffinity(0)) if hasattr(_device.os, "sched_getaffinity") else n)
+    )
     assert _device.busy_cores(samples=2, interval=0.0) >= 0
 
 
@@ -343,9 +353,7 @@ def test_empty_cells_get_no_label_mlp():
     ref = complementary_data()
     query = complementary_data(n=40, seed=3)
     query.obsm["A"][[2, 7]] = 0
-    annotate_mlp(
-        query, ref, use_rep="A", hidden=32, epochs=30, lr=3e-3, device="cpu", n_jobs=1
-    )
+    annotate_mlp(query, ref, use_rep="A", hidden=32, epochs=30, lr=3e-3, device="cpu", n_jobs=1)
     assert query.obs["genept_mlp"].isna().tolist() == [i in (2, 7) for i in range(40)]
     assert np.isnan(query.obsm["genept_mlp_proba"][[2, 7]]).all()
     assert (query.obs["genept_mlp_confidence"].iloc[[2, 7]] == 0).all()
@@ -361,19 +369,39 @@ def _relabel(adata, mapping, dtype=None):
     "ref_map, ref_dtype, query_map, query_dtype",
     [
         # int codes in the reference, strings in the query
-        ({"a": 0, "b": 1, "c": 2, "d": 3}, "int64", {"a": "0", "b": "1", "c": "2", "d": "3"}, object),
+        (
+            {"a": 0, "b": 1, "c": 2, "d": 3},
+            "int64",
+            {"a": "0", "b": "1", "c": "2", "d": "3"},
+            object,
+        ),
         # categorical reference, object query
-        ({"a": "T", "b": "B", "c": "NK", "d": "Mono"}, "category",
-         {"a": "T", "b": "B", "c": "NK", "d": "Mono"}, object),
+        (
+            {"a": "T", "b": "B", "c": "NK", "d": "Mono"},
+            "category",
+            {"a": "T", "b": "B", "c": "NK", "d": "Mono"},
+            object,
+        ),
         # float reference (1.0), int query (1)
-        ({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, "float64", {"a": 1, "b": 2, "c": 3, "d": 4}, "int64"),
+        (
+            {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0},
+            "float64",
+            {"a": 1, "b": 2, "c": 3, "d": 4},
+            "int64",
+        ),
         # int categorical reference, float query with a missing label
-        ({"a": 1, "b": 2, "c": 3, "d": 4}, "category",
-         {"a": 1.0, "b": 2.0, "c": 3.0, "d": np.nan}, "float64"),
+        (
+            {"a": 1, "b": 2, "c": 3, "d": 4},
+            "category",
+            {"a": 1.0, "b": 2.0, "c": 3.0, "d": np.nan},
+            "float64",
+        ),
     ],
 )
 @pytest.mark.parametrize("method", ["mlp", "scmpt"])
-def test_query_metrics_compare_labels_across_dtypes(method, ref_map, ref_dtype, query_map, query_dtype):
+def test_query_metrics_compare_labels_across_dtypes(
+    method, ref_map, ref_dtype, query_map, query_dtype
+):
     ref = _relabel(complementary_data(), ref_map, ref_dtype)
     query = complementary_data(n=80, seed=5)
     truth_letters = query.obs["cell_type"].to_numpy().copy()
