@@ -99,6 +99,19 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
     # no candidate beats the fusion+linear average by a standard error: it is kept
     assert m.selection["chosen"] == "fusion+linear" and m.branches == [0, 1]
     assert m.member_hidden == [[32], []]
+    # the logistic regression of the average is refit on every reference cell: it is
+    # scikit-learn's on the standardised inputs (independent reference computation)
+    from sklearn.linear_model import LogisticRegression
+
+    assert m.selection["linear_refit_on_all"] is True
+    z = np.hstack([(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds)])
+    y = ref.obs["cell_type"].to_numpy()
+    want = LogisticRegression(C=1.0, max_iter=1000).fit(z, y).predict_proba(z)
+    lin = ScMPTModel(
+        reps=["A", "B"], widths=m.widths, classes=m.classes, hidden=[],
+        state_dicts=[m.state_dicts[1]], means=m.means, stds=m.stds,
+    )  # fmt: skip
+    np.testing.assert_allclose(lin.predict_proba(ref).to_numpy(), want, atol=1e-4)
 
 
 def test_selection_margin_against_the_average():

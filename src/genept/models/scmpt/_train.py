@@ -545,10 +545,21 @@ def train(
             progress.update()
     progress.close()
     member_hidden = [list(hidden)] * len(states)
+    refit = split is not None and (linear_run is not None or not hidden)
+    if refit:
+        # the logistic regression needs no early stopping: once chosen (alone or in the
+        # average) it is refit on every labelled reference cell, validation ones included
+        # (the validation scores above are those of the fit on the training part)
+        lin_state, _ = train_linear(
+            [tensors[i] for i in branches], y_t, None, None,
+            n_classes=n_classes, class_weight=cw, device=dev,
+        )  # fmt: skip
+        if not hidden:
+            states = [lin_state] * len(states)
     if linear_run is not None:
         # the logistic regression is deterministic: one copy per seed network makes the
         # ensemble's average exactly half MLPs, half logistic regression
-        states += [linear_run[0]] * len(seeds)
+        states += [lin_state] * len(seeds)
         member_hidden += [[]] * len(seeds)
     validation = summarise_validation(infos, split, codes, n_classes)
     validation.update(n_train=int(n_train), n_val=int(n_val))
@@ -559,6 +570,7 @@ def train(
         "reps": [names[i] for i in branches],
         "hidden": list(hidden),
         "candidates": scores,
+        "linear_refit_on_all": bool(refit),
     }
     if len(cands) > 1:
         logg.info(
