@@ -104,7 +104,9 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
     from sklearn.linear_model import LogisticRegression
 
     assert m.selection["linear_refit_on_all"] is True
-    z = np.hstack([(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds)])
+    z = np.hstack(
+        [(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
+    )
     y = ref.obs["cell_type"].to_numpy()
     want = LogisticRegression(C=1.0, max_iter=1000).fit(z, y).predict_proba(z)
     lin = ScMPTModel(
