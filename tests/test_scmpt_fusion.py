@@ -117,7 +117,7 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
 
 
 def test_selection_margin_against_the_average():
-    from genept.models.scmpt._train import paired_margins
+    from genept.models.scmpt._train import margins_over_default
 
     # known answer: 4 validation cells, the default right on 2, a candidate on 3
     y = torch.tensor([0, 1, 0, 1])
@@ -128,9 +128,11 @@ def test_selection_margin_against_the_average():
     }
     cand = {"val_proba": np.array([[0.8, 0.2], [0.3, 0.7], [0.7, 0.3], [0.6, 0.4]]),
             "val_accuracy": 0.75, "val_loss": 0.0}  # fmt: skip
-    ((diff, se),) = paired_margins({"c": cand}, default, y, "accuracy").values()
-    d = np.array([1, 1, 1, 0]) - np.array([1, 0, 0, 1])
-    assert diff == pytest.approx(0.25) and se == pytest.approx(d.std(ddof=1) / 2)
+    ((diff, se),) = margins_over_default({"c": cand}, default, y, "accuracy").values()
+    assert diff == pytest.approx(0.25) and se == pytest.approx(np.sqrt(0.5 * 0.5 / 4))
+    ((diff, se),) = margins_over_default({"c": cand}, default, y, "loss").values()
+    nll = -np.log([0.9, 0.4, 0.4, 0.8])
+    assert diff == 0.0 and se == pytest.approx(nll.std(ddof=1) / 2)
 
     # a noise branch: "A" alone beats the average clearly; with an unreachable margin the
     # average is kept, and with margin 0 the plain best on validation wins

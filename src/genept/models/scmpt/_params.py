@@ -78,10 +78,11 @@ select
     and the winner are recorded in ``ScMPTModel.selection`` and
     ``uns[key_added]["selection"]``.
 selection_margin
-    How much better (in standard errors of the paired per-cell difference on the
-    validation cells) a candidate must be than ``"fusion+linear"`` to replace it;
-    ``0``: the best by ``selection_metric`` (ties keep the average). A branch that
-    is pure noise loses clearly, so the selection still falls back to the better
+    How much better on validation a candidate must be than ``"fusion+linear"`` to
+    replace it, in standard errors of the average's own validation estimate (the
+    one-standard-error rule; for accuracy ``sqrt(p (1 - p) / n_val)``); ``0``: the
+    best by ``selection_metric`` (ties keep the average). A branch that is pure noise
+    loses by many standard errors, so the selection still falls back to the better
     branch alone.
 n_jobs
     CPU threads for torch while training and predicting; ``None``:

@@ -192,30 +192,28 @@ def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
     }
 
 
-def paired_margins(
+def margins_over_default(
     infos: Mapping[str, dict], default: dict, y_va, metric: str
 ) -> dict[str, tuple[float, float]]:
-    """Each candidate's validation advantage over the default and its standard error.
+    """Each candidate's validation advantage over the default, and the default's standard error.
 
-    Per validation cell: correctness (``metric="accuracy"`` or ``"f1_macro"``, whose
-    per-cell noise is taken to be that of the accuracy) or negative log-loss
-    (``"loss"``) of the candidate minus that of the default; the advantage is the
-    metric's difference, the standard error that of the mean per-cell difference.
+    The one-standard-error rule (Hastie, Tibshirani & Friedman, *The Elements of
+    Statistical Learning*, 7.10): the advantage is the difference in ``metric``
+    (accuracy, macro-F1, or the loss with its sign flipped) and the yardstick is the
+    standard error of the default's own validation estimate -- ``sqrt(p (1 - p) / n)``
+    for accuracy (also used for macro-F1) and the standard error of the mean per-cell
+    log-loss for ``"loss"``.
     """
     yv = y_va.numpy()
-    idx = np.arange(yv.size)
-
-    def per_cell(info: dict) -> np.ndarray:
-        proba = info["val_proba"]
-        if metric == "loss":
-            return np.log(np.clip(proba[idx, yv], 1e-12, None))
-        return (proba.argmax(1) == yv).astype(np.float64)
-
-    base = per_cell(default)
+    n = yv.size
+    if metric == "loss":
+        nll = -np.log(np.clip(default["val_proba"][np.arange(n), yv], 1e-12, None))
+        se = float(nll.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    else:
+        acc = float(default["val_accuracy"])
+        se = float(np.sqrt(acc * (1 - acc) / n)) if n else float("inf")
     out = {}
     for name, info in infos.items():
-        d = per_cell(info) - base
-        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
         if metric == "loss":
             diff = float(default["val_loss"] - info["val_loss"])
         else:
@@ -511,8 +509,8 @@ def train(
                 }
                 # the ensemble is the default; another candidate replaces it only if it
                 # is better on validation by more than `selection_margin` standard errors
-                # of the paired per-cell difference (small validation sets are noisy)
-                margins = paired_margins(
+                # of the average's own estimate (small validation sets are noisy)
+                margins = margins_over_default(
                     {n: r[3] for n, r in runs.items()}, info, y_va, p.selection_metric
                 )
                 for n, (diff, se) in margins.items():

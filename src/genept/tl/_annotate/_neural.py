@@ -225,12 +225,16 @@ def annotate_scmpt(
     the fusion competes with each representation alone (the same network with one
     branch: an MLP probe), with the linear fusion (``"linear"``: a logistic regression
     on the concatenated standardised representations) and with the average of the
-    fusion's and the linear fusion's probabilities (``"fusion+linear"``); the best by
-    ``selection_metric`` is kept, so the model is never worse on validation than its
-    best single branch. A fusion can fall below its better
-    input when the other one is weak or noisy (on pbmc68k_reduced, PCA fused with
-    GenePT-s scored 0.771 against 0.829 for the PCA probe). ``select="fusion"`` keeps
-    the paper's fusion-only training. The winner and every candidate's validation
+    fusion's and the linear fusion's probabilities (``"fusion+linear"``). The average
+    is kept unless another candidate is better on validation by more than
+    ``selection_margin`` standard errors of the average's own estimate (the
+    one-standard-error rule): on a validation split of a few hundred cells the single
+    best candidate is mostly noise, while a clearly better branch -- the other one
+    being noise -- still wins, so the model does not fall below its better branch.
+    ``selection_margin=0`` keeps the best by ``selection_metric``. (The paper's fusion
+    alone can fall below its better input when the other one is weak or noisy: on
+    pbmc68k_reduced, PCA fused with GenePT-s scored 0.771 against 0.829 for the PCA
+    probe.) ``select="fusion"`` keeps the paper's fusion-only training. The winner and every candidate's validation
     scores are in ``uns[key_added]["selection"]``.
 
     The paper used ``hidden=4096``, 5 seeds and a per-dataset grid over the four
