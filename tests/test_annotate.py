@@ -625,7 +625,7 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     from genept.models import ScMPTParams
 
     names = ScMPTParams.names()
-    assert len(names) == 18 and "lr_grid" in names and "select" in names
+    assert len(names) == 19 and "lr_grid" in names and "select" in names
     for fn in (ScMPTModel.fit, annotate_scmpt):
         sig = inspect.signature(fn).parameters
         assert all(sig[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)

@@ -103,7 +103,7 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
     # scikit-learn's on the standardised inputs (independent reference computation)
     from sklearn.linear_model import LogisticRegression
 
-    assert m.selection["linear_refit_on_all"] is True
+    assert m.selection["refit_on_all"] is True
     z = np.hstack(
         [(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
     )
@@ -438,3 +438,21 @@ def test_query_metrics_compare_labels_across_dtypes(
     assert m["n_cells"] == int(labelled.sum())
     assert m["accuracy"] == pytest.approx(expected)
     assert expected > 0.6  # A alone gets a/b right: the comparison is not all-miss
+
+
+def test_refit_retrains_the_chosen_network_on_every_reference_cell():
+    ref = noise_branch_data()
+    a = ScMPTModel.fit(ref, reps=["A"], n_seeds=1, **FAST)
+    b = ScMPTModel.fit(ref, reps=["A"], n_seeds=1, refit=False, **FAST)
+    # the same selection and validation (networks trained on the training part) ...
+    assert a.validation["accuracy_per_seed"] == b.validation["accuracy_per_seed"]
+    assert a.selection["refit_on_all"] and not b.selection["refit_on_all"]
+    # ... but the kept network is retrained on all cells for the chosen epoch count:
+    # the same as training on all cells (no split) for that many epochs
+    e = a.validation["best_epoch_per_seed"][0]
+    assert 1 <= e <= 40
+    with pytest.warns(UserWarning, match="too small for a stratified validation split"):
+        c = ScMPTModel.fit(ref, reps=["A"], n_seeds=1, **{**FAST, "epochs_grid": (e,)}, val_size=0)
+    for k, v in a.state_dicts[0].items():
+        torch.testing.assert_close(v, c.state_dicts[0][k])
+    assert any(not torch.equal(v, b.state_dicts[0][k]) for k, v in a.state_dicts[0].items())

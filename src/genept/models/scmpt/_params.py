@@ -50,6 +50,11 @@ val_size
     training only.
 n_seeds
     Networks in the seed ensemble.
+refit
+    After the selection on the validation split, retrain the chosen model on every
+    labelled reference cell: each seed network for the number of epochs its early
+    stopping chose, a logistic regression to convergence. The validation metrics are
+    those of the networks trained on the training part. ``False``: keep those.
 early_stopping, patience
     Stop when the validation loss has not improved for ``patience`` epochs and keep
     the best epoch's weights.
@@ -126,6 +131,7 @@ class ScMPTParams:
     val_size: float = 0.2
     n_seeds: int = 3
     early_stopping: bool = True
+    refit: bool = True
     patience: int = 5
     class_weight: Literal["balanced"] | Mapping[str, float] | None = None
     standardize: bool = True

@@ -393,7 +393,8 @@ def train(
     }
     n_search = sum(len(configs) if hid else 1 for _, _, hid in cands)
     progress = progress_bar(
-        (n_search if n_search > 1 and split is not None else 0) + len(seeds),
+        (n_search if n_search > 1 and split is not None else 0)
+        + len(seeds) * (2 if p.refit and split is not None else 1),
         desc="scMPT",
         unit="run",
     )
@@ -541,9 +542,20 @@ def train(
             states.append(st)
             infos.append(info if linear_run is None else mean_of(info, linear_run[1], y_va, cw))
             progress.update()
+        if p.refit and hidden:
+            # each seed network retrained on every labelled reference cell (validation
+            # ones included) for the epochs its early stopping chose on the split
+            for i, seed in enumerate(seeds):
+                hp_all = Hyper(hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay)
+                states[i], _ = train_one(
+                    [tensors[j] for j in branches], y_t, None, None,
+                    in_dims=dims(branches), hidden=hidden, hp=hp_all,
+                    early_stopping=False, seed=seed, **common,
+                )  # fmt: skip
+                progress.update()
     progress.close()
     member_hidden = [list(hidden)] * len(states)
-    refit = split is not None and (linear_run is not None or not hidden)
+    refit = split is not None and p.refit and (linear_run is not None or not hidden)
     if refit:
         # the logistic regression needs no early stopping: once chosen (alone or in the
         # average) it is refit on every labelled reference cell, validation ones included
@@ -568,7 +580,7 @@ def train(
         "reps": [names[i] for i in branches],
         "hidden": list(hidden),
         "candidates": scores,
-        "linear_refit_on_all": bool(refit),
+        "refit_on_all": bool(split is not None and p.refit),
     }
     if len(cands) > 1:
         logg.info(
