@@ -134,7 +134,7 @@ def test_local_folder_model_knows_its_limits_before_first_use(tmp_path):
 
 
 def test_minilm_on_cpu_sizes_torch_threads(minilm, monkeypatch):
-    """Encoding runs with torch's thread pool sized like scMPT training (n_jobs), restored after."""
+    """settings.n_jobs sizes torch's pool while encoding (restored after); unset, torch's own."""
     import torch
 
     import genept as gpt
@@ -155,6 +155,11 @@ def test_minilm_on_cpu_sizes_torch_threads(minilm, monkeypatch):
     assert out.shape == (3, 384)
     assert seen == [target, target]  # two batches, both sized
     assert torch.get_num_threads() == before
+    seen.clear()
+    monkeypatch.setattr(gpt.settings, "n_jobs", None)
+    minilm.encode(["CD14"], cache=False)
+    assert seen == [before]  # left at torch's default
+    monkeypatch.setattr(gpt.settings, "n_jobs", target)
     monkeypatch.setattr(model, "encode", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         minilm.encode(["HBB"], cache=False)

@@ -331,16 +331,20 @@ class SentenceTransformerEncoder(TextEncoder):
         return out
 
     def _compute(self):
-        """On CPU, torch's thread pool sized to the cores not busy with other work.
+        """On CPU with :attr:`genept.settings.n_jobs` set, torch's thread pool of that size.
 
-        torch's default of one thread per core oversubscribes a machine that other
-        processes keep busy (see :func:`genept._core._device.torch_n_threads`);
-        :attr:`genept.settings.n_jobs` fixes the count.
+        Left at torch's default otherwise: unlike scMPT's small networks, whose
+        spin-waiting thread pool collapses on a busy machine, the encoder's large
+        matrix products lose nothing to a busy machine by using every core, and sizing
+        the pool to the free cores made encoding slower (0.8x with two busy cores,
+        ``benchmarks/bench_encode_threads.py``).
         """
         import contextlib
 
-        if str(self.model.device).startswith("cpu"):
-            return torch_threads(None)
+        from .._settings import settings
+
+        if settings.n_jobs is not None and str(self.model.device).startswith("cpu"):
+            return torch_threads(settings.n_jobs)
         return contextlib.nullcontext()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
