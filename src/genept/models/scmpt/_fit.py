@@ -1,0 +1,175 @@
+"""One scMPT network trained on arrays, with its validation record.
+
+:func:`train_one` trains the MLP / fusion network, :func:`train_linear` the linear
+candidate (a logistic regression stored as a network without hidden layers).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from ._net import make_net, predict, val_loss
+
+__all__ = [
+    "LINEAR_C",
+    "LINEAR_HYPER",
+    "Hyper",
+    "hyper_dict",
+    "scores",
+    "train_linear",
+    "train_one",
+    "validate",
+]
+
+
+def scores(proba: np.ndarray, yv: np.ndarray, loss: float) -> dict[str, Any]:
+    """The validation record of class probabilities ``proba`` for labels ``yv``."""
+    pred = proba.argmax(1)
+    return {
+        "val_loss": float(loss),
+        "val_accuracy": float((pred == yv).mean()),
+        "val_f1_macro": float(f1_score(yv, pred, average="macro", zero_division=0)),
+        "val_proba": proba,
+    }
+
+
+def validate(model: nn.Module, xs_va, y_va, loss_fn, device: str) -> dict[str, Any]:
+    """:func:`scores` of ``model`` on the validation tensors."""
+    proba = predict(model, xs_va, device)
+    return scores(proba, y_va.numpy(), val_loss(model, xs_va, y_va, loss_fn, device))
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float
+    epochs: int
+    batch_size: int
+    decay: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "decay": self.decay,
+        }
+
+
+def train_one(
+    xs_tr,
+    y_tr,
+    xs_va,
+    y_va,
+    *,
+    in_dims: Sequence[int],
+    hidden: Sequence[int],
+    n_classes: int,
+    hp: Hyper,
+    weight_decay: float,
+    class_weight,
+    early_stopping: bool,
+    patience: int,
+    seed: int,
+    device: str,
+) -> tuple[dict, dict[str, Any]]:
+    """Train one network; returns its (CPU) state dict and validation results."""
+    model = make_net(in_dims, hidden, n_classes, seed=seed).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.decay)
+    loss_fn = nn.CrossEntropyLoss(weight=None if class_weight is None else class_weight.to(device))
+    n = y_tr.shape[0]
+    has_val = xs_va is not None
+    best_loss, best_state, best_epoch, bad = math.inf, None, hp.epochs, 0
+    epoch = 0
+    for epoch in range(1, hp.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, hp.batch_size):
+            idx = perm[s : s + hp.batch_size]
+            batch = [x[idx].to(device, non_blocking=True) for x in xs_tr]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(batch), y_tr[idx].to(device))
+            loss.backward()
+            opt.step()
+        sched.step()
+        if has_val and early_stopping:
+            vloss = val_loss(model, xs_va, y_va, loss_fn, device)
+            if vloss < best_loss - 1e-7:
+                best_loss, best_epoch, bad = vloss, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    info: dict[str, Any] = {"epochs_run": epoch, "best_epoch": best_epoch}
+    if has_val:
+        info.update(validate(model, xs_va, y_va, loss_fn, device))
+    return state, info
+
+
+#: inverse L2 strength of the linear candidate (scikit-learn's and celltypist's default)
+LINEAR_C = 1.0
+#: the grid does not apply to the linear candidate: its row in ``grid`` carries these
+LINEAR_HYPER = Hyper(float("nan"), 0, 0, float("nan"))
+
+
+def hyper_dict(hp: Hyper, hidden: Sequence[int]) -> dict[str, Any]:
+    """The hyper-parameters of a candidate as recorded (the linear one: its ``C``)."""
+    return hp.as_dict() if len(hidden) else {"C": LINEAR_C}
+
+
+def train_linear(
+    xs_tr,
+    y_tr,
+    xs_va,
+    y_va,
+    *,
+    n_classes: int,
+    class_weight,
+    device: str,
+    **_: Any,
+) -> tuple[dict, dict[str, Any]]:
+    """The linear candidate: a logistic regression as a network without hidden layers.
+
+    A multinomial logistic regression (L-BFGS, ``C=LINEAR_C``) on the concatenated
+    inputs, stored as the head of a :class:`FusionNet` with no hidden layer. The same
+    outputs as :func:`train_one`; deterministic, so every seed gives the same weights.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([t.cpu().numpy() for t in xs_tr], axis=1).astype(np.float64)
+    y = y_tr.numpy()
+    cw = None if class_weight is None else dict(enumerate(class_weight.numpy().tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning on tiny references
+        lr = LogisticRegression(C=LINEAR_C, max_iter=1000, class_weight=cw).fit(x, y)
+    present = lr.classes_.astype(int)
+    coef, bias = lr.coef_, lr.intercept_
+    if present.size == 2:  # scikit-learn's binary form: one row for class 1
+        coef, bias = np.r_[-coef / 2, coef / 2], np.r_[-bias / 2, bias / 2]
+    w = np.zeros((n_classes, x.shape[1]), np.float32)
+    b = np.full(n_classes, -1e4, np.float32)  # classes absent from training: never chosen
+    w[present], b[present] = coef, bias
+    state = {"head.weight": torch.from_numpy(w), "head.bias": torch.from_numpy(b)}
+    info: dict[str, Any] = {"epochs_run": int(np.max(lr.n_iter_)), "best_epoch": 0}
+    if xs_va is not None:
+        net = make_net([t.shape[1] for t in xs_tr], [], n_classes)
+        net.load_state_dict(state)
+        loss_fn = nn.CrossEntropyLoss(
+            weight=None if class_weight is None else class_weight.to(device)
+        )
+        info.update(validate(net.to(device), xs_va, y_va, loss_fn, device))
+    return state, info
