@@ -24,12 +24,11 @@ measured within one invocation, so it holds on any machine::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
-import time
+
+from _busy import run_worker
 
 WORKER = r"""
 import json, sys, time, warnings
@@ -53,28 +52,10 @@ print(json.dumps({"seconds": dt, "cells_per_s": n_cells / dt, "threads": used}))
 
 
 def run(n_cells: int, mode: str, busy: int, timeout: float) -> dict:
-    hogs = []
-    try:
-        for _ in range(busy):
-            hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
-        if hogs:
-            time.sleep(1.0)
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", WORKER, str(n_cells), mode],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            return {"seconds": float("inf"), "cells_per_s": n_cells / timeout, "threads": "?"}
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
+    r = run_worker(WORKER, [str(n_cells), mode], busy=busy, timeout=timeout)
+    if r is None:
+        return {"seconds": float("inf"), "cells_per_s": n_cells / timeout, "threads": "?"}
+    return r
 
 
 def main() -> None:

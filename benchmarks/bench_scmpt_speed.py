@@ -28,13 +28,12 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _busy import run_worker
 
 BEFORE = {
     "hidden": 4096,
@@ -117,29 +116,8 @@ def prepare(path: Path, second: str) -> str:
 
 
 def run(data: Path, size: int, opts: dict, busy: int, timeout: float) -> dict:
-    hogs = []
-    try:
-        for _ in range(busy):
-            hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
-        if hogs:
-            time.sleep(1.0)  # let the scheduler see them
-        t = time.perf_counter()
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", WORKER, str(data), str(size), json.dumps(opts)],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            return {"time": float("inf"), "timeout": time.perf_counter() - t}
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
+    r = run_worker(WORKER, [str(data), str(size), json.dumps(opts)], busy=busy, timeout=timeout)
+    return {"time": float("inf"), "timeout": timeout} if r is None else r
 
 
 def main() -> None:
