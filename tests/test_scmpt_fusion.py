@@ -114,6 +114,11 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
         state_dicts=[m.state_dicts[1]], means=m.means, stds=m.stds,
     )  # fmt: skip
     np.testing.assert_allclose(lin.predict_proba(ref).to_numpy(), want, atol=1e-4)
+    # without the refit the average keeps the regression fitted on the training part
+    kept = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, refit=False, **FAST)
+    assert kept.selection["chosen"] == "fusion+linear" and kept.member_hidden == [[32], []]
+    assert not kept.selection["refit_on_all"]
+    assert not torch.equal(kept.state_dicts[1]["head.weight"], m.state_dicts[1]["head.weight"])
 
 
 def test_selection_margin_against_the_average():

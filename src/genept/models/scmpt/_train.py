@@ -375,7 +375,8 @@ def train(
                     chosen, branches, hidden = ens, cands[0][1], cands[0][2]
                     linear_run = (l_run[2], l_run[3])
         for i, seed in enumerate(seeds):
-            if i == 0 and best_first is not None:
+            # a logistic regression is deterministic: its selection run serves every seed
+            if best_first is not None and (i == 0 or not hidden):
                 st, info = best_first
             else:
                 st, info = run(branches, hidden, hp, seed)
@@ -417,7 +418,7 @@ def train(
     if linear_run is not None:
         # the logistic regression is deterministic: one copy per seed network makes the
         # ensemble's average exactly half MLPs, half logistic regression
-        states += [lin_state] * len(seeds)
+        states += [lin_state if refit else linear_run[0]] * len(seeds)
         member_hidden += [[]] * len(seeds)
     validation = summarise_validation(infos, split, codes, n_classes)
     validation.update(n_train=int(n_train), n_val=int(n_val))
