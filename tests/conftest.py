@@ -77,11 +77,16 @@ def split_cells():
 
 
 class ChatServer:
-    """A minimal OpenAI-compatible chat-completions endpoint on 127.0.0.1."""
+    """A minimal OpenAI-compatible chat-completions endpoint on 127.0.0.1.
 
-    def __init__(self, respond, usage=(100, 5)):
+    ``non_json=True``: every answer (chat or embeddings) is an HTML page labelled JSON,
+    as a misconfigured proxy sends.
+    """
+
+    def __init__(self, respond, usage=(100, 5), non_json=False):
         self.respond = respond  # prompt -> reply text
         self.usage = usage  # (prompt, completion) tokens reported per reply
+        self.non_json = non_json
         self.requests: list[dict] = []
         self.auth: list[str] = []
         self.status = 200
@@ -100,7 +105,7 @@ class ChatServer:
                 if server.status != 200:
                     given = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     out = {"error": {"message": f"Incorrect API key provided: {given}."}}
-                else:
+                elif not server.non_json:
                     text = server.respond(body["messages"][-1]["content"])
                     out = {
                         "id": "chatcmpl-1",
@@ -120,7 +125,11 @@ class ChatServer:
                             "total_tokens": sum(server.usage),
                         },
                     }
-                raw = json.dumps(out).encode()
+                raw = (
+                    b"<html>proxy error page</html>"
+                    if server.non_json
+                    else json.dumps(out).encode()
+                )
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))

@@ -63,7 +63,6 @@ item   tests
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import sqlite3
@@ -73,7 +72,6 @@ import threading
 import time
 import warnings
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anndata as ad
@@ -906,71 +904,6 @@ def test_damaged_store_that_is_not_a_cache_names_the_file(tmp_path):
     assert path.read_bytes().startswith(b"garbage")
 
 
-# ----------------------------------------------------------------------------- servers
-class Server:
-    """An OpenAI-compatible endpoint: chat replies from ``reply``, or a non-JSON body."""
-
-    def __init__(self, reply="B cell", non_json=False):
-        self.n = 0
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.n += 1
-                if non_json:
-                    raw, ctype = b"<html>proxy error page</html>", "application/json"
-                elif "input" in body:
-                    data = [
-                        {"object": "embedding", "index": i, "embedding": [1.0, 2.0]}
-                        for i in range(len(body["input"]))
-                    ]
-                    raw = json.dumps(
-                        {
-                            "object": "list",
-                            "data": data,
-                            "model": body["model"],
-                            "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                        }
-                    ).encode()
-                    ctype = "application/json"
-                else:
-                    raw = json.dumps(
-                        {
-                            "id": "x",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": body["model"],
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": reply},
-                                }
-                            ],
-                        }
-                    ).encode()
-                    ctype = "application/json"
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def one_cell() -> ad.AnnData:
     return ad.AnnData(
         np.zeros((1, 1)), obs=pd.DataFrame({"genept_sentence": ["MS4A1 CD79A"]}, index=["c"])
@@ -978,65 +911,53 @@ def one_cell() -> ad.AnnData:
 
 
 # ----------------------------------------------------------------------------- item 10
-def test_llm_reply_cache_keeps_servers_apart(tmp_path, monkeypatch):
+def test_llm_reply_cache_keeps_servers_apart(tmp_path, monkeypatch, chat_server):
     monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path)
-    s1, s2 = Server("B cell"), Server("T cell")
-    try:
-        a = one_cell()
-        annotate_llm(a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s1.url)
-        b = one_cell()
-        annotate_llm(b, candidates=["B cell", "T cell"], api_key=KEY, base_url=s2.url)
-        c = one_cell()
-        annotate_llm(c, candidates=["B cell", "T cell"], api_key=KEY, base_url=s1.url)
-    finally:
-        s1.close()
-        s2.close()
-    assert (s1.n, s2.n) == (1, 1)  # the third run came from server 1's cache entry
+    s1, s2 = chat_server(lambda _: "B cell"), chat_server(lambda _: "T cell")
+    a = one_cell()
+    annotate_llm(a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s1.url)
+    b = one_cell()
+    annotate_llm(b, candidates=["B cell", "T cell"], api_key=KEY, base_url=s2.url)
+    c = one_cell()
+    annotate_llm(c, candidates=["B cell", "T cell"], api_key=KEY, base_url=s1.url)
+    assert (len(s1.requests), len(s2.requests)) == (
+        1,
+        1,
+    )  # the third run came from server 1's cache entry
     assert a.obs["genept_llm"].iloc[0] == "B cell" and b.obs["genept_llm"].iloc[0] == "T cell"
     assert c.uns["genept_llm"]["usage"]["n_cache_hits"] == 1
 
 
-def test_damaged_reply_cache_is_rebuilt(tmp_path, monkeypatch):
+def test_damaged_reply_cache_is_rebuilt(tmp_path, monkeypatch, chat_server):
     monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path)
     (tmp_path / "llm").mkdir()
     (tmp_path / "llm" / "chat.sqlite").write_bytes(b"junk" * 1000)
-    s = Server("B cell")
-    try:
-        with pytest.warns(UserWarning, match=r"chat\.sqlite was damaged"):
-            annotate_llm(one_cell(), candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url)
-    finally:
-        s.close()
-    assert s.n == 1
+    s = chat_server(lambda _: "B cell")
+    with pytest.warns(UserWarning, match=r"chat\.sqlite was damaged"):
+        annotate_llm(one_cell(), candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url)
+    assert len(s.requests) == 1
 
 
 # ----------------------------------------------------------------------------- item 15
-def test_non_json_chat_answer_is_retried_then_clear(tmp_path, monkeypatch):
+def test_non_json_chat_answer_is_retried_then_clear(tmp_path, monkeypatch, chat_server):
     monkeypatch.setattr(gpt.settings, "cache_dir", tmp_path)
     monkeypatch.setattr("genept._core._openai.backoff", lambda *a: 0.0)
-    s = Server(non_json=True)
+    s = chat_server(lambda _: "B cell", non_json=True)
     a = one_cell()
-    try:
-        with pytest.raises(RuntimeError, match=r"not the API's JSON.*after 3 attempt") as info:
-            annotate_llm(
-                a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url, max_retries=2
-            )
-    finally:
-        s.close()
-    assert s.n == 3 and KEY not in str(info.value)
+    with pytest.raises(RuntimeError, match=r"not the API's JSON.*after 3 attempt") as info:
+        annotate_llm(a, candidates=["B cell", "T cell"], api_key=KEY, base_url=s.url, max_retries=2)
+    assert len(s.requests) == 3 and KEY not in str(info.value)
     assert "genept_llm" not in a.obs
 
 
-def test_non_json_embeddings_answer_is_retried_then_clear(tmp_path):
+def test_non_json_embeddings_answer_is_retried_then_clear(tmp_path, chat_server):
     from genept.encoders import OpenAIEncoder
 
-    s = Server(non_json=True)
-    try:
-        enc = OpenAIEncoder("mock", api_key=KEY, base_url=s.url, max_retries=1, backoff_base=0.01)
-        with pytest.raises(RuntimeError, match=r"not the API's JSON.*after 2 attempt"):
-            enc.encode(["CD3E"], cache=False)
-    finally:
-        s.close()
-    assert s.n == 2
+    s = chat_server(lambda _: "", non_json=True)
+    enc = OpenAIEncoder("mock", api_key=KEY, base_url=s.url, max_retries=1, backoff_base=0.01)
+    with pytest.raises(RuntimeError, match=r"not the API's JSON.*after 2 attempt"):
+        enc.encode(["CD3E"], cache=False)
+    assert len(s.requests) == 2
 
 
 def test_store_survives_concurrent_writers(tmp_path):
