@@ -499,3 +499,29 @@ def test_errors():
     with pytest.raises(ValueError, match="max_tokens needs"):
         sentence_plan(GENES, max_tokens=5)
     assert "genept_sentence" not in adata.obs  # nothing half-written
+
+
+def test_cell_sentences_mask_var():
+    """Only genes of the mask are written (var['highly_variable'] by default), order kept (ties by gene index)."""
+    adata = ad.AnnData(sparse.csr_matrix(X_HAND), var=pd.DataFrame(index=GENES))
+    full = cell_sentences(
+        adata, random_state=None, inplace=False
+    )  # no highly_variable column: every gene
+    assert full.tolist() == ["MS4A1 LYZ NKG7", "CD3E MS4A1 NKG7 GNLY", ""]
+    adata.var["highly_variable"] = [True, False, True, True, True]  # drops MS4A1
+    hv = cell_sentences(adata, random_state=None, inplace=False)
+    assert hv.tolist() == ["LYZ NKG7", "CD3E NKG7 GNLY", ""]
+    assert (
+        cell_sentences(adata, mask_var=False, random_state=None, inplace=False).tolist()
+        == full.tolist()
+    )
+    own = np.array([False, True, False, True, False])
+    assert cell_sentences(adata, mask_var=own, random_state=None, inplace=False).tolist() == [
+        "MS4A1 LYZ",
+        "MS4A1",
+        "",
+    ]
+    cell_sentences(adata)
+    assert adata.uns["genept_sentence"]["params"]["mask_var"] == "highly_variable"
+    with pytest.raises(ValueError, match="selects no gene"):
+        cell_sentences(adata, mask_var=np.zeros(5, bool), inplace=False)

@@ -459,3 +459,48 @@ def test_whitening_removes_the_shared_direction():
     np.testing.assert_allclose(np.cov(W[5:].T), np.eye(6), atol=1e-3)
     np.testing.assert_allclose(W[5:].mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(whiten_gene_embeddings(E, 0.1), ref_whiten(E, 0.1), atol=1e-4)
+
+
+def test_s_mask_var_and_default_n_genes():
+    """GenePT-s writes only var['highly_variable'] genes when present, at most S_N_GENES."""
+    from genept.tl._embed_cells import S_N_GENES
+
+    rng = np.random.default_rng(5)
+    n_vars = S_N_GENES + 20
+    X = rng.uniform(1, 10, size=(12, n_vars)).astype(np.float32)  # every gene, no ties
+    adata = AnnData(sparse.csr_matrix(np.log1p(X)))
+    adata.var_names = [f"G{i}" for i in range(n_vars)]
+    vocab = list(adata.var_names)
+    # no mask: the top S_N_GENES genes of each cell, by descending expression
+    enc = BagEncoder(vocab)
+    gpt.tl.embed_cells(adata, method="s", model=enc, cache=False)
+    assert adata.uns["genept_s"]["params"]["mask_var"] == "all genes"
+    assert adata.uns["genept_s"]["params"]["n_genes"] == S_N_GENES
+    for i in range(adata.n_obs):
+        order = np.argsort(-adata.X[i].toarray().ravel(), kind="stable")[:S_N_GENES]
+        bag = np.zeros(len(vocab) + 1)
+        bag[order] = 1
+        np.testing.assert_allclose(adata.obsm["X_genept_s"][i], _unit(bag), atol=1e-6)
+    # highly variable genes: only those are written, in the same order
+    hv = np.zeros(n_vars, bool)
+    hv[::3] = True
+    adata.var["highly_variable"] = hv
+    enc = BagEncoder(vocab)
+    gpt.tl.embed_cells(adata, method="s", model=enc, n_genes=None, key_added="X_hv", cache=False)
+    assert adata.uns["hv"]["params"]["mask_var"] == "highly_variable"
+    words = {w for s in enc.seen for w in s.split()}
+    assert words == {f"G{i}" for i in np.flatnonzero(hv)}
+    for i in range(adata.n_obs):
+        x = adata.X[i].toarray().ravel()
+        order = [j for j in np.argsort(-x, kind="stable") if hv[j]]
+        assert " ".join(f"G{j}" for j in order) in enc.seen
+    # mask_var=False (the paper): every gene again; "auto" with windows: no cap
+    enc = BagEncoder(vocab)
+    gpt.tl.embed_cells(
+        adata, method="s", model=enc, mask_var=False, n_genes=None, key_added="X_all", cache=False
+    )
+    assert {w for s in enc.seen for w in s.split()} == set(vocab)
+    with pytest.raises(ValueError, match="n_genes must be"):
+        gpt.tl.embed_cells(adata, method="s", model=enc, n_genes="all")
+    with pytest.raises(KeyError, match="not a column of adata"):
+        gpt.tl.embed_cells(adata, method="s", model=enc, mask_var="nope")

@@ -388,3 +388,28 @@ def test_ig_on_a_fusion_plus_linear_ensemble(trained, explain):
     sums = np.asarray(a.obsm["both_attributions_ig"][rows].sum(1)).ravel()
     gap = np.asarray(p["f_x"]) - np.asarray(p["f_baseline"])
     np.testing.assert_allclose(sums, gap, atol=2e-3 + 0.06 * np.abs(gap).max())
+
+
+def test_sentences_of_a_gene_mask_are_rebuilt(trained, explain, minilm):
+    """GenePT-s built from var['highly_variable'] genes: the same sentences are explained."""
+    adata, model, folder = trained
+    a = adata.copy()
+    hv = np.ones(a.n_vars, bool)
+    masked = ["ACTB", "B2M", "FTL"]
+    hv[a.var_names.get_indexer(masked)] = False
+    a.var["highly_variable"] = hv
+    # the annotation's text branch rebuilt from the masked genes (the model is unchanged)
+    gpt.tl.embed_cells(a, method="s", model=minilm, cache=False)
+    assert a.uns["genept_s"]["params"]["mask_var"] == "highly_variable"
+    gpt.tl.annotate_scmpt(a, model=model, key_added="genept_mlp", device="cpu")
+    cells = ["c0", "c1", "c25"]
+    explain(a, "genept_mlp", "ig", model=folder, groupby="cell_type", cells=cells, n_steps=8)
+    M = a.obsm["genept_mlp_attributions_ig"].toarray()
+    rows = a.obs_names.get_indexer(cells)
+    # only genes of the masked sentences are credited; each explained cell has some
+    assert not M[:, a.var_names.get_indexer(masked)].any()
+    assert (np.abs(M[rows]).sum(1) > 0).all()
+    # without the mask column the sentences cannot be rebuilt: a clear error
+    del a.var["highly_variable"]
+    with pytest.raises(ValueError, match="store it as a var column"):
+        explain(a, "genept_mlp", "ig", model=folder, groupby="cell_type", cells=cells, n_steps=4)

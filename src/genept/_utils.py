@@ -275,3 +275,45 @@ def atomic_write_h5ad(adata: AnnData, path: str | os.PathLike, **kwargs) -> Path
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def gene_mask(adata: AnnData, mask_var, use_raw: bool | None) -> tuple[np.ndarray | None, str]:
+    """The gene mask of ``mask_var`` over the genes of the matrix in use, and how it is recorded.
+
+    As :func:`scanpy.pp.pca`: ``None`` takes ``var["highly_variable"]`` when it exists
+    (else every gene), ``False`` every gene, a string a boolean ``var`` column, an array a
+    boolean mask over ``var``. With ``use_raw`` the mask is matched to ``raw`` by name
+    (genes of ``raw`` missing from ``var`` are left out). Returns ``(None, "all genes")``
+    for every gene.
+    """
+    if mask_var is False:
+        return None, "all genes"
+    name = "mask"
+    if mask_var is None:
+        if "highly_variable" not in adata.var:
+            return None, "all genes"
+        mask_var = "highly_variable"
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var:
+            raise KeyError(
+                f"mask_var={mask_var!r} is not a column of adata.var; run "
+                "sc.pp.highly_variable_genes(adata) or pass mask_var=False for all genes"
+            )
+        name = mask_var
+        col = adata.var[mask_var]
+        if col.dtype != bool:
+            raise ValueError(f"adata.var[{mask_var!r}] must be boolean, got dtype {col.dtype}")
+        mask = col.to_numpy(dtype=bool)
+    else:
+        mask = np.asarray(mask_var)
+        if mask.dtype != bool or mask.shape != (adata.n_vars,):
+            raise ValueError(
+                f"mask_var must be a var column name or a boolean array of length "
+                f"{adata.n_vars} (adata.n_vars), got {mask.dtype} {mask.shape}"
+            )
+    if not mask.any():
+        raise ValueError(f"mask_var ({name}) selects no gene; pass mask_var=False for all genes")
+    if use_raw:
+        pos = adata.var_names.get_indexer(adata.raw.var_names)
+        mask = np.where(pos >= 0, mask[np.maximum(pos, 0)], False)
+    return mask, name

@@ -9,8 +9,9 @@ their public faces are :func:`genept.pp.sentence_plan`, :func:`genept.pp.build_s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
@@ -28,7 +29,14 @@ from .._core._keys import sanitize_params
 from .._kernels.sentences._build import _build, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._settings import settings
-from .._utils import check_adata, get_matrix, get_var_names, renamed_arg, write_results
+from .._utils import (
+    check_adata,
+    gene_mask,
+    get_matrix,
+    get_var_names,
+    renamed_arg,
+    write_results,
+)
 
 __all__ = ["PAPER_PREFIX", "cell_sentences"]
 
@@ -55,6 +63,7 @@ def cell_sentences(
     layer: str | None = None,
     use_raw: bool | None = None,
     n_genes: int | None = None,
+    mask_var: str | np.ndarray | Literal[False] | None = None,
     gene_symbols: str | None = None,
     prefix: str = "",
     max_tokens: int | None = None,
@@ -84,6 +93,13 @@ def cell_sentences(
         Gene names then come from ``adata.raw.var``.
     n_genes
         Keep at most this many leading genes per cell.
+    mask_var
+        Genes that may be written, as in :func:`scanpy.pp.pca` and
+        :func:`genept.tl.embed_cells`: a boolean ``var`` column name or mask. ``None``
+        (default): ``var["highly_variable"]`` when it exists (after
+        :func:`scanpy.pp.highly_variable_genes`), else every gene; ``False``: every gene
+        (the papers' sentences). Housekeeping and ribosomal genes, the most expressed in
+        every cell, otherwise fill the first places of every sentence.
     gene_symbols
         Column of ``var`` with the gene symbols, if ``var_names`` are not symbols.
     prefix
@@ -148,6 +164,9 @@ def cell_sentences(
     names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
     if X.shape[1] == 0:
         raise ValueError("adata has no genes (n_vars == 0)")
+    mask, mask_name = gene_mask(adata, mask_var, use_raw)
+    if mask is not None:  # genes outside the mask are never written (as a missing symbol)
+        names = pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)
     enc = None
     if encoder is not None or max_tokens is not None:
         from ..encoders import get_encoder
@@ -173,6 +192,7 @@ def cell_sentences(
         return series
     params: dict[str, Any] = {
         "n_genes": n_genes,
+        "mask_var": mask_name,
         "layer": layer,
         "use_raw": bool(use_raw) if use_raw is not None else None,
         "gene_symbols": gene_symbols,

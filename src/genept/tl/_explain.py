@@ -29,7 +29,7 @@ from scipy import sparse
 from .._core._keys import sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._settings import settings
-from .._utils import check_adata, get_matrix, get_var_names, write_results
+from .._utils import check_adata, gene_mask, get_matrix, get_var_names, write_results
 
 if TYPE_CHECKING:
     from ..models.scmpt import ScMPTModel
@@ -117,6 +117,21 @@ def _pick_cells(
             idx = np.sort(rng.choice(idx, size=n_cells, replace=False))
         rows.append(idx)
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
+def _masked_names(adata, names, mask_var, use_raw: bool, rep: str):
+    """Gene names as ``embed_cells`` wrote them: genes outside its ``mask_var`` are missing."""
+    if mask_var in (None, "all genes"):
+        return names
+    if mask_var == "mask" or mask_var not in adata.var:
+        raise ValueError(
+            f"obsm[{rep!r}] was built from the genes of a mask "
+            f"({'a boolean array' if mask_var == 'mask' else f'var[{mask_var!r}]'}) that "
+            "adata.var does not hold; store it as a var column and rebuild the embedding with "
+            "embed_cells(..., mask_var='<column>') so the sentences can be rebuilt"
+        )
+    mask, _ = gene_mask(adata, mask_var, use_raw)
+    return pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)
 
 
 def explain_annotation(
@@ -351,6 +366,7 @@ def explain_annotation(
     sub = X[np.sort(rows)]
     if hasattr(sub, "compute"):
         sub = sub.compute()
+    names = _masked_names(adata, names, sp.get("mask_var", "all genes"), use_raw, rep)
     prefix = str(sp.get("prefix", "") or "")
     plan = pp.sentence_plan(names, prefix=prefix, encoder=enc)
     n_genes = int(sp.get("n_genes", 0) or 0) or None
