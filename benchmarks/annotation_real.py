@@ -142,7 +142,16 @@ def add_genept(a: ad.AnnData, with_s: bool) -> list[str]:
         gpt.tl.embed_cells(
             a, method="s", hash_names=True, key_added="X_genept_s_hashed", show_progress=True
         )
-        keys += ["X_genept_s", "X_genept_s_hashed"]
+        # the papers' sentences: every gene, as many as the encoder reads
+        gpt.tl.embed_cells(
+            a,
+            method="s",
+            mask_var=False,
+            n_genes=None,
+            key_added="X_genept_s_paper",
+            show_progress=True,
+        )
+        keys += ["X_genept_s", "X_genept_s_hashed", "X_genept_s_paper"]
     return keys
 
 

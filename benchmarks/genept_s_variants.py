@@ -54,8 +54,7 @@ def variants(n_genes: list[int]) -> list[tuple[str, dict]]:
     out += [(f"every gene, top {n}", dict(mask_var=False, n_genes=n)) for n in n_genes]
     out += [("highly variable, all that fit", dict(mask_var="highly_variable", n_genes=None))]
     out += [
-        (f"highly variable, top {n}", dict(mask_var="highly_variable", n_genes=n))
-        for n in n_genes
+        (f"highly variable, top {n}", dict(mask_var="highly_variable", n_genes=n)) for n in n_genes
     ]
     return out
 

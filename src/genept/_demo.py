@@ -104,10 +104,9 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
     label = "bulk_labels"
     for method in ("w", "s"):
         t = time.perf_counter()
-        # sized for a demo: GenePT-s sentences of each cell's 32 top genes (about 110
-        # word pieces instead of MiniLM's full 256: under half the CPU time); the
-        # default (`n_genes=None`) fills the encoder's whole budget
-        opts = {"model": model, "n_genes": 32} if method == "s" else {}
+        # the defaults: GenePT-s sentences of each cell's top 25 highly variable genes
+        # (about 90 word pieces instead of MiniLM's full 256)
+        opts = {"model": model} if method == "s" else {}
         tl.embed_cells(adata, method=method, use_raw=True, **opts)
         dt = time.perf_counter() - t
         p = adata.uns[f"genept_{method}"]["params"]
