@@ -269,8 +269,8 @@ def embed_cells(
         sets): all-gene averages are dominated by housekeeping genes shared by every
         cell. For GenePT-s the sentences then skip the housekeeping and ribosomal genes
         that lead every cell's ranking: with ``n_genes=25`` 10-NN accuracy (10 splits)
-        rose from 0.768 / 0.662 / 0.809 (every gene) to 0.788 / 0.702 / 0.875 on
-        pbmc68k_reduced, a breast-tumour immune set and pbmc3k. With ``use_raw=True``
+        rose from 0.768 / 0.809 / 0.662 (every gene) to 0.794 / 0.866 / 0.725 on
+        pbmc68k_reduced, pbmc3k and a breast-tumour immune set. With ``use_raw=True``
         the mask of ``var`` is matched to ``raw`` by name (genes of ``raw`` missing from
         ``var`` are left out).
     whiten
@@ -308,8 +308,8 @@ def embed_cells(
         fits with ``windows > 1``; ``None``: every gene that fits (the papers; about 76
         for MiniLM). Short sentences embed better with a small encoder: 10-NN accuracy
         (10 splits, highly variable genes) for 10 / 25 / 40 genes / every gene that fits
-        was 0.772 / 0.788 / 0.786 / 0.768 on pbmc68k_reduced, 0.692 / 0.702 / 0.708 /
-        0.633 on a breast-tumour immune set and 0.855 / 0.875 / 0.861 / 0.787 on pbmc3k
+        was 0.770 / 0.794 / 0.782 / 0.780 on pbmc68k_reduced, 0.854 / 0.866 / 0.856 /
+        0.791 on pbmc3k and 0.688 / 0.725 / 0.714 / 0.652 on a breast-tumour immune set
         (``benchmarks/genept_s_variants.py``). The paper's sentences:
         ``n_genes=None, mask_var=False``.
     prefix
