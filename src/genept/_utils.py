@@ -317,3 +317,10 @@ def gene_mask(adata: AnnData, mask_var, use_raw: bool | None) -> tuple[np.ndarra
         pos = adata.var_names.get_indexer(adata.raw.var_names)
         mask = np.where(pos >= 0, mask[np.maximum(pos, 0)], False)
     return mask, name
+
+
+def mask_names(names, mask: np.ndarray | None) -> pd.Index:
+    """Gene names with the genes outside ``mask`` missing (``None``): never written in a sentence."""
+    if mask is None:
+        return names
+    return pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)

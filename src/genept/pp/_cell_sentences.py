@@ -34,6 +34,7 @@ from .._utils import (
     gene_mask,
     get_matrix,
     get_var_names,
+    mask_names,
     renamed_arg,
     write_results,
 )
@@ -165,8 +166,7 @@ def cell_sentences(
     if X.shape[1] == 0:
         raise ValueError("adata has no genes (n_vars == 0)")
     mask, mask_name = gene_mask(adata, mask_var, use_raw)
-    if mask is not None:  # genes outside the mask are never written (as a missing symbol)
-        names = pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)
+    names = mask_names(names, mask)  # genes outside the mask are never written
     enc = None
     if encoder is not None or max_tokens is not None:
         from ..encoders import get_encoder

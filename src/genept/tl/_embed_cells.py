@@ -27,6 +27,7 @@ from .._utils import (
     get_matrix,
     get_var_names,
     is_dask,
+    mask_names,
     renamed_arg,
     write_results,
 )
@@ -442,9 +443,7 @@ def embed_cells(
     else:
         names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
         mask, mask_name = gene_mask(adata, mask_var, use_raw)
-        if mask is not None:
-            # genes outside the mask are never written (as a missing symbol)
-            names = pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)
+        names = mask_names(names, mask)
         encoder = get_encoder(model)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
         indptr, idx, row, rank = _ragged_sentence_windows(

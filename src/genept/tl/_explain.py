@@ -29,7 +29,14 @@ from scipy import sparse
 from .._core._keys import sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._settings import settings
-from .._utils import check_adata, gene_mask, get_matrix, get_var_names, write_results
+from .._utils import (
+    check_adata,
+    gene_mask,
+    get_matrix,
+    get_var_names,
+    mask_names,
+    write_results,
+)
 
 if TYPE_CHECKING:
     from ..models.scmpt import ScMPTModel
@@ -130,8 +137,7 @@ def _masked_names(adata, names, mask_var, use_raw: bool, rep: str):
             "adata.var does not hold; store it as a var column and rebuild the embedding with "
             "embed_cells(..., mask_var='<column>') so the sentences can be rebuilt"
         )
-    mask, _ = gene_mask(adata, mask_var, use_raw)
-    return pd.Index(np.where(mask, np.asarray(names, dtype=object), None), dtype=object)
+    return mask_names(names, gene_mask(adata, mask_var, use_raw)[0])
 
 
 def explain_annotation(
