@@ -169,7 +169,7 @@ def test_bad_method():
 def test_s_embeds_sentences():
     adata = toy(n_vars=6)
     enc = BagEncoder([f"G{i}" for i in range(6)])
-    gpt.tl.embed_cells(adata, method="s", model=enc)
+    gpt.tl.embed_cells(adata, method="s", prefix="", model=enc)
     emb = adata.obsm["X_genept_s"]
     assert emb.shape == (30, 7) and emb.dtype == np.float32
     X = adata.X.toarray()
@@ -192,7 +192,7 @@ def test_s_embeds_sentences():
 def test_s_hashed_names():
     adata = toy(n_vars=6)
     enc = BagEncoder([])
-    gpt.tl.embed_cells(adata, method="s", model=enc, hash_names=True, n_genes=2)
+    gpt.tl.embed_cells(adata, method="s", prefix="", model=enc, hash_names=True, n_genes=2)
     import hashlib
 
     h = {hashlib.sha256(f"G{i}".encode()).hexdigest()[:10] for i in range(6)}
@@ -262,10 +262,10 @@ def test_s_dask_equals_in_memory():
     da = pytest.importorskip("dask.array")
     adata = toy(n_vars=6)
     enc = BagEncoder([f"G{i}" for i in range(6)])
-    gpt.tl.embed_cells(adata, method="s", model=enc)
+    gpt.tl.embed_cells(adata, method="s", prefix="", model=enc)
     lazy = adata.copy()
     lazy.X = da.from_array(adata.X.toarray(), chunks=(8, -1))
-    gpt.tl.embed_cells(lazy, method="s", model=enc)
+    gpt.tl.embed_cells(lazy, method="s", prefix="", model=enc)
     np.testing.assert_array_equal(lazy.obsm["X_genept_s"], adata.obsm["X_genept_s"])
 
 
@@ -351,11 +351,18 @@ def test_s_windows_split_the_ranked_genes_and_pool_them():
     adata = toy(n_obs=20, n_vars=8, seed=3)
     vocab = [f"G{i}" for i in range(8)]
     one = BudgetBagEncoder(vocab)
-    gpt.tl.embed_cells(adata, method="s", model=one, key_added="X_one", cache=False)
+    gpt.tl.embed_cells(adata, method="s", prefix="", model=one, key_added="X_one", cache=False)
     assert all(len(s.split()) <= 3 for s in one.seen)  # budget: 5 tokens - [CLS] - [SEP]
     enc = BudgetBagEncoder(vocab)
     gpt.tl.embed_cells(
-        adata, method="s", model=enc, windows=3, window_decay=0.5, key_added="X_win", cache=False
+        adata,
+        method="s",
+        prefix="",
+        model=enc,
+        windows=3,
+        window_decay=0.5,
+        key_added="X_win",
+        cache=False,
     )
     X = adata.X.toarray()
     for i in range(adata.n_obs):
@@ -369,7 +376,13 @@ def test_s_windows_split_the_ranked_genes_and_pool_them():
         np.testing.assert_allclose(adata.obsm["X_win"][i], _unit(ref), atol=1e-6)
     # window 0 is the single sentence: with one window the two runs agree
     gpt.tl.embed_cells(
-        adata, method="s", model=BudgetBagEncoder(vocab), windows=1, key_added="X_w1", cache=False
+        adata,
+        method="s",
+        prefix="",
+        model=BudgetBagEncoder(vocab),
+        windows=1,
+        key_added="X_w1",
+        cache=False,
     )
     np.testing.assert_allclose(adata.obsm["X_w1"], adata.obsm["X_one"], atol=1e-7)
     p = adata.uns["win"]["params"]
@@ -379,9 +392,9 @@ def test_s_windows_split_the_ranked_genes_and_pool_them():
     )
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="windows must be a positive integer"):
-            gpt.tl.embed_cells(adata, method="s", model=enc, windows=bad)
+            gpt.tl.embed_cells(adata, method="s", prefix="", model=enc, windows=bad)
     with pytest.raises(ValueError, match="window_decay"):
-        gpt.tl.embed_cells(adata, method="s", model=enc, windows=2, window_decay=0)
+        gpt.tl.embed_cells(adata, method="s", prefix="", model=enc, windows=2, window_decay=0)
 
 
 def test_w_mask_var_defaults_to_highly_variable():
@@ -475,18 +488,23 @@ def test_s_mask_var_and_default_n_genes():
     enc = BagEncoder(vocab)
     gpt.tl.embed_cells(adata, method="s", model=enc, cache=False)
     assert adata.uns["genept_s"]["params"]["mask_var"] == "all genes"
+    assert adata.uns["genept_s"]["params"]["prefix"] == gpt.pp.PAPER_PREFIX
+    assert all(t.startswith(gpt.pp.PAPER_PREFIX) for t in enc.seen)
     assert adata.uns["genept_s"]["params"]["n_genes"] == S_N_GENES
     for i in range(adata.n_obs):
         order = np.argsort(-adata.X[i].toarray().ravel(), kind="stable")[:S_N_GENES]
         bag = np.zeros(len(vocab) + 1)
         bag[order] = 1
+        bag[-1] = len(gpt.pp.PAPER_PREFIX.split())  # the prefix's words: out of vocabulary
         np.testing.assert_allclose(adata.obsm["X_genept_s"][i], _unit(bag), atol=1e-6)
     # highly variable genes: only those are written, in the same order
     hv = np.zeros(n_vars, bool)
     hv[::3] = True
     adata.var["highly_variable"] = hv
     enc = BagEncoder(vocab)
-    gpt.tl.embed_cells(adata, method="s", model=enc, n_genes=None, key_added="X_hv", cache=False)
+    gpt.tl.embed_cells(
+        adata, method="s", prefix="", model=enc, n_genes=None, key_added="X_hv", cache=False
+    )
     assert adata.uns["hv"]["params"]["mask_var"] == "highly_variable"
     words = {w for s in enc.seen for w in s.split()}
     assert words == {f"G{i}" for i in np.flatnonzero(hv)}
@@ -497,10 +515,17 @@ def test_s_mask_var_and_default_n_genes():
     # mask_var=False (the paper): every gene again; "auto" with windows: no cap
     enc = BagEncoder(vocab)
     gpt.tl.embed_cells(
-        adata, method="s", model=enc, mask_var=False, n_genes=None, key_added="X_all", cache=False
+        adata,
+        method="s",
+        prefix="",
+        model=enc,
+        mask_var=False,
+        n_genes=None,
+        key_added="X_all",
+        cache=False,
     )
     assert {w for s in enc.seen for w in s.split()} == set(vocab)
     with pytest.raises(ValueError, match="n_genes must be"):
-        gpt.tl.embed_cells(adata, method="s", model=enc, n_genes="all")
+        gpt.tl.embed_cells(adata, method="s", prefix="", model=enc, n_genes="all")
     with pytest.raises(KeyError, match="not a column of adata"):
-        gpt.tl.embed_cells(adata, method="s", model=enc, mask_var="nope")
+        gpt.tl.embed_cells(adata, method="s", prefix="", model=enc, mask_var="nope")

@@ -353,7 +353,7 @@ def test_encoder_loaded_in_inference_mode_still_explains(trained):
     adata, model, _ = trained
     a = adata.copy()
     gpt.tl.explain_annotation(
-        a, "genept_mlp", "ig", model=model, encoder=tainted, cells=["c0"], n_steps=32
+        a, "genept_mlp", "ig", model=model, encoder=tainted, cells=["c0"], n_steps=48
     )
     p = a.uns["genept_mlp_attributions_params"]["ig"]
     gap = np.asarray(p["f_x"]) - np.asarray(p["f_baseline"])
