@@ -142,12 +142,13 @@ def add_genept(a: ad.AnnData, with_s: bool) -> list[str]:
         gpt.tl.embed_cells(
             a, method="s", hash_names=True, key_added="X_genept_s_hashed", show_progress=True
         )
-        # the papers' sentences: every gene, as many as the encoder reads
+        # GenePT's sentences: every gene, as many as the encoder reads, no prefix
         gpt.tl.embed_cells(
             a,
             method="s",
             mask_var=False,
             n_genes=None,
+            prefix="",
             key_added="X_genept_s_paper",
             show_progress=True,
         )

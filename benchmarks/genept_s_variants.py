@@ -4,9 +4,12 @@ For each real labelled dataset of ``benchmarks/real_datasets.py`` (prepared as i
 ``annotation_real.py``: log-normalised, 2,000 highly variable genes or half of a smaller
 panel), GenePT-s with the packaged MiniLM is built from
 
-* every gene, as many as the encoder reads (the papers: ``mask_var=False, n_genes=None``),
+* every gene, as many as the encoder reads (GenePT: ``mask_var=False, n_genes=None``),
 * every gene, the top ``n`` only,
 * the highly variable genes, as many as fit, and the top ``n`` of them,
+
+all without a prefix, and the defaults (the top 25 highly variable genes after scMPT's
+prefix ``gpt.pp.PAPER_PREFIX``),
 
 each also with hashed gene names (the control: the same sentences without the names'
 meaning), and scored by cosine 10-NN accuracy, mean over ``--splits`` stratified 80/20
@@ -50,12 +53,14 @@ def knn_accuracy(Z: np.ndarray, y: np.ndarray, splits: int) -> float:
 
 def variants(n_genes: list[int]) -> list[tuple[str, dict]]:
     """(name, embed_cells options) of every sentence variant, controls included."""
-    out = [("every gene, all that fit (paper)", dict(mask_var=False, n_genes=None))]
+    hv = "highly_variable"
+    out = [("every gene, all that fit (GenePT)", dict(mask_var=False, n_genes=None))]
     out += [(f"every gene, top {n}", dict(mask_var=False, n_genes=n)) for n in n_genes]
-    out += [("highly variable, all that fit", dict(mask_var="highly_variable", n_genes=None))]
-    out += [
-        (f"highly variable, top {n}", dict(mask_var="highly_variable", n_genes=n)) for n in n_genes
-    ]
+    out += [("highly variable, all that fit", dict(mask_var=hv, n_genes=None))]
+    out += [(f"highly variable, top {n}", dict(mask_var=hv, n_genes=n)) for n in n_genes]
+    out = [(name, {**opts, "prefix": ""}) for name, opts in out]
+    # the defaults: the top 25 highly variable genes after scMPT's prefix
+    out += [("highly variable, top 25, scMPT prefix (default)", dict(mask_var=hv, n_genes=25))]
     return out
 
 
