@@ -105,7 +105,7 @@ def _cells_and_annotation(adata, out: Path, metric, model) -> None:
     for method in ("w", "s"):
         t = time.perf_counter()
         # the defaults: GenePT-s sentences of each cell's top 25 highly variable genes
-        # (about 90 word pieces instead of MiniLM's full 256)
+        # after scMPT's prefix (about 100 word pieces instead of MiniLM's full 256)
         opts = {"model": model} if method == "s" else {}
         tl.embed_cells(adata, method=method, use_raw=True, **opts)
         dt = time.perf_counter() - t
