@@ -244,8 +244,9 @@ def embed_cells(
     descending expression with zeros omitted (see :func:`genept.pp.cell_sentences`),
     with a text encoder, then L2-normalises. By default a sentence holds the cell's top
     25 highly variable genes after scMPT's prefix (``mask_var``, ``n_genes``,
-    ``prefix``; GenePT: every gene, as many as the encoder reads, no prefix). Sentences are cut to what the encoder reads (its token
-    limit), so nothing is built that the model would ignore.
+    ``prefix``; GenePT: every gene, as many as the encoder reads, no prefix). Sentences
+    are cut to what the encoder reads (its token limit), so nothing is built that the
+    model would ignore.
 
     Parameters
     ----------
@@ -263,8 +264,9 @@ def embed_cells(
         (w) ``varm`` key of the gene embeddings (see :func:`genept.tl.embed_genes`).
     mask_var
         (w, s) Genes to average over (w) or to write in sentences (s), as in
-        :func:`scanpy.pp.pca`: a boolean ``var`` column name or mask. ``None`` (default): ``var["highly_variable"]`` when it
-        exists (after :func:`scanpy.pp.highly_variable_genes`), else every gene;
+        :func:`scanpy.pp.pca`: a boolean ``var`` column name or mask. ``None``
+        (default): ``var["highly_variable"]`` when it exists (after
+        :func:`scanpy.pp.highly_variable_genes`), else every gene;
         ``False``: every gene (the paper's definition). Restricting GenePT-w to 2,000
         highly variable genes raised 10-NN accuracy on PBMC sets from 0.84 to 0.91
         (pbmc3k, Louvain labels) and from 0.82 / 0.79 to 0.88 / 0.90 (two more PBMC
@@ -333,14 +335,14 @@ def embed_cells(
         (s) Use the persistent text-embedding cache, so an interrupted run resumes.
     windows
         (s) Sentences per cell. ``1`` (default): a single sentence, the top ``n_genes``
-        genes that fit the encoder. ``k > 1``: the ranked
-        genes are cut into up to ``k`` consecutive sentences that each fit the encoder
-        (window 0 is the single sentence, window 1 the genes after it, ...); each is
-        embedded (cached by its text) and the cell is the L2-normalised sum of the
-        unit window vectors weighted ``window_decay ** rank``. Measured on
-        pbmc68k_reduced (10-NN, 10 splits, every gene): 1 window 0.702, 2 windows 0.698, 4 windows
-        0.698 with decay 0.5 (0.446 unweighted): later, lower-expressed genes add no
-        identity for MiniLM, so the default stays 1.
+        genes that fit the encoder. ``k > 1``: the ranked genes are cut into up to ``k``
+        consecutive sentences that each fit the encoder (window 0 is the single
+        sentence, window 1 the genes after it, ...); each is embedded (cached by its
+        text) and the cell is the L2-normalised sum of the unit window vectors weighted
+        ``window_decay ** rank``. Measured on pbmc68k_reduced (10-NN, 10 splits, every
+        gene): 1 window 0.702, 2 windows 0.698, 4 windows 0.698 with decay 0.5 (0.446
+        unweighted): later, lower-expressed genes add no identity for MiniLM, so the
+        default stays 1.
     window_decay
         (s) Weight ratio of consecutive windows, in ``(0, 1]``.
     allow_counts
