@@ -613,7 +613,9 @@ def test_missing_symbols_never_enter_sentences(hash_names):
 def test_missing_symbols_in_embed_cells_s():
     adata = _symbols_adata()
     enc = WordEncoder(["CD3E", "LYZ"])
-    gpt.tl.embed_cells(adata, method="s", model=enc, gene_symbols="sym", show_progress=False)
+    gpt.tl.embed_cells(
+        adata, method="s", prefix="", model=enc, gene_symbols="sym", show_progress=False
+    )
     assert enc.seen == ["CD3E LYZ", "LYZ CD3E"]
     Z = adata.obsm["X_genept_s"]
     assert np.all(Z[:, -1] == 0)  # no unknown word was written

@@ -28,6 +28,7 @@ from .._core._docs import (
 from .._core._keys import sanitize_params
 from .._kernels.sentences._build import _build, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
+from .._kernels.sentences._text import PAPER_PREFIX
 from .._settings import settings
 from .._utils import (
     check_adata,
@@ -40,9 +41,6 @@ from .._utils import (
 )
 
 __all__ = ["PAPER_PREFIX", "cell_sentences"]
-
-#: the prefix of the cell sentences in the scMPT paper (section 3.1)
-PAPER_PREFIX = "A cell with genes ranked by expression: "
 
 
 # --------------------------------------------------------------------------------------

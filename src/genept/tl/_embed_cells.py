@@ -17,7 +17,7 @@ from .._core._docs import doc_common, doc_params
 from .._core._keys import flag_key, sanitize_params, uns_key
 from .._kernels.sentences._build import _ragged_sentence_windows, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
-from .._kernels.sentences._text import _Names
+from .._kernels.sentences._text import PAPER_PREFIX, _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
 from .._kernels.weighted._plan import _make_plan, check_gene_embeddings
 from .._settings import settings
@@ -32,7 +32,6 @@ from .._utils import (
     write_results,
 )
 from ..encoders import TextEncoder, get_encoder
-from ..pp._cell_sentences import PAPER_PREFIX
 
 __all__ = ["embed_cells"]
 

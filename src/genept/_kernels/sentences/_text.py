@@ -13,6 +13,10 @@ import pandas as pd
 from ..._gene_matching import MISSING_NAMES  # one home for what a missing name is
 from ._numba import _SLOT, _render, _row_bytes
 
+#: the prefix of the cell sentences in the scMPT paper (section 3.1); the default of
+#: GenePT-s in :func:`genept.tl.embed_cells`
+PAPER_PREFIX = "A cell with genes ranked by expression: "
+
 
 def hash_gene_name(name: str) -> str:
     """The scMPT gene-name ablation: the first 10 hex digits of SHA-256 of the name.
