@@ -512,7 +512,7 @@ def test_s_mask_var_and_default_n_genes():
         x = adata.X[i].toarray().ravel()
         order = [j for j in np.argsort(-x, kind="stable") if hv[j]]
         assert " ".join(f"G{j}" for j in order) in enc.seen
-    # mask_var=False (the paper): every gene again; "auto" with windows: no cap
+    # mask_var=False (GenePT): every gene again
     enc = BagEncoder(vocab)
     gpt.tl.embed_cells(
         adata,

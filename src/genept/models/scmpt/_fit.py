@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -56,12 +56,7 @@ class Hyper:
     decay: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "decay": self.decay,
-        }
+        return asdict(self)
 
 
 def train_one(
