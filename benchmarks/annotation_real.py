@@ -14,7 +14,8 @@ or a reference/query split by a condition column (``--shift``), and prints one t
 * GenePT-w (defaults, i.e. highly variable genes; and the paper's all-gene average) and
   GenePT-s: 10-NN and MLP, each with the text vectors and with the control (GenePT-w:
   Gaussian random gene vectors of the same size; GenePT-s: gene names replaced by hashes);
-* scMPT fusions of an expression branch (PCA or ``X_expr``) with GenePT-w and/or
+* scMPT on each representation alone (the branches a fusion must not fall below), and
+  scMPT fusions of an expression branch (PCA or ``X_expr``) with GenePT-w and/or
   GenePT-s, and the same fusions with the controls, each with the candidate the model
   selection kept (the fusion, a branch alone or the linear fusion);
 
@@ -259,7 +260,9 @@ def run_split(
     for sgd in (False, True):
         pred, s = timed(celltypist_predict, ref, query, sgd=sgd)
         add(f"celltypist {'SGD' if sgd else 'LR'}", "log-normalised X (all genes)", pred, s)
-    fusions = [["X_pca", "X_genept_w"], ["X_expr", "X_genept_w"], ["X_expr", "X_genept_w_random"]]
+    # scMPT on each representation alone: the branches the fusions must not fall below
+    fusions = [["X_pca"], ["X_expr"], ["X_genept_w"]] + ([["X_genept_s"]] if with_s else [])
+    fusions += [["X_pca", "X_genept_w"], ["X_expr", "X_genept_w"], ["X_expr", "X_genept_w_random"]]
     if with_s:
         fusions += [
             ["X_pca", "X_genept_s"],

@@ -15,6 +15,7 @@ import genept as gpt
 from genept._core import _device
 from genept._core._device import available_cores, torch_n_threads, torch_threads
 from genept.models import ScMPTModel
+from genept.models.scmpt._fit import LINEAR_C_GRID, train_linear
 from genept.tl import annotate_mlp, annotate_scmpt
 
 FAST = dict(hidden=32, epochs_grid=(40,), lr_grid=(3e-3,), patience=8, n_jobs=1, device="cpu")
@@ -108,7 +109,9 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
         [(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
     )
     y = ref.obs["cell_type"].to_numpy()
-    want = LogisticRegression(C=1.0, max_iter=1000).fit(z, y).predict_proba(z)
+    C = m.hyperparameters["C"]  # chosen on validation, recorded where the model says
+    assert C in LINEAR_C_GRID and m.selection["candidates"]["linear"]["hyperparameters"] == {"C": C}
+    want = LogisticRegression(C=C, max_iter=1000).fit(z, y).predict_proba(z)
     lin = ScMPTModel(
         reps=["A", "B"], widths=m.widths, classes=m.classes, hidden=[],
         state_dicts=[m.state_dicts[1]], means=m.means, stds=m.stds,
@@ -149,10 +152,75 @@ def test_selection_margin_against_the_average():
     assert keep.selection["chosen"] == "fusion+linear" and keep.member_hidden == [[32], []]
     cand = keep.selection["candidates"]
     best = max(cand, key=lambda n: (cand[n]["val_accuracy"], -cand[n]["val_loss"]))
-    plain = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, selection_margin=0, **FAST)
+    # (on the first fold alone, where `val_accuracy` was measured)
+    plain = ScMPTModel.fit(
+        ref, reps=["A", "B"], n_seeds=1, selection_margin=0, selection_folds=1, **FAST
+    )
     assert cand[plain.selection["chosen"]]["val_accuracy"] == cand[best]["val_accuracy"]
     with pytest.raises(ValueError, match="selection_margin"):
         ScMPTModel.fit(ref, reps=["A", "B"], selection_margin=-1, **FAST)
+
+
+def test_extra_folds_hold_out_disjoint_stratified_cells():
+    from genept.models.scmpt._train import extra_folds, stratified_split
+
+    codes = np.repeat(np.arange(4), [100, 60, 30, 11])
+    split = stratified_split(codes, 0.2, 0)
+    folds = extra_folds(codes, split, 5, 5, 0)
+    assert len(folds) == 4
+    held = [split[1]] + [va for _, va in folds]
+    # every labelled cell is held out exactly once over the five folds
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), np.arange(codes.size))
+    for tr, va in folds:
+        assert np.intersect1d(tr, va).size == 0 and tr.size + va.size == codes.size
+        # stratified: each class's share of the held-out cells within one cell of 1/5
+        np.testing.assert_allclose(np.bincount(codes[va], minlength=4), [20, 12, 6, 2.2], atol=1)
+    assert [len(extra_folds(codes, split, k, 5, 0)) for k in (1, 2, 3)] == [0, 1, 2]
+    # val_size 0.5: the second fold swaps the two halves
+    half = stratified_split(codes, 0.5, 0)
+    ((tr, va),) = extra_folds(codes, half, 2, 2, 0)
+    np.testing.assert_array_equal(va, half[0])
+    np.testing.assert_array_equal(tr, half[1])
+
+
+def test_selection_folds_auto_and_validation():
+    from genept.models import ScMPTParams
+    from genept.models.scmpt._params import SELECTION_CELLS
+
+    p = ScMPTParams()
+    assert p.selection_folds == "auto" and p.max_folds() == 5 and SELECTION_CELLS == 400
+    # known answers: ceil(400 / validation cells), at most 1 / val_size
+    assert [p.n_folds(n) for n in (600, 400, 300, 150, 100, 20)] == [1, 1, 2, 3, 4, 5]
+    assert ScMPTParams(val_size=0.3).max_folds() == 3
+    assert ScMPTParams(selection_folds=3).n_folds(1000) == 3
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        ScMPTParams(selection_folds=6)
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        ScMPTParams(selection_folds=0)
+    for bad in ("all", True, 2.5):
+        with pytest.raises(TypeError, match="selection_folds must be 'auto'"):
+            ScMPTParams(selection_folds=bad)
+
+
+def test_selection_pools_every_fold():
+    ref = noise_branch_data()  # 240 cells: a 48-cell split, five folds
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    sel = m.selection
+    assert sel["folds"] == 5 and sel["chosen"] == "A"
+    cand = sel["candidates"]
+    for name in ("fusion", "A", "B", "linear", "fusion+linear"):
+        assert cand[name]["pooled"]["folds"] == 5 and cand[name]["pooled"]["n_val"] == 240
+    # the margins are measured on the pooled cells: the average's standard error
+    acc = cand["fusion+linear"]["pooled"]["accuracy"]
+    vs = cand["A"]["vs_default"]
+    assert vs["se"] == pytest.approx(np.sqrt(acc * (1 - acc) / 240))
+    assert vs["diff"] == pytest.approx(cand["A"]["pooled"]["accuracy"] - acc)
+    # the noise branch is near chance on all 240 cells, the informative one is not
+    assert cand["B"]["pooled"]["accuracy"] < 0.4 < 0.7 < cand["A"]["pooled"]["accuracy"]
+    # one fold: the first split alone, as before (no pooled records)
+    one = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, selection_folds=1, **FAST)
+    assert one.selection["folds"] == 1 and "pooled" not in one.selection["candidates"]["A"]
+    assert one.selection["candidates"]["A"]["val_accuracy"] == cand["A"]["val_accuracy"]
 
 
 def test_annotate_scmpt_reports_the_selection():
@@ -230,6 +298,39 @@ def test_linear_candidate_is_a_logistic_regression_on_both_inputs(tmp_path):
             reps=["A", "B"], widths=[20, 20], classes=paper.classes, hidden=[],
             state_dicts=[mlp, mlp], member_hidden=[[]], means=paper.means, stds=paper.stds,
         )  # fmt: skip
+
+
+def test_linear_candidate_takes_the_C_of_lowest_validation_loss():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    # few cells, three informative features among 100 noisy ones: C=1 over-fits (its
+    # validation log-loss is 1.06 against 0.84-0.91), stronger L2 wins on validation
+    rng = np.random.default_rng(0)
+    n, d = 120, 100
+    y = np.repeat(np.arange(3), n // 3)
+    x = rng.standard_normal((n, d))
+    x[:, :3] += 1.5 * np.eye(3)[y]
+    tr, va = np.arange(n) % 4 != 0, np.arange(n) % 4 == 0
+    t = lambda a: [torch.from_numpy(a.astype(np.float32))]  # noqa: E731
+    yt = torch.from_numpy(y)
+    _, info = train_linear(
+        t(x[tr]), yt[tr], t(x[va]), yt[va], n_classes=3, class_weight=None, device="cpu",
+        C=LINEAR_C_GRID,
+    )  # fmt: skip
+    # independent reference: scikit-learn's validation log-loss of each C
+    losses = {
+        c: log_loss(y[va], LogisticRegression(C=c, max_iter=1000).fit(x[tr], y[tr]).predict_proba(x[va]))
+        for c in LINEAR_C_GRID
+    }  # fmt: skip
+    assert info["C"] == min(losses, key=losses.get)
+    assert info["val_loss"] == pytest.approx(losses[info["C"]], rel=1e-3)
+    assert info["C"] < 1.0  # the over-fitting default is not the one kept here
+    # without validation cells there is nothing to choose by: the last (given) C
+    _, info = train_linear(
+        t(x), yt, None, None, n_classes=3, class_weight=None, device="cpu", C=LINEAR_C_GRID
+    )
+    assert info["C"] == LINEAR_C_GRID[-1]
 
 
 def test_ensemble_candidate_scores_the_average_of_fusion_and_linear():

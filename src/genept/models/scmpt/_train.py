@@ -13,7 +13,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,16 @@ from scanpy import logging as logg
 from sklearn.metrics import f1_score
 
 from ..._core._progress import progress_bar
-from ._fit import LINEAR_C, LINEAR_HYPER, Hyper, hyper_dict, scores, train_linear, train_one
+from ._fit import (
+    LINEAR_C,
+    LINEAR_C_GRID,
+    LINEAR_HYPER,
+    Hyper,
+    hyper_dict,
+    scores,
+    train_linear,
+    train_one,
+)
 from ._params import ScMPTParams
 
 __all__ = ["TrainResult", "train"]
@@ -30,14 +39,46 @@ __all__ = ["TrainResult", "train"]
 _VAL_KEYS = ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")
 
 
-def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
-    """Validation record of the average of two models' probabilities."""
-    proba = (a["val_proba"] + b["val_proba"]) / 2
+def record_of(proba: np.ndarray, y_va, class_weight, like: dict) -> dict[str, Any]:
+    """Validation record of probabilities ``proba`` (epochs as in ``like``)."""
     yv = y_va.numpy()
     w = np.ones(proba.shape[1]) if class_weight is None else class_weight.numpy()
     nll = -np.log(np.clip(proba[np.arange(yv.size), yv], 1e-12, None))
     loss = (w[yv] * nll).sum() / max(w[yv].sum(), 1e-12)
-    return {"epochs_run": a["epochs_run"], "best_epoch": a["best_epoch"]} | scores(proba, yv, loss)
+    return {k: like[k] for k in ("epochs_run", "best_epoch")} | scores(proba, yv, loss)
+
+
+def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
+    """Validation record of the average of two models' probabilities."""
+    return record_of((a["val_proba"] + b["val_proba"]) / 2, y_va, class_weight, a)
+
+
+def extra_folds(
+    codes: np.ndarray, split: tuple[np.ndarray, np.ndarray], n_folds: int, max_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds 2..``n_folds`` of a stratified cross-validation whose first fold is ``split``.
+
+    The training part of ``split`` is cut (stratified) into ``max_folds - 1`` disjoint
+    chunks of about the validation split's size; fold ``j`` holds out chunk ``j`` and
+    trains on every other cell of the split, so all held-out cells are distinct.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    tr, va = split
+    if n_folds <= 1 or max_folds <= 1:
+        return []
+    everyone = np.sort(np.concatenate([tr, va]))
+    if max_folds == 2:
+        chunks = [tr]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes with fewer cells than chunks
+            try:
+                skf = StratifiedKFold(max_folds - 1, shuffle=True, random_state=seed)
+                chunks = [tr[c] for _, c in skf.split(tr, codes[tr])]
+            except ValueError:  # no class has enough cells to stratify
+                return []
+    return [(np.setdiff1d(everyone, c), np.sort(c)) for c in chunks[: n_folds - 1]]
 
 
 def margins_over_default(
@@ -232,6 +273,13 @@ def train(
     configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
     seeds = [p.random_state + i for i in range(p.n_seeds)]
     cands = candidates(names, p.select if split is not None else "fusion", p.hidden)
+    # more folds for the comparison of candidates (fusion, branches, linear, average)
+    compare = len(cands) > 2 and not cands[-1][2]
+    folds = (
+        extra_folds(codes, split, p.n_folds(split[1].size), p.max_folds(), p.random_state)
+        if compare and split is not None
+        else []
+    )
     common = {
         "n_classes": n_classes,
         "weight_decay": p.weight_decay,
@@ -242,6 +290,7 @@ def train(
     n_search = sum(len(configs) if hid else 1 for _, _, hid in cands)
     progress = progress_bar(
         (n_search if n_search > 1 and split is not None else 0)
+        + len(folds) * len(cands)
         + len(seeds) * (2 if p.refit and split is not None else 1),
         desc="scMPT",
         unit="run",
@@ -293,15 +342,21 @@ def train(
         n_train, n_val = codes.size, 0
     else:
         tr, va = split
-        tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
-        xs_tr = [t[tr_t.to(t.device)] for t in tensors]
-        xs_va = [t[va_t.to(t.device)] for t in tensors]
-        y_tr, y_va = y_t[tr_t], y_t[va_t]
+
+        def fold_of(tr: np.ndarray, va: np.ndarray) -> tuple:
+            tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
+            xs_tr = [t[tr_t.to(t.device)] for t in tensors]
+            xs_va = [t[va_t.to(t.device)] for t in tensors]
+            return xs_tr, y_t[tr_t], xs_va, y_t[va_t]
+
+        first = fold_of(tr, va)
+        y_va = first[3]
         n_train, n_val = tr.size, va.size
         for k in _VAL_KEYS:
             grid[k] = []
 
-        def run(br: list[int], hid: list[int], hp: Hyper, seed: int):
+        def run(br, hid, hp: Hyper, seed: int, fold: tuple = first, C=LINEAR_C_GRID, stop=True):
+            xs_tr, y_tr, xs_va, y_va = fold
             return (train_one if hid else train_linear)(
                 [xs_tr[i] for i in br],
                 y_tr,
@@ -310,9 +365,10 @@ def train(
                 in_dims=dims(br),
                 hidden=hid,
                 hp=hp,
-                early_stopping=p.early_stopping,
+                early_stopping=p.early_stopping and stop,
                 seed=seed,
                 **common,
+                **({} if hid else {"C": C}),  # C by validation loss
             )
 
         def score_of(info: dict) -> tuple:
@@ -341,32 +397,63 @@ def train(
                     "reps": [names[i] for i in br],
                     "hidden": list(hid),
                     **{k: info[k] for k in _VAL_KEYS},
-                    "hyperparameters": hyper_dict(cfg, hid),
+                    "hyperparameters": hyper_dict(cfg, hid, info.get("C", LINEAR_C)),
                 }
             # the average of the fusion and the linear fusion (an MLP and a logistic
             # regression on the same inputs): scored on the same validation cells
             fusion_name, lin_name = cands[0][0], cands[-1][0]
-            if len(cands) > 2 and not cands[-1][2]:
+            if compare:
                 f_run, l_run = runs[fusion_name], runs[lin_name]
-                info = mean_of(f_run[3], l_run[3], y_va, cw)
+                # every candidate again on the other folds (first seed, the configuration,
+                # C and epochs of the first fold, no early stopping: the held-out cells
+                # are not looked at): the comparison pools all held-out cells
+                sel = {n: r[3] for n, r in runs.items()}
+                y_sel = y_va
+                if folds:
+                    probas = {n: [r[3]["val_proba"]] for n, r in runs.items()}
+                    ys = [y_va]
+                    for f_tr, f_va in folds:
+                        fold = fold_of(f_tr, f_va)
+                        ys.append(fold[3])
+                        for name, br, hid in cands:
+                            _, cfg, _, info = runs[name]
+                            C = info.get("C", LINEAR_C)
+                            if p.early_stopping:
+                                cfg = replace(cfg, epochs=max(1, int(info["best_epoch"])))
+                            _, info = run(br, hid, cfg, seeds[0], fold=fold, C=C, stop=False)
+                            probas[name].append(info["val_proba"])
+                            progress.update()
+                    y_sel = torch.cat(ys)
+                    sel = {
+                        n: record_of(np.concatenate(ps), y_sel, cw, runs[n][3])
+                        for n, ps in probas.items()
+                    }
+                info = mean_of(f_run[3], l_run[3], y_va, cw)  # on the first fold
                 ens = ensemble_name(names)
                 scores[ens] = {
                     "reps": list(names),
                     "hidden": list(p.hidden),
                     **{k: info[k] for k in _VAL_KEYS},
-                    "hyperparameters": {**hyper_dict(f_run[1], p.hidden), "C": LINEAR_C},
+                    "hyperparameters": {**hyper_dict(f_run[1], p.hidden), "C": l_run[3]["C"]},
                 }
                 # the ensemble is the default; another candidate replaces it only if it
                 # is better on validation by more than `selection_margin` standard errors
                 # of the average's own estimate (small validation sets are noisy)
+                if folds:
+                    sel[ens] = mean_of(sel[fusion_name], sel[lin_name], y_sel, cw)
+                    for n, rec in sel.items():  # what the comparison below saw
+                        scores[n]["pooled"] = {"folds": 1 + len(folds), "n_val": y_sel.numel()}
+                        scores[n]["pooled"] |= {k[4:]: rec[k] for k in _VAL_KEYS[:3]}
+                else:
+                    sel[ens] = info
                 margins = margins_over_default(
-                    {n: r[3] for n, r in runs.items()}, info, y_va, p.selection_metric
+                    {n: r for n, r in sel.items() if n != ens}, sel[ens], y_sel, p.selection_metric
                 )
                 for n, (diff, se) in margins.items():
                     scores[n]["vs_default"] = {"diff": diff, "se": se}
                 ahead = [n for n, (diff, se) in margins.items() if diff > p.selection_margin * se]
                 if ahead:
-                    chosen = max(ahead, key=lambda n: runs[n][0])
+                    chosen = max(ahead, key=lambda n: score_of(sel[n]))
                     _, hp, st0, info0 = runs[chosen]
                     best_first = (st0, info0)
                     _, branches, hidden = next(c for c in cands if c[0] == chosen)
@@ -386,7 +473,7 @@ def train(
                         "reps": [names[j] for j in branches],
                         "hidden": list(hidden),
                         **{k: info[k] for k in _VAL_KEYS},
-                        "hyperparameters": hyper_dict(hp, hidden),
+                        "hyperparameters": hyper_dict(hp, hidden, info.get("C", LINEAR_C)),
                     }
             states.append(st)
             infos.append(info if linear_run is None else mean_of(info, linear_run[1], y_va, cw))
@@ -404,6 +491,9 @@ def train(
                 progress.update()
     progress.close()
     member_hidden = [list(hidden)] * len(states)
+    # the logistic regression's C (chosen on validation), when the model has one
+    lin = linear_run[1] if linear_run is not None else infos[0] if not hidden else {}
+    lin_C = float(lin.get("C", LINEAR_C))
     refit = split is not None and p.refit and (linear_run is not None or not hidden)
     if refit:
         # the logistic regression needs no early stopping: once chosen (alone or in the
@@ -411,7 +501,7 @@ def train(
         # (the validation scores above are those of the fit on the training part)
         lin_state, _ = train_linear(
             [tensors[i] for i in branches], y_t, None, None,
-            n_classes=n_classes, class_weight=cw, device=dev,
+            n_classes=n_classes, class_weight=cw, device=dev, C=lin_C,
         )  # fmt: skip
         if not hidden:
             states = [lin_state] * len(states)
@@ -430,6 +520,7 @@ def train(
         "hidden": list(hidden),
         "candidates": scores,
         "refit_on_all": bool(split is not None and p.refit),
+        "folds": 1 + len(folds) if split is not None else 0,
     }
     if len(cands) > 1:
         logg.info(
@@ -446,9 +537,11 @@ def train(
     return TrainResult(
         states=states,
         hyperparameters=(
-            {**hp.as_dict(), "weight_decay": p.weight_decay} if hidden else hyper_dict(hp, [])
+            {**hp.as_dict(), "weight_decay": p.weight_decay}
+            if hidden
+            else hyper_dict(hp, [], lin_C)
         )
-        | ({"C": LINEAR_C} if linear_run is not None else {}),
+        | ({"C": lin_C} if linear_run is not None else {}),
         validation=validation,
         grid=grid,
         seeds=seeds,
