@@ -15,8 +15,10 @@ import genept as gpt
 from genept._core import _device
 from genept._core._device import available_cores, torch_n_threads, torch_threads
 from genept.models import ScMPTModel
-from genept.models.scmpt._fit import LINEAR_C_GRID, train_linear
+from genept.models.scmpt._fit import train_linear
 from genept.tl import annotate_mlp, annotate_scmpt
+
+C_GRID = (0.01, 0.1, 1.0)
 
 FAST = dict(hidden=32, epochs_grid=(40,), lr_grid=(3e-3,), patience=8, n_jobs=1, device="cpu")
 
@@ -109,9 +111,8 @@ def test_selection_keeps_the_fusion_of_complementary_branches():
         [(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
     )
     y = ref.obs["cell_type"].to_numpy()
-    C = m.hyperparameters["C"]  # chosen on validation, recorded where the model says
-    assert C in LINEAR_C_GRID and m.selection["candidates"]["linear"]["hyperparameters"] == {"C": C}
-    want = LogisticRegression(C=C, max_iter=1000).fit(z, y).predict_proba(z)
+    assert m.hyperparameters["C"] == 1.0  # scikit-learn's default, recorded
+    want = LogisticRegression(C=1.0, max_iter=1000).fit(z, y).predict_proba(z)
     lin = ScMPTModel(
         reps=["A", "B"], widths=m.widths, classes=m.classes, hidden=[],
         state_dicts=[m.state_dicts[1]], means=m.means, stds=m.stds,
@@ -316,21 +317,48 @@ def test_linear_candidate_takes_the_C_of_lowest_validation_loss():
     yt = torch.from_numpy(y)
     _, info = train_linear(
         t(x[tr]), yt[tr], t(x[va]), yt[va], n_classes=3, class_weight=None, device="cpu",
-        C=LINEAR_C_GRID,
+        C=C_GRID,
     )  # fmt: skip
     # independent reference: scikit-learn's validation log-loss of each C
     losses = {
         c: log_loss(y[va], LogisticRegression(C=c, max_iter=1000).fit(x[tr], y[tr]).predict_proba(x[va]))
-        for c in LINEAR_C_GRID
+        for c in C_GRID
     }  # fmt: skip
     assert info["C"] == min(losses, key=losses.get)
     assert info["val_loss"] == pytest.approx(losses[info["C"]], rel=1e-3)
     assert info["C"] < 1.0  # the over-fitting default is not the one kept here
     # without validation cells there is nothing to choose by: the last (given) C
     _, info = train_linear(
-        t(x), yt, None, None, n_classes=3, class_weight=None, device="cpu", C=LINEAR_C_GRID
+        t(x), yt, None, None, n_classes=3, class_weight=None, device="cpu", C=C_GRID
     )
-    assert info["C"] == LINEAR_C_GRID[-1]
+    assert info["C"] == C_GRID[-1]
+
+
+def test_linear_c_option_is_validated_recorded_and_refit():
+    from sklearn.linear_model import LogisticRegression
+
+    from genept.models import ScMPTParams
+
+    assert ScMPTParams().linear_c == (1.0,)
+    for bad in (0, -1.0, (), (0.1, float("nan"))):
+        with pytest.raises(ValueError, match="linear_c must be positive"):
+            ScMPTParams(linear_c=bad)
+    ref = linear_data(seed=2)
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, linear_c=C_GRID, selection_margin=1e9,
+                       **FAST)  # fmt: skip
+    lin = m.selection["candidates"]["linear"]
+    C = lin["hyperparameters"]["C"]
+    assert C in C_GRID and m.hyperparameters["C"] == C
+    # the average's regression is that C's, refit on every reference cell
+    z = np.hstack(
+        [(ref.obsm[k] - mu) / sd for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
+    )
+    want = LogisticRegression(C=C, max_iter=1000).fit(z, ref.obs["cell_type"].to_numpy())
+    got = ScMPTModel(
+        reps=["A", "B"], widths=m.widths, classes=m.classes, hidden=[],
+        state_dicts=[m.state_dicts[1]], means=m.means, stds=m.stds,
+    )  # fmt: skip
+    np.testing.assert_allclose(got.predict_proba(ref).to_numpy(), want.predict_proba(z), atol=1e-4)
 
 
 def test_ensemble_candidate_scores_the_average_of_fusion_and_linear():

@@ -21,7 +21,6 @@ from ._net import make_net, predict, val_loss
 
 __all__ = [
     "LINEAR_C",
-    "LINEAR_C_GRID",
     "LINEAR_HYPER",
     "Hyper",
     "hyper_dict",
@@ -116,14 +115,9 @@ def train_one(
     return state, info
 
 
-#: inverse L2 strength of the linear candidate without a validation split (scikit-learn's
-#: and celltypist's default)
+#: inverse L2 strength of the linear candidate (scikit-learn's and celltypist's default;
+#: ``ScMPTParams.linear_c``)
 LINEAR_C = 1.0
-#: with a validation split, the linear candidate's ``C`` is the one of these with the lowest
-#: validation loss: ``C=1`` on a few hundred cells and a few hundred standardised features
-#: is over-confident, and its probabilities then outweigh the MLP's in the averaged
-#: ``"fusion+linear"`` candidate (``benchmarks/annotation_real.py``)
-LINEAR_C_GRID = (0.01, 0.1, 1.0)
 #: the grid does not apply to the linear candidate: its row in ``grid`` carries these
 LINEAR_HYPER = Hyper(float("nan"), 0, 0, float("nan"))
 

@@ -24,7 +24,6 @@ from sklearn.metrics import f1_score
 from ..._core._progress import progress_bar
 from ._fit import (
     LINEAR_C,
-    LINEAR_C_GRID,
     LINEAR_HYPER,
     Hyper,
     hyper_dict,
@@ -335,6 +334,7 @@ def train(
                 early_stopping=False,
                 seed=seed,
                 **common,
+                **({} if hidden else {"C": p.linear_c}),
             )
             states.append(st)
             infos.append(info)
@@ -355,7 +355,7 @@ def train(
         for k in _VAL_KEYS:
             grid[k] = []
 
-        def run(br, hid, hp: Hyper, seed: int, fold: tuple = first, C=LINEAR_C_GRID, stop=True):
+        def run(br, hid, hp: Hyper, seed: int, fold: tuple = first, C=p.linear_c, stop=True):
             xs_tr, y_tr, xs_va, y_va = fold
             return (train_one if hid else train_linear)(
                 [xs_tr[i] for i in br],
@@ -368,7 +368,7 @@ def train(
                 early_stopping=p.early_stopping and stop,
                 seed=seed,
                 **common,
-                **({} if hid else {"C": C}),  # C by validation loss
+                **({} if hid else {"C": C}),  # several: by validation loss
             )
 
         def score_of(info: dict) -> tuple:
