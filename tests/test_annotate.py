@@ -625,12 +625,15 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     from genept.models import ScMPTParams
 
     names = ScMPTParams.names()
-    assert len(names) == 19 and "lr_grid" in names and "select" in names
+    assert len(names) == 21 and "lr_grid" in names and "select" in names
+    assert {"selection_folds", "linear_c"} <= set(names)
     for fn in (ScMPTModel.fit, annotate_scmpt):
         sig = inspect.signature(fn).parameters
         assert all(sig[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
         assert sig["n_seeds"].default == 3 and sig["hidden"].default == (512,)
+        assert sig["selection_folds"].default == "auto" and sig["linear_c"].default == (1.0,)
         assert "Values searched for the initial learning rate" in fn.__doc__
+        assert "On how many folds of the reference" in fn.__doc__
         assert "{scmpt_params}" not in fn.__doc__
     p = ScMPTParams(hidden=[16, 8], lr_grid=1e-3, class_weight={"a": 2})
     assert p.hidden == (16, 8) and p.grids["lr"] == (1e-3,)
