@@ -98,9 +98,9 @@ selection_folds
     ``1 / val_size`` -- one fold from 2,000 reference cells on, five below 500; ``1``:
     the validation split alone. A 160-cell validation
     split has a standard error of about 0.03 on an accuracy of 0.85, as large as the
-    differences between candidates: on bassez_tumor_immune (792 reference cells, four
+    differences between candidates: on bassez_tumor_immune (792 reference cells, three
     folds) PCA + GenePT-w kept PCA alone in 3 of 3 splits and scored 0.896 test
-    accuracy, against 0.848 with one fold, which kept the average.
+    accuracy, as PCA alone, against 0.856 with one fold, which kept the average.
 linear_c
     Inverse L2 strength ``C`` of the linear fusion's logistic regression (1, default:
     scikit-learn's and celltypist's); several values: the one with the lowest
