@@ -105,9 +105,9 @@ linear_c
     Inverse L2 strength ``C`` of the linear fusion's logistic regression (1, default:
     scikit-learn's and celltypist's); several values: the one with the lowest
     validation loss on the first fold (the last one without a validation split).
-    Choosing among 0.01 / 0.1 / 1 that way was a wash on three real datasets (4
-    fusions, 3 splits each: mean test accuracy -0.001; PCA + GenePT-s up to +0.02,
-    PCA + GenePT-w down as much), so the default stays one value.
+    Choosing among 0.01 / 0.1 / 1 that way was a wash on three real datasets (7
+    fusions, 3 splits each: mean test accuracy -0.001, from -0.022 for PCA + GenePT-w
+    to +0.019 for PCA + GenePT-s), so the default stays one value.
 selection_margin
     How much better on validation a candidate must be than ``"fusion+linear"`` to
     replace it, in standard errors of the average's own validation estimate (the
