@@ -150,21 +150,21 @@ def train_linear(
     Cs = [float(c) for c in np.atleast_1d(C)]
     if xs_va is None:
         Cs = Cs[-1:]
+    x = np.concatenate([t.cpu().numpy() for t in xs_tr], axis=1).astype(np.float64)
+    y = y_tr.numpy()
+    cw = None if class_weight is None else dict(enumerate(class_weight.numpy().tolist()))
     best = None
     for c in Cs:
-        state, info = _fit_linear(xs_tr, y_tr, xs_va, y_va, n_classes, class_weight, device, c)
+        state, info = _fit_linear(x, y, cw, xs_tr, xs_va, y_va, n_classes, class_weight, device, c)
         if best is None or info.get("val_loss", 0.0) < best[1].get("val_loss", 0.0):
             best = (state, info)
     return best
 
 
-def _fit_linear(xs_tr, y_tr, xs_va, y_va, n_classes, class_weight, device, C: float):
-    """One logistic regression of :func:`train_linear`."""
+def _fit_linear(x, y, cw, xs_tr, xs_va, y_va, n_classes, class_weight, device, C: float):
+    """One logistic regression of :func:`train_linear` on the concatenated inputs ``x``."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.concatenate([t.cpu().numpy() for t in xs_tr], axis=1).astype(np.float64)
-    y = y_tr.numpy()
-    cw = None if class_weight is None else dict(enumerate(class_weight.numpy().tolist()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning on tiny references
         lr = LogisticRegression(C=C, max_iter=1000, class_weight=cw).fit(x, y)

@@ -96,9 +96,8 @@ selection_folds
     stopping), so the selection sees every held-out cell of all folds. ``"auto"``
     (default): as many folds as give about 400 validation cells in all, at most
     ``1 / val_size`` -- one fold from 2,000 reference cells on, five below 500; ``1``:
-    the validation split alone. A 160-cell validation
-    split has a standard error of about 0.03 on an accuracy of 0.85, as large as the
-    differences between candidates: on bassez_tumor_immune (792 reference cells, three
+    the validation split alone. A 160-cell validation split has a standard error of
+    about 0.03 on an accuracy of 0.85, as large as the differences between candidates: on bassez_tumor_immune (792 reference cells, three
     folds) PCA + GenePT-w kept PCA alone in 3 of 3 splits and scored 0.896 test
     accuracy, as PCA alone, against 0.856 with one fold, which kept the average.
 linear_c
