@@ -220,9 +220,12 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     assert uns["metrics"]["accuracy"] > 0.6
     # the validation summary: seeds' mean and SD, grid of 2 learning rates
     val = uns["validation"]
-    assert len(val["accuracy_per_seed"]) == 2
-    assert val["accuracy_mean"] == pytest.approx(np.mean(val["accuracy_per_seed"]))
-    assert val["accuracy_sd"] == pytest.approx(np.std(val["accuracy_per_seed"], ddof=1))
+    sel = uns["selection"]
+    assert sel["chosen"] == "stack"  # the default: a weighted mix of every candidate
+    # the stack is scored once on the validation split (the mix of its candidates'
+    # probabilities), not per seed
+    assert len(val["accuracy_per_seed"]) == 1 and val["accuracy_sd"] == 0
+    assert val["accuracy_mean"] == pytest.approx(sel["candidates"]["stack"]["val_accuracy"])
     assert val["n_val"] == pytest.approx(0.2 * len(ref), abs=1)
     # 2 learning rates for each candidate: the fusion and each branch alone; the linear
     # fusion once (select="best")
@@ -240,8 +243,8 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["reps"] == ["X_pca", "X_pca_raw"] and cfg["widths"] == [50, 30]
     assert cfg["classes"] == query.uns["genept_scmpt"]["classes"]
-    # 2 seeds (and 2 copies of the logistic regression if the fusion+linear ensemble won)
-    n_states = 4 if uns["selection"]["chosen"] == "fusion+linear" else 2
+    # 2 seeds of each network candidate the stack kept, one logistic regression
+    n_states = sum(1 if n == "linear" else 2 for n in uns["selection"]["weights"])
     assert len(torch.load(path / "weights.pt", weights_only=True)["state_dicts"]) == n_states
 
     model = ScMPTModel.load(path)

@@ -20,7 +20,10 @@ from genept.tl import annotate_mlp, annotate_scmpt
 
 C_GRID = (0.01, 0.1, 1.0)
 
-FAST = dict(hidden=32, epochs_grid=(40,), lr_grid=(3e-3,), patience=8, n_jobs=1, device="cpu")
+# the model selection of select="best" (select="stack", the default: test_scmpt_stack.py)
+FAST = dict(
+    hidden=32, epochs_grid=(40,), lr_grid=(3e-3,), patience=8, n_jobs=1, device="cpu", select="best"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +87,7 @@ def test_selection_drops_a_pure_noise_branch():
     assert m.grid["val_accuracy"][1] == cand["A"]["val_accuracy"]
 
     # the paper's behaviour stays reachable: the fusion only
-    paper = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, select="fusion", **FAST)
+    paper = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **{**FAST, "select": "fusion"})
     assert paper.selection["chosen"] == "fusion" and paper.branches == [0, 1]
     assert list(paper.selection["candidates"]) == ["fusion"]
     assert paper.selection["candidates"]["fusion"]["val_accuracy"] == pytest.approx(
@@ -381,9 +384,9 @@ def test_ensemble_candidate_scores_the_average_of_fusion_and_linear():
 def test_params_validate_select_and_n_jobs():
     from genept.models import ScMPTParams
 
-    assert ScMPTParams().select == "best" and ScMPTParams().n_jobs is None
-    with pytest.raises(ValueError, match="select must be 'best'"):
-        ScMPTParams(select="stack")
+    assert ScMPTParams().select == "stack" and ScMPTParams().n_jobs is None
+    with pytest.raises(ValueError, match="select must be 'stack'"):
+        ScMPTParams(select="all")
     with pytest.raises(ValueError, match="n_jobs"):
         ScMPTParams(n_jobs=0)
 
@@ -406,7 +409,7 @@ def test_saved_model_keeps_the_selection(tmp_path):
 def test_version_1_models_load_as_fusions(tmp_path):
     """Folders saved before the selection existed (no branches/selection) still load."""
     ref = complementary_data()
-    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, select="fusion", **FAST)
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **{**FAST, "select": "fusion"})
     m.save(tmp_path / "old")
     cfg_file = tmp_path / "old" / "config.json"
     cfg = json.loads(cfg_file.read_text())

@@ -81,8 +81,9 @@ class ScMPTModel:
 
     _FORMAT = "genept-scmpt"
     #: 2: ``branches`` and ``selection`` (version-1 folders load as fusions of all reps);
-    #: 3: ``member_hidden`` (the linear and fusion+linear candidates)
-    _VERSION = 3
+    #: 3: ``member_hidden`` (the linear and fusion+linear candidates);
+    #: 4: ``member_weights`` (``select="stack"``)
+    _VERSION = 4
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class ScMPTModel:
         branches: Sequence[int] | None = None,
         selection: Mapping[str, Any] | None = None,
         member_hidden: Sequence[Sequence[int]] | None = None,
+        member_weights: Sequence[float] | None = None,
     ):
         self.reps = list(reps)
         self.widths = [int(w) for w in widths]
@@ -142,6 +144,14 @@ class ScMPTModel:
                 f"member_hidden has {len(self.member_hidden)} entries for "
                 f"{len(self.state_dicts)} state dicts"
             )
+        n = len(self.state_dicts)
+        w = np.full(n, 1.0 / n) if member_weights is None else np.asarray(member_weights, float)
+        if w.shape != (n,) or not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+            raise ValueError(
+                f"member_weights must be {n} non-negative numbers (one per state dict), "
+                f"got {member_weights!r}"
+            )
+        self.member_weights = (w / w.sum()).tolist()
 
     @property
     def net_widths(self) -> list[int]:
@@ -245,6 +255,7 @@ class ScMPTModel:
             classes=classes,
             hidden=res.hidden,
             member_hidden=res.member_hidden,
+            member_weights=res.member_weights,
             state_dicts=res.states,
             means=means,
             stds=stds,
@@ -310,11 +321,11 @@ class ScMPTModel:
         ts = [torch.from_numpy((xs[b] - self.means[b]) / self.stds[b]) for b in self.branches]
         proba = np.zeros((adata.n_obs, len(self.classes)))
         with torch_threads(n_jobs):
-            for st, hid in zip(self.state_dicts, self.member_hidden, strict=True):
+            members = zip(self.state_dicts, self.member_hidden, self.member_weights, strict=True)
+            for st, hid, w in members:
                 net = make_net(self.net_widths, hid, len(self.classes)).to(dev)
                 net.load_state_dict(st)
-                proba += predict(net, ts, dev, batch_size).reshape(adata.n_obs, -1)
-        proba /= len(self.state_dicts)
+                proba += w * predict(net, ts, dev, batch_size).reshape(adata.n_obs, -1)
         proba[empty] = np.nan
         return pd.DataFrame(
             proba, index=adata.obs_names.copy(), columns=pd.Index(self.classes, dtype=object)
@@ -357,6 +368,7 @@ class ScMPTModel:
             "classes": self.classes,
             "hidden": self.hidden,
             "member_hidden": self.member_hidden,
+            "member_weights": self.member_weights,
             "label_key": self.label_key,
             "n_seeds": len(self.seeds),
             "seeds": self.seeds,
@@ -479,6 +491,7 @@ class ScMPTModel:
                 branches=cfg.get("branches"),  # version 1: all reps
                 selection=cfg.get("selection"),
                 member_hidden=cfg.get("member_hidden"),  # version <= 2: all `hidden`
+                member_weights=cfg.get("member_weights"),  # version <= 3: equal
             )
         except KeyError as e:
             raise ValueError(

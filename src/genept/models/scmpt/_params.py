@@ -161,7 +161,7 @@ class ScMPTParams:
     class_weight: Literal["balanced"] | Mapping[str, float] | None = None
     standardize: bool = True
     selection_metric: Literal["accuracy", "f1_macro", "loss"] = "accuracy"
-    select: Literal["best", "fusion"] = "best"
+    select: Literal["stack", "best", "fusion"] = "stack"
     selection_margin: float = 1.0
     selection_folds: int | Literal["auto"] = "auto"
     linear_c: float | Sequence[float] = 1.0
@@ -203,10 +203,11 @@ class ScMPTParams:
             raise ValueError(
                 f"selection_margin must be a finite number >= 0, got {self.selection_margin!r}"
             )
-        if self.select not in {"best", "fusion"}:
+        if self.select not in {"stack", "best", "fusion"}:
             raise ValueError(
-                f"select must be 'best' (fusion or a single branch, whichever validates "
-                f"best) or 'fusion' (the paper's fusion only), got {self.select!r}"
+                f"select must be 'stack' (a mix of the fusion and each branch, weighted on "
+                f"held-out cells), 'best' (the candidate that validates best) or 'fusion' "
+                f"(the paper's fusion only), got {self.select!r}"
             )
         if self.n_jobs is not None:
             from ..._core._device import resolve_n_jobs

@@ -25,6 +25,7 @@ from sklearn.metrics import f1_score
 from ..._core._progress import progress_bar
 from ._fit import LINEAR_C, LINEAR_HYPER, Hyper, hyper_dict, scores, train_linear, train_one
 from ._params import ScMPTParams
+from ._stack import STACK, member_info, stack_plan, stack_weights, train_stack
 
 __all__ = ["TrainResult", "train"]
 
@@ -207,6 +208,7 @@ class TrainResult:
     selection: dict[str, Any]
     hidden: list[int]
     member_hidden: list[list[int]]
+    member_weights: list[float] | None = None
 
 
 def candidates(
@@ -302,6 +304,8 @@ def train(
     states, infos = [], []
     chosen, branches, hidden = cands[0]
     linear_run = None  # (state, info) of the linear fusion when the ensemble wins
+    plan = None  # select="stack": {candidate: weight}
+    member_weights = None
     scores: dict[str, dict[str, Any]] = {}
     if split is None:
         hp = configs[0]
@@ -454,36 +458,64 @@ def train(
                     hp, best_first = f_run[1], (f_run[2], f_run[3])
                     chosen, branches, hidden = ens, cands[0][1], cands[0][2]
                     linear_run = (l_run[2], l_run[3])
-        for i, seed in enumerate(seeds):
-            # a logistic regression is deterministic: its selection run serves every seed
-            if best_first is not None and (i == 0 or not hidden):
-                st, info = best_first
-            else:
-                st, info = run(branches, hidden, hp, seed)
-                if n_search == 1 and i == 0:
-                    record(chosen, hp, info)
-                    scores[chosen] = {
-                        "reps": [names[j] for j in branches],
-                        "hidden": list(hidden),
-                        **{k: info[k] for k in _VAL_KEYS},
-                        "hyperparameters": hyper_dict(hp, hidden, info.get("C", LINEAR_C)),
+                if p.select == STACK:
+                    # a convex mix of every candidate, weighted by the likelihood of the
+                    # held-out labels (all folds) under the mix of their probabilities
+                    order = [c[0] for c in cands]
+                    pooled = {n: np.concatenate(probas[n]) if folds else runs[n][3]["val_proba"] for n in order}
+                    yv = y_sel.numpy()
+                    w = stack_weights(np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1))
+                    plan = stack_plan(order, w)
+                    rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, cw, f_run[3])
+                    first = record_of(member_info({n: runs[n][3] for n in plan}, plan), y_va, cw, f_run[3])
+                    scores[STACK] = {
+                        "reps": list(names),
+                        "hidden": list(p.hidden),
+                        **{k: first[k] for k in _VAL_KEYS},
+                        "weights": {n: round(float(v), 6) for n, v in zip(order, w, strict=True)},
+                        "pooled": {"folds": 1 + len(folds), "n_val": int(yv.size)}
+                        | {k[4:]: rec[k] for k in _VAL_KEYS[:3]},
                     }
-            states.append(st)
-            infos.append(info if linear_run is None else mean_of(info, linear_run[1], y_va, cw))
-            progress.update()
-        if p.refit and hidden:
-            # each seed network retrained on every labelled reference cell (validation
-            # ones included) for the epochs its early stopping chose on the split
+                    chosen, hp, linear_run, best_first = STACK, f_run[1], None, None
+                    branches, hidden = list(range(len(xs))), list(p.hidden)
+        if plan is not None:
+            states, infos, member_hidden, member_weights = train_stack(
+                plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress,
+                common=common, linear_c=LINEAR_C,
+            )  # fmt: skip
+            infos = [first]  # the stack's probabilities on the first fold
+        else:
             for i, seed in enumerate(seeds):
-                hp_all = Hyper(hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay)
-                states[i], _ = train_one(
-                    [tensors[j] for j in branches], y_t, None, None,
-                    in_dims=dims(branches), hidden=hidden, hp=hp_all,
-                    early_stopping=False, seed=seed, **common,
-                )  # fmt: skip
+                # a logistic regression is deterministic: its selection run serves every seed
+                if best_first is not None and (i == 0 or not hidden):
+                    st, info = best_first
+                else:
+                    st, info = run(branches, hidden, hp, seed)
+                    if n_search == 1 and i == 0:
+                        record(chosen, hp, info)
+                        scores[chosen] = {
+                            "reps": [names[j] for j in branches],
+                            "hidden": list(hidden),
+                            **{k: info[k] for k in _VAL_KEYS},
+                            "hyperparameters": hyper_dict(hp, hidden, info.get("C", LINEAR_C)),
+                        }
+                states.append(st)
+                infos.append(info if linear_run is None else mean_of(info, linear_run[1], y_va, cw))
                 progress.update()
+            if p.refit and hidden:
+                # each seed network retrained on every labelled reference cell (validation
+                # ones included) for the epochs its early stopping chose on the split
+                for i, seed in enumerate(seeds):
+                    hp_all = Hyper(hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay)
+                    states[i], _ = train_one(
+                        [tensors[j] for j in branches], y_t, None, None,
+                        in_dims=dims(branches), hidden=hidden, hp=hp_all,
+                        early_stopping=False, seed=seed, **common,
+                    )  # fmt: skip
+                    progress.update()
     progress.close()
-    member_hidden = [list(hidden)] * len(states)
+    if member_weights is None:
+        member_hidden = [list(hidden)] * len(states)
     # the logistic regression's C (chosen on validation), when the model has one
     lin = linear_run[1] if linear_run is not None else infos[0] if not hidden else {}
     lin_C = float(lin.get("C", LINEAR_C))
@@ -515,6 +547,8 @@ def train(
         "refit_on_all": bool(split is not None and p.refit),
         "folds": 1 + len(folds) if split is not None else 0,
     }
+    if plan is not None:
+        selection["weights"] = dict(plan)  # the kept candidates, renormalised
     if len(cands) > 1:
         logg.info(
             "    model selection on validation: "
@@ -542,4 +576,5 @@ def train(
         selection=selection,
         hidden=list(hidden),
         member_hidden=member_hidden,
+        member_weights=member_weights,
     )

@@ -1,0 +1,196 @@
+"""scMPT's stacking (``select="stack"``): weights, members written over every input, I/O."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import genept as gpt
+from genept.models import ScMPTModel, ScMPTParams
+from genept.models.scmpt._net import make_net
+from genept.models.scmpt._stack import embed_member, stack_plan, stack_weights
+from genept.tl import annotate_scmpt
+
+from test_scmpt_fusion import FAST, complementary_data, noise_branch_data
+
+FAST = {**FAST, "select": "stack"}  # the default
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    progress, gpt.settings.progress = gpt.settings.progress, False
+    yield
+    gpt.settings.progress = progress
+
+
+# ------------------------------------------------------------------- the weights
+def _loglik(P, w):
+    return float(np.log(np.clip(P @ w, 1e-300, None)).mean())
+
+
+def test_stack_weights_maximise_the_mixture_likelihood():
+    """Against an independent optimiser over the simplex (scipy SLSQP)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    # three candidates, each right on a different part of the cells
+    P = rng.uniform(0.05, 0.4, size=(300, 3))
+    P[:100, 0] += 0.55
+    P[100:180, 1] += 0.55
+    P[180:, 2] += 0.3
+    w = stack_weights(P)
+    assert w.shape == (3,) and np.all(w >= 0) and w.sum() == pytest.approx(1.0)
+    ref = minimize(
+        lambda v: -_loglik(P, v),
+        np.full(3, 1 / 3),
+        method="SLSQP",
+        bounds=[(0, 1)] * 3,
+        constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1}],
+    ).x
+    assert _loglik(P, w) == pytest.approx(_loglik(P, ref), abs=1e-6)
+    np.testing.assert_allclose(w, ref, atol=5e-3)
+    # every candidate helps here: none is dropped
+    assert np.all(w > 0.1)
+
+
+def test_stack_weights_edge_cases():
+    # a candidate better on every cell takes all the weight
+    P = np.array([[0.9, 0.5, 0.2], [0.8, 0.5, 0.1], [0.7, 0.6, 0.3]])
+    np.testing.assert_allclose(stack_weights(P), [1, 0, 0], atol=1e-6)
+    # identical candidates share it equally; one candidate gets 1
+    np.testing.assert_allclose(stack_weights(np.full((5, 2), 0.3)), [0.5, 0.5])
+    np.testing.assert_allclose(stack_weights(np.full((5, 1), 0.3)), [1.0])
+    with pytest.raises(ValueError, match="cells, candidates"):
+        stack_weights(np.ones(4))
+    # tiny weights are dropped and the rest renormalised
+    plan = stack_plan(["f", "A", "B"], np.array([0.6, 0.395, 0.005]))
+    assert plan == pytest.approx({"f": 0.6 / 0.995, "A": 0.395 / 0.995})
+
+
+@pytest.mark.parametrize(("branches", "hidden"), [([1], [8]), ([0], [8, 4]), ([2], []), ([0, 2], [])])
+def test_a_member_over_every_input_computes_the_same(branches, hidden):
+    in_dims, n_classes = [3, 5, 4], 6
+    net = make_net([in_dims[b] for b in branches], hidden, n_classes, seed=1)
+    full = make_net(in_dims, hidden, n_classes)
+    full.load_state_dict(embed_member(net.state_dict(), branches, hidden, in_dims, n_classes))
+    xs = [torch.randn(7, d) for d in in_dims]
+    with torch.no_grad():
+        want = net([xs[b] for b in branches])
+        got = full(xs)
+        # the inputs it does not read change nothing
+        other = [x if i in branches else x + 100 for i, x in enumerate(xs)]
+        got_other = full(other)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_other, want)
+
+
+# ------------------------------------------------------------------- the model
+def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp_path):
+    ref = noise_branch_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
+    sel = m.selection
+    assert sel["chosen"] == "stack" and sel["reps"] == ["A", "B"] and m.branches == [0, 1]
+    raw = sel["candidates"]["stack"]["weights"]
+    assert set(raw) == {"fusion", "A", "B", "linear"}
+    assert sum(raw.values()) == pytest.approx(1.0)
+    # the noise branch alone is near chance: (almost) no weight; the informative one most
+    assert raw["B"] < 0.05 and raw["A"] == max(raw.values())
+    plan = sel["weights"]
+    assert sum(plan.values()) == pytest.approx(1.0) and all(v >= 0.01 for v in plan.values())
+    # members: two seeds per network candidate, one logistic regression
+    n_members = sum(1 if n == "linear" else 2 for n in plan)
+    assert len(m.state_dicts) == len(m.member_weights) == len(m.member_hidden) == n_members
+    for name, wt in plan.items():
+        members = [w for w, h in zip(m.member_weights, m.member_hidden, strict=True)
+                   if (h == []) == (name == "linear")]  # fmt: skip
+        assert members  # each kept candidate is in the model
+    assert sum(m.member_weights) == pytest.approx(1.0)
+    # predict_proba is the weighted mix of the members (independent recomputation)
+    q = noise_branch_data(seed=2)
+    proba = m.predict_proba(q).to_numpy()
+    xs = [torch.from_numpy((q.obsm[k] - mu) / sd) for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
+    want = np.zeros_like(proba)
+    for st, hid, w in zip(m.state_dicts, m.member_hidden, m.member_weights, strict=True):
+        net = make_net(m.widths, hid, len(m.classes))
+        net.load_state_dict(st)
+        with torch.no_grad():
+            want += w * torch.softmax(net(xs), 1).double().numpy()
+    np.testing.assert_allclose(proba, want, atol=1e-6)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-6)
+    # on new cells of the same clusters the stack is as good as the informative branch
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=1.3, size=(4, 6))  # noise_branch_data(seed=0)'s clusters
+    y_new = np.repeat(np.array(list("abcd")), 100)
+    obs = pd.DataFrame({"cell_type": y_new}, index=[f"n{i}" for i in range(400)])
+    new = ad.AnnData(np.zeros((400, 1), np.float32), obs=obs)
+    rng = np.random.default_rng(7)
+    new.obsm["A"] = (centers[np.searchsorted(list("abcd"), y_new)] + rng.normal(size=(400, 6))).astype(np.float32)
+    new.obsm["B"] = rng.normal(size=(400, 300)).astype(np.float32)
+    only_a = ScMPTModel.fit(ref, reps=["A"], n_seeds=2, **FAST)
+    acc = lambda model: (model.predict_proba(new).idxmax(axis=1).to_numpy() == y_new).mean()  # noqa: E731
+    assert acc(m) > 0.7 and acc(m) >= acc(only_a) - 0.05
+    # save / load keeps the weights and the predictions
+    m.save(tmp_path / "m")
+    back = ScMPTModel.load(tmp_path / "m")
+    assert back.member_weights == pytest.approx(m.member_weights)
+    assert back.selection == json.loads(json.dumps(m.selection))
+    pd.testing.assert_frame_equal(back.predict_proba(q), m.predict_proba(q))
+
+
+def test_stack_of_complementary_branches_leans_on_the_fusions():
+    ref = complementary_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
+    raw = m.selection["candidates"]["stack"]["weights"]
+    # each branch alone confuses a pair of classes: the fusions carry the mix
+    assert raw["fusion"] + raw["linear"] > 0.8
+    assert m.validation["accuracy_mean"] > 0.95
+    assert m.selection["candidates"]["stack"]["pooled"]["accuracy"] > 0.95
+    # without the refit the first seed's network is the selection run itself
+    kept = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, refit=False, **FAST)
+    assert not kept.selection["refit_on_all"]
+    assert kept.selection["weights"] == pytest.approx(m.selection["weights"])
+
+
+def test_annotate_scmpt_stack_records_the_weights():
+    ref, q = complementary_data(), complementary_data(seed=5)
+    annotate_scmpt(q, ref, reps=["A", "B"], n_seeds=1, key_added="s", **FAST)
+    sel = q.uns["s"]["selection"]
+    assert sel["chosen"] == "stack" and sum(sel["weights"].values()) == pytest.approx(1.0)
+    assert (q.obs["s"].astype(str) == q.obs["cell_type"]).mean() > 0.9
+
+
+def test_member_weights_are_validated_and_default_to_equal(tmp_path):
+    ref = complementary_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **{**FAST, "select": "fusion"})
+    assert m.member_weights == [0.5, 0.5]
+    kw = dict(reps=m.reps, widths=m.widths, classes=m.classes, hidden=m.hidden,
+              state_dicts=m.state_dicts, means=m.means, stds=m.stds)  # fmt: skip
+    for bad in ([1.0], [1, -1], [0, 0], [np.nan, 1]):
+        with pytest.raises(ValueError, match="member_weights"):
+            ScMPTModel(**kw, member_weights=bad)
+    assert ScMPTModel(**kw, member_weights=[3, 1]).member_weights == [0.75, 0.25]
+    # folders saved before member_weights existed load with equal weights
+    m.save(tmp_path / "v3")
+    cfg_file = tmp_path / "v3" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["member_weights"]
+    cfg["version"] = 3
+    cfg_file.write_text(json.dumps(cfg))
+    old = ScMPTModel.load(tmp_path / "v3")
+    assert old.member_weights == [0.5, 0.5]
+    pd.testing.assert_frame_equal(old.predict_proba(ref), m.predict_proba(ref))
+
+
+def test_select_values():
+    assert {ScMPTParams(select=s).select for s in ("stack", "best", "fusion")} == {
+        "stack",
+        "best",
+        "fusion",
+    }
+    with pytest.raises(ValueError, match="select must be 'stack'"):
+        ScMPTParams(select="all")
