@@ -172,6 +172,7 @@ def run(
     with_s: bool,
     shift: str | None,
     seeds: tuple[int, ...] = (0,),
+    scmpt_options: dict | None = None,
 ) -> list[dict]:
     t0 = time.perf_counter()
     a = prepare(a, x_kind)
@@ -179,7 +180,10 @@ def run(
     t_embed = time.perf_counter() - t0
     rows: list[dict] = []
     for seed in seeds if not shift else (0,):
-        rows += run_split(name, a, keys, with_s=with_s, shift=shift, seed=seed, t_embed=t_embed)
+        rows += run_split(
+            name, a, keys, with_s=with_s, shift=shift, seed=seed, t_embed=t_embed,
+            scmpt_options=scmpt_options or {},
+        )  # fmt: skip
     print(f"\n  cell-level metrics of {name} (all {a.n_obs} cells; ARI / AMI vs labels)")
     for rep in ["X_pca", *keys]:
         for method in ("leiden", "kmeans"):
@@ -212,6 +216,7 @@ def run_split(
     shift: str | None,
     seed: int,
     t_embed: float,
+    scmpt_options: dict,
 ) -> list[dict]:
     """Every annotator on one reference/query split of the prepared ``a``."""
     ref, query, how = split(a, shift, seed)
@@ -272,8 +277,9 @@ def run_split(
         ]
     for reps in fusions:
         _, s = timed(
-            gpt.tl.annotate_scmpt, query, ref, reps=reps, label_key=LABEL, key_added="fusion"
-        )
+            gpt.tl.annotate_scmpt, query, ref, reps=reps, label_key=LABEL, key_added="fusion",
+            **scmpt_options,
+        )  # fmt: skip
         sel = query.uns["fusion"].get("selection", {})
         add(
             "scMPT",
@@ -281,6 +287,7 @@ def run_split(
             query.obs["fusion"].to_numpy(),
             s,
             selected=sel.get("chosen", sel.get("selected", "?")) if isinstance(sel, dict) else sel,
+            **({"weights": sel["weights"]} if isinstance(sel, dict) and "weights" in sel else {}),
         )
     return rows
 
@@ -311,6 +318,15 @@ def markdown(rows: list[dict]) -> str:
                 if sel
                 else ""
             )
+            if all(r.get("weights") for r in rs):  # the stack: its mean weights
+                w = pd.DataFrame([r["weights"] for r in rs]).fillna(0).mean()
+                sel = (
+                    " ("
+                    + ", ".join(
+                        f"{k} {v:.2f}" for k, v in w.sort_values()[::-1].items() if v >= 0.1
+                    )
+                    + ")"
+                )
             cells.append(f"{acc:.3f} / {f1:.3f}{sel}")
         out.append(f"| {method} | `{rep}` | " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -329,6 +345,10 @@ def main() -> None:
         help="stratified splits (random_state 0..N-1); the table shows their mean",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: genept's)")
+    p.add_argument(
+        "--scmpt-options", default="{}", type=json.loads,
+        help='annotate_scmpt options as JSON, e.g. \'{"select": "best"}\' (default: its defaults)',
+    )  # fmt: skip
     p.add_argument("--json", help="also write every row as JSON here")
     p.add_argument("--from-json", help="only print the markdown table of a --json file")
     args = p.parse_args()
@@ -362,7 +382,13 @@ def main() -> None:
     rows = []
     for name, a, kind in jobs:
         rows += run(
-            name, a, kind, with_s=not args.no_s, shift=args.shift, seeds=tuple(range(args.splits))
+            name,
+            a,
+            kind,
+            with_s=not args.no_s,
+            shift=args.shift,
+            seeds=tuple(range(args.splits)),
+            scmpt_options=args.scmpt_options,
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))

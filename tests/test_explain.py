@@ -360,9 +360,11 @@ def test_encoder_loaded_in_inference_mode_still_explains(trained):
     np.testing.assert_allclose(p["completeness_error"], 0, atol=2e-3 + 0.06 * np.abs(gap).max())
 
 
-def test_ig_on_a_fusion_plus_linear_ensemble(trained, explain):
-    """A model whose networks differ (an MLP and a logistic regression, averaged):
-    integrated gradients of the average still sum to f(x) - f(baseline)."""
+@pytest.mark.parametrize("weights", [None, [0.8, 0.2]])
+def test_ig_on_a_fusion_plus_linear_ensemble(trained, explain, weights):
+    """A model whose networks differ (an MLP and a logistic regression, averaged with
+    equal weights or a stack's): integrated gradients of the average still sum to
+    f(x) - f(baseline), and f(x) is the model's weighted probability."""
     import torch
 
     adata, model, _ = trained
@@ -375,7 +377,7 @@ def test_ig_on_a_fusion_plus_linear_ensemble(trained, explain):
     both = ScMPTModel(
         reps=model.reps, widths=model.widths, classes=model.classes, hidden=model.hidden,
         state_dicts=[model.state_dicts[0], lin], member_hidden=[model.hidden, []],
-        means=model.means, stds=model.stds,
+        means=model.means, stds=model.stds, member_weights=weights,
     )  # fmt: skip
     gpt.tl.annotate_scmpt(a, model=both, key_added="both", device="cpu")
     cells = ["c0", "c25"]

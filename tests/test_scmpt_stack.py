@@ -15,7 +15,6 @@ from genept.models import ScMPTModel, ScMPTParams
 from genept.models.scmpt._net import make_net
 from genept.models.scmpt._stack import embed_member, stack_plan, stack_weights
 from genept.tl import annotate_scmpt
-
 from test_scmpt_fusion import FAST, complementary_data, noise_branch_data
 
 FAST = {**FAST, "select": "stack"}  # the default
@@ -72,7 +71,9 @@ def test_stack_weights_edge_cases():
     assert plan == pytest.approx({"f": 0.6 / 0.995, "A": 0.395 / 0.995})
 
 
-@pytest.mark.parametrize(("branches", "hidden"), [([1], [8]), ([0], [8, 4]), ([2], []), ([0, 2], [])])
+@pytest.mark.parametrize(
+    ("branches", "hidden"), [([1], [8]), ([0], [8, 4]), ([2], []), ([0, 2], [])]
+)
 def test_a_member_over_every_input_computes_the_same(branches, hidden):
     in_dims, n_classes = [3, 5, 4], 6
     net = make_net([in_dims[b] for b in branches], hidden, n_classes, seed=1)
@@ -105,15 +106,24 @@ def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp
     # members: two seeds per network candidate, one logistic regression
     n_members = sum(1 if n == "linear" else 2 for n in plan)
     assert len(m.state_dicts) == len(m.member_weights) == len(m.member_hidden) == n_members
-    for name, wt in plan.items():
-        members = [w for w, h in zip(m.member_weights, m.member_hidden, strict=True)
-                   if (h == []) == (name == "linear")]  # fmt: skip
-        assert members  # each kept candidate is in the model
-    assert sum(m.member_weights) == pytest.approx(1.0)
+    # each member is one candidate: which branches it reads tells which; their weights
+    # add up to the candidate's
+    got: dict[str, float] = {}
+    for st, hid, w in zip(m.state_dicts, m.member_hidden, m.member_weights, strict=True):
+        if hid == []:
+            name = "linear"
+        else:
+            reads = [b for b in (0, 1) if st[f"branches.{b}.0.weight"].abs().sum() > 0]
+            name = {(0, 1): "fusion", (0,): "A", (1,): "B"}[tuple(reads)]
+        got[name] = got.get(name, 0.0) + w
+    assert got == pytest.approx(plan)
     # predict_proba is the weighted mix of the members (independent recomputation)
     q = noise_branch_data(seed=2)
     proba = m.predict_proba(q).to_numpy()
-    xs = [torch.from_numpy((q.obsm[k] - mu) / sd) for k, mu, sd in zip("AB", m.means, m.stds, strict=True)]
+    xs = [
+        torch.from_numpy((q.obsm[k] - mu) / sd)
+        for k, mu, sd in zip("AB", m.means, m.stds, strict=True)
+    ]
     want = np.zeros_like(proba)
     for st, hid, w in zip(m.state_dicts, m.member_hidden, m.member_weights, strict=True):
         net = make_net(m.widths, hid, len(m.classes))
@@ -129,7 +139,9 @@ def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp
     obs = pd.DataFrame({"cell_type": y_new}, index=[f"n{i}" for i in range(400)])
     new = ad.AnnData(np.zeros((400, 1), np.float32), obs=obs)
     rng = np.random.default_rng(7)
-    new.obsm["A"] = (centers[np.searchsorted(list("abcd"), y_new)] + rng.normal(size=(400, 6))).astype(np.float32)
+    new.obsm["A"] = (
+        centers[np.searchsorted(list("abcd"), y_new)] + rng.normal(size=(400, 6))
+    ).astype(np.float32)
     new.obsm["B"] = rng.normal(size=(400, 300)).astype(np.float32)
     only_a = ScMPTModel.fit(ref, reps=["A"], n_seeds=2, **FAST)
     acc = lambda model: (model.predict_proba(new).idxmax(axis=1).to_numpy() == y_new).mean()  # noqa: E731

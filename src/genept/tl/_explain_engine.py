@@ -154,9 +154,10 @@ class _Classifier:
             for o in (self.others or [None] * len(self.model.branches))
         ]
         out = 0
-        for net in self.nets:
-            out = out + torch.softmax(net(xs).float(), dim=1)[:, target]
-        return out / len(self.nets)
+        # the model's average: equal weights, or the stack's (ScMPTModel.member_weights)
+        for net, w in zip(self.nets, self.model.member_weights, strict=True):
+            out = out + w * torch.softmax(net(xs).float(), dim=1)[:, target]
+        return out
 
 
 # ----------------------------------------------------------------------------- the encoder

@@ -42,6 +42,15 @@ def scores(proba: np.ndarray, yv: np.ndarray, loss: float) -> dict[str, Any]:
     }
 
 
+def record_of(proba: np.ndarray, y_va, class_weight, like: dict) -> dict[str, Any]:
+    """Validation record of probabilities ``proba`` (epochs as in ``like``)."""
+    yv = y_va.numpy()
+    w = np.ones(proba.shape[1]) if class_weight is None else class_weight.numpy()
+    nll = -np.log(np.clip(proba[np.arange(yv.size), yv], 1e-12, None))
+    loss = (w[yv] * nll).sum() / max(w[yv].sum(), 1e-12)
+    return {k: like[k] for k in ("epochs_run", "best_epoch")} | scores(proba, yv, loss)
+
+
 def validate(model: nn.Module, xs_va, y_va, loss_fn, device: str) -> dict[str, Any]:
     """:func:`scores` of ``model`` on the validation tensors."""
     proba = predict(model, xs_va, device)

@@ -51,27 +51,36 @@ class ScMPTModel:
         Widths of each branch's dense layers (scMPT: ``[4096]``; ``[]`` for the linear
         fusion).
     member_hidden
-        The hidden widths of each network of ``state_dicts`` (all ``hidden`` but for the
-        ``"fusion+linear"`` candidate: the seed networks, then as many copies of the
-        logistic regression, ``[]``, so that their average is half of each).
+        The hidden widths of each network of ``state_dicts`` (``[]``: a logistic
+        regression; ``"fusion+linear"``: the seed networks, then as many copies of the
+        logistic regression, so that their average is half of each).
+    member_weights
+        The weight of each network in the averaged probabilities (equal, but for the
+        stack of ``select="stack"``: each kept candidate's weight, split among its
+        seeds). A member that reads fewer branches than ``reps`` is stored as a network
+        over all of them with zero weights for the others.
     label_key
         Label column the model was trained on.
     hyperparameters
         ``lr``, ``epochs``, ``batch_size``, ``decay``, ``weight_decay`` used.
     validation
-        Validation results of the seed ensemble (mean/SD over seeds).
+        Validation results of the seed ensemble (mean/SD over seeds); for the stack,
+        those of its weighted mix on the validation split (one value, SD 0).
     grid
         Validation results of every (candidate, grid configuration) pair (column lists).
     branches
-        Indices into ``reps`` of the representations the network reads: all of them
-        for the fusion, one when a single branch validated best (``select="best"``).
+        Indices into ``reps`` of the representations the networks read: all of them
+        for the fusion and the stack, one when a single branch validated best
+        (``select="best"``).
     selection
-        The model selection: ``select`` (``"best"`` or ``"fusion"``), ``metric``,
-        ``chosen`` (``"fusion"``, ``"linear"``, ``"fusion+linear"`` or the ``obsm`` key
-        of the winning branch), ``reps``
-        (the keys it reads) and ``candidates`` (each candidate's validation accuracy,
-        macro-F1, loss, best epoch and hyper-parameters). Empty for models saved
-        before genept recorded it (they are fusions of all ``reps``).
+        The model selection: ``select`` (``"stack"``, ``"best"`` or ``"fusion"``),
+        ``metric``, ``chosen`` (``"stack"``, ``"fusion"``, ``"linear"``,
+        ``"fusion+linear"`` or the ``obsm`` key of the winning branch), ``reps`` (the
+        keys it reads), ``weights`` (the stack's candidates and their weights) and
+        ``candidates`` (each candidate's validation accuracy, macro-F1, loss, best
+        epoch and hyper-parameters; ``pooled``: on the held-out cells of every fold).
+        Empty for models saved before genept recorded it (they are fusions of all
+        ``reps``).
 
     Notes
     -----
@@ -179,11 +188,10 @@ class ScMPTModel:
     ) -> ScMPTModel:
         """Train on ``reference``: model selection on a validation split, then a seed ensemble.
 
-        With ``select="best"`` (default) and several ``reps``, the fusion and each
-        representation alone are trained on the same validation split with every grid
-        configuration, together with the linear fusion (a logistic regression) and the
-        average of the fusion and the linear fusion, and the best is kept (see
-        :attr:`selection`).
+        With several ``reps``, the fusion and each representation alone are trained on
+        the same validation split with every grid configuration, together with the
+        linear fusion (a logistic regression); ``select="stack"`` (default) keeps a
+        weighted average of them, ``select="best"`` the best (see :attr:`selection`).
 
         Parameters
         ----------

@@ -18,10 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._fit import train_linear, train_one
+from ._fit import record_of, train_linear, train_one
 from ._net import make_net
 
-__all__ = ["STACK", "STACK_MIN_WEIGHT", "embed_member", "member_info", "stack_plan", "stack_weights", "train_stack"]
+__all__ = [
+    "STACK",
+    "STACK_MIN_WEIGHT",
+    "embed_member",
+    "member_info",
+    "stack_plan",
+    "stack_weights",
+    "train_stack",
+]
 
 #: the name of the stacked model in ``selection``
 STACK = "stack"
@@ -96,7 +104,9 @@ def embed_member(
     n_classes
         Outputs.
     """
-    full = {k: torch.zeros_like(v) for k, v in make_net(in_dims, hidden, n_classes).state_dict().items()}
+    full = {
+        k: torch.zeros_like(v) for k, v in make_net(in_dims, hidden, n_classes).state_dict().items()
+    }
     out_w = [int(hidden[-1]) if len(hidden) else int(d) for d in in_dims]
     offsets = np.concatenate([[0], np.cumsum(out_w)])
     local_offset = 0
@@ -132,7 +142,9 @@ def member_info(records: Mapping[str, dict[str, Any]], plan: Mapping[str, float]
     return sum(wt * records[n]["val_proba"] for n, wt in plan.items())
 
 
-def train_stack(plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress, *, common, linear_c):
+def train_stack(
+    plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress, *, common, linear_c
+):
     """The members of the stack: each kept candidate's networks, written over every input.
 
     A network candidate gives one member per seed (weight ``w / n_seeds``): with
@@ -154,7 +166,9 @@ def train_stack(plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress, 
         _, cfg, st0, info0 = runs[name]
         for i, seed in enumerate(seeds if hid else seeds[:1]):
             if p.refit and hid:
-                hp_all = type(cfg)(cfg.lr, max(1, int(info0["best_epoch"])), cfg.batch_size, cfg.decay)
+                hp_all = type(cfg)(
+                    cfg.lr, max(1, int(info0["best_epoch"])), cfg.batch_size, cfg.decay
+                )
                 st, _ = train_one(
                     [tensors[j] for j in br], y_t, None, None, in_dims=dims(br), hidden=hid,
                     hp=hp_all, early_stopping=False, seed=seed, **common,
@@ -172,3 +186,33 @@ def train_stack(plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress, 
             member_weights.append(plan[name] / (len(seeds) if hid else 1))
             progress.update()
     return states, [], member_hidden, member_weights
+
+
+def fit_stack(cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_folds):
+    """The stack's weights and its records.
+
+    ``runs[name]`` holds each candidate's first-fold ``(score, config, state, info)``;
+    ``pooled[name]`` its held-out probabilities on every fold (``None``: the first fold
+    alone, ``info["val_proba"]``), in the order of the labels ``y_sel``. Returns the
+    plan (kept candidates and renormalised weights), the record of the stack for
+    ``selection["candidates"]`` (first-fold scores, the raw weights, ``pooled``: the
+    mix on all held-out cells) and its first-fold validation record.
+    """
+    order = [c[0] for c in cands]
+    if pooled is None:
+        pooled = {n: runs[n][3]["val_proba"] for n in order}
+    yv = y_sel.numpy()
+    w = stack_weights(np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1))
+    plan = stack_plan(order, w)
+    like = runs[order[0]][3]
+    rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, class_weight, like)
+    first = record_of(member_info({n: runs[n][3] for n in plan}, plan), y_va, class_weight, like)
+    record = {
+        "reps": list(names),
+        "hidden": list(hidden),
+        **{k: first[k] for k in ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")},
+        "weights": {n: round(float(v), 6) for n, v in zip(order, w, strict=True)},
+        "pooled": {"folds": n_folds, "n_val": int(yv.size)}
+        | {k: rec[f"val_{k}"] for k in ("accuracy", "f1_macro", "loss")},
+    }
+    return plan, record, first

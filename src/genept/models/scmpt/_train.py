@@ -1,11 +1,12 @@
 """Training of scMPT: model selection and the seed ensemble (appendix A.2).
 
 :func:`train` is the whole procedure on arrays: a stratified validation split of the
-reference; every candidate model (the fusion of all inputs and, with ``select="best"``,
-each input alone and the linear fusion) with every grid configuration scored with the
-first seed (below 2,000 reference cells each candidate is also trained on further folds
-and the candidates are compared on all held-out cells); then the chosen candidate and
-configuration trained with every seed of the ensemble.
+reference; every candidate model (the fusion of all inputs and, with ``select="stack"``
+or ``"best"``, each input alone and the linear fusion) with every grid configuration
+scored with the first seed (below 2,000 reference cells each candidate is also trained
+on further folds and the candidates are compared on all held-out cells); then the
+stack of the candidates (:mod:`._stack`) or the chosen candidate and configuration
+trained with every seed of the ensemble.
 """
 
 from __future__ import annotations
@@ -23,22 +24,21 @@ from scanpy import logging as logg
 from sklearn.metrics import f1_score
 
 from ..._core._progress import progress_bar
-from ._fit import LINEAR_C, LINEAR_HYPER, Hyper, hyper_dict, scores, train_linear, train_one
+from ._fit import (
+    LINEAR_C,
+    LINEAR_HYPER,
+    Hyper,
+    hyper_dict,
+    record_of,
+    train_linear,
+    train_one,
+)
 from ._params import ScMPTParams
-from ._stack import STACK, member_info, stack_plan, stack_weights, train_stack
+from ._stack import STACK, fit_stack, train_stack
 
 __all__ = ["TrainResult", "train"]
 
 _VAL_KEYS = ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")
-
-
-def record_of(proba: np.ndarray, y_va, class_weight, like: dict) -> dict[str, Any]:
-    """Validation record of probabilities ``proba`` (epochs as in ``like``)."""
-    yv = y_va.numpy()
-    w = np.ones(proba.shape[1]) if class_weight is None else class_weight.numpy()
-    nll = -np.log(np.clip(proba[np.arange(yv.size), yv], 1e-12, None))
-    loss = (w[yv] * nll).sum() / max(w[yv].sum(), 1e-12)
-    return {k: like[k] for k in ("epochs_run", "best_epoch")} | scores(proba, yv, loss)
 
 
 def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
@@ -461,21 +461,10 @@ def train(
                 if p.select == STACK:
                     # a convex mix of every candidate, weighted by the likelihood of the
                     # held-out labels (all folds) under the mix of their probabilities
-                    order = [c[0] for c in cands]
-                    pooled = {n: np.concatenate(probas[n]) if folds else runs[n][3]["val_proba"] for n in order}
-                    yv = y_sel.numpy()
-                    w = stack_weights(np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1))
-                    plan = stack_plan(order, w)
-                    rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, cw, f_run[3])
-                    first = record_of(member_info({n: runs[n][3] for n in plan}, plan), y_va, cw, f_run[3])
-                    scores[STACK] = {
-                        "reps": list(names),
-                        "hidden": list(p.hidden),
-                        **{k: first[k] for k in _VAL_KEYS},
-                        "weights": {n: round(float(v), 6) for n, v in zip(order, w, strict=True)},
-                        "pooled": {"folds": 1 + len(folds), "n_val": int(yv.size)}
-                        | {k[4:]: rec[k] for k in _VAL_KEYS[:3]},
-                    }
+                    pooled = {n: np.concatenate(probas[n]) for n in probas} if folds else None
+                    plan, scores[STACK], first = fit_stack(
+                        cands, runs, pooled, y_sel, y_va, cw, names, p.hidden, 1 + len(folds)
+                    )
                     chosen, hp, linear_run, best_first = STACK, f_run[1], None, None
                     branches, hidden = list(range(len(xs))), list(p.hidden)
         if plan is not None:
@@ -506,7 +495,9 @@ def train(
                 # each seed network retrained on every labelled reference cell (validation
                 # ones included) for the epochs its early stopping chose on the split
                 for i, seed in enumerate(seeds):
-                    hp_all = Hyper(hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay)
+                    hp_all = Hyper(
+                        hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay
+                    )
                     states[i], _ = train_one(
                         [tensors[j] for j in branches], y_t, None, None,
                         in_dims=dims(branches), hidden=hidden, hp=hp_all,

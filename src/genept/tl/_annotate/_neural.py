@@ -221,27 +221,25 @@ def annotate_scmpt(
     accuracy and macro-F1 are reported and the query is predicted with the seeds'
     averaged probabilities.
 
-    **Model selection** (``select="best"``, the default): on the same validation split
-    the fusion competes with each representation alone (the same network with one
-    branch: an MLP probe), with the linear fusion (``"linear"``: a logistic regression
-    on the concatenated standardised representations) and with the average of the
-    fusion's and the linear fusion's probabilities (``"fusion+linear"``). The average
-    is kept unless another candidate is better on validation by more than
-    ``selection_margin`` standard errors of the average's own estimate (the
-    one-standard-error rule): on a validation split of a few hundred cells the single
-    best candidate is mostly noise, while a clearly better branch -- the other one
-    being noise -- still wins, so the model does not fall below its better branch.
-    ``selection_margin=0`` keeps the best by ``selection_metric``. Below 2,000
-    reference cells the candidates are also trained on further folds of the reference
-    (``selection_folds="auto"``: a stratified cross-validation whose first fold is the
-    validation split, until about 400 held-out cells are pooled) and compared on all
-    held-out cells: a 160-cell validation split cannot tell candidates 0.03 apart. The
-    linear fusion's L2 strength ``C`` is the one of 0.01, 0.1 and 1 with the lowest
-    validation loss. (The paper's fusion
-    alone can fall below its better input when the other one is weak or noisy: on
-    pbmc68k_reduced, PCA fused with GenePT-s scored 0.771 against 0.829 for the PCA
-    probe.) ``select="fusion"`` keeps the paper's fusion-only training. The winner and every candidate's validation
-    scores are in ``uns[key_added]["selection"]``.
+    **Stacking** (``select="stack"``, the default): on the same validation split the
+    fusion is trained together with each representation alone (the same network with
+    one branch: an MLP probe) and the linear fusion (``"linear"``: a logistic
+    regression on the concatenated standardised representations). The query is
+    predicted with a weighted average of their probabilities, the weights chosen to
+    maximise the likelihood of the held-out labels (stacking; the "super learner" of
+    van der Laan, Polley & Hubbard 2007): a weak or noisy branch gets little weight
+    and complementary ones share it, so the model does not fall below its better
+    branch by more than noise. Below 2,000 reference cells the candidates are also
+    trained on further folds of the reference (``selection_folds="auto"``: a
+    stratified cross-validation whose first fold is the validation split, until about
+    400 held-out cells are pooled) and the weights are fitted on all held-out cells.
+    (The paper's fusion alone can fall below its better input when the other one is
+    weak or noisy: on pbmc68k_reduced, PCA fused with GenePT-s scored 0.771 against
+    0.829 for the PCA probe.) ``select="best"`` keeps one candidate, or the average of
+    the fusion and the linear fusion unless another candidate is better by more than
+    ``selection_margin`` standard errors; ``select="fusion"`` keeps the paper's
+    fusion-only training. The weights and every candidate's validation scores are in
+    ``uns[key_added]["selection"]``.
 
     The paper used ``hidden=4096``, 5 seeds and a per-dataset grid over the four
     hyper-parameters whose values it does not list; :data:`SCMPT_PAPER_GRID` is a grid
