@@ -227,12 +227,14 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     assert len(val["accuracy_per_seed"]) == 1 and val["accuracy_sd"] == 0
     assert val["accuracy_mean"] == pytest.approx(sel["candidates"]["stack"]["val_accuracy"])
     assert val["n_val"] == pytest.approx(0.2 * len(ref), abs=1)
-    # 2 learning rates for each candidate: the fusion and each branch alone; the linear
-    # fusion once (select="best")
-    # (the linear fusion, a logistic regression, has no learning rate: one NaN row)
+    # 2 learning rates for each network candidate: the fusion and each branch alone; the
+    # logistic regressions (the linear fusion and one on each branch) once each, without
+    # a learning rate (NaN rows)
     lrs = np.asarray(uns["grid"]["lr"], float)
-    assert sorted(lrs[~np.isnan(lrs)]) == [3e-4] * 3 + [1e-3] * 3 and np.isnan(lrs).sum() == 1
-    assert sorted(set(uns["grid"]["candidate"])) == ["X_pca", "X_pca_raw", "fusion", "linear"]
+    assert sorted(lrs[~np.isnan(lrs)]) == [3e-4] * 3 + [1e-3] * 3 and np.isnan(lrs).sum() == 3
+    assert sorted(set(uns["grid"]["candidate"])) == [
+        "X_pca", "X_pca (linear)", "X_pca_raw", "X_pca_raw (linear)", "fusion", "linear",
+    ]  # fmt: skip
     if uns["selection"]["chosen"] == "linear":
         assert uns["hyperparameters"] == {"C": 1.0}
     else:
@@ -243,8 +245,8 @@ def test_scmpt_fusion_and_save_load(pbmc, annotated):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["reps"] == ["X_pca", "X_pca_raw"] and cfg["widths"] == [50, 30]
     assert cfg["classes"] == query.uns["genept_scmpt"]["classes"]
-    # 2 seeds of each network candidate the stack kept, one logistic regression
-    n_states = sum(1 if n == "linear" else 2 for n in uns["selection"]["weights"])
+    # 2 seeds of each network candidate the stack kept, one per logistic regression
+    n_states = sum(1 if "linear" in n else 2 for n in uns["selection"]["weights"])
     assert len(torch.load(path / "weights.pt", weights_only=True)["state_dicts"]) == n_states
 
     model = ScMPTModel.load(path)

@@ -344,7 +344,8 @@ class ScMPTModel:
 
         Each is a ``torch.nn.Module`` mapping a list of the standardised inputs of
         :attr:`branches` (``(x - means[b]) / stds[b]`` for ``b`` in ``branches``, in
-        that order) to class logits; :meth:`predict_proba` averages their softmax.
+        that order) to class logits; :meth:`predict_proba` averages their softmax
+        with :attr:`member_weights`.
         Used by :func:`genept.tl.explain_annotation` to take gradients.
 
         Examples

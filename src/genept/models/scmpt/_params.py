@@ -79,16 +79,17 @@ select
     ``"linear"`` (no hidden layer: a multinomial logistic regression on the
     concatenated standardised inputs), all scored on the same held-out cells (every
     fold of ``selection_folds``). ``"stack"`` (default): a weighted average of the
-    candidates' probabilities whose weights maximise the likelihood of the held-out
-    labels (stacking, the "super learner" of van der Laan et al. 2007; candidates
-    under 1% are dropped): a weak or noisy branch gets little weight, complementary
-    ones share it. ``"best"``: one candidate, or ``"fusion+linear"`` (the average of
+    candidates' probabilities -- here also a logistic regression on each
+    representation alone, ``"<key> (linear)"`` -- whose weights maximise the
+    likelihood of the held-out labels (stacking, the "super learner" of van der Laan et
+    al. 2007; candidates under 1% are dropped): a weak or noisy branch gets little
+    weight, complementary ones share it. ``"best"``: one candidate, or ``"fusion+linear"`` (the average of
     the fusion's and the linear fusion's probabilities), which is kept unless another
     candidate is better on the held-out cells by more than ``selection_margin``
     standard errors. On three real datasets (pbmc68k_reduced, pbmc3k,
     bassez_tumor_immune; 7 fusions, 3 splits each) ``"stack"`` scored 0.004 higher
     test accuracy than ``"best"`` on average, and fell more than 0.005 below its best
-    single-branch model in 2 of 21 cases instead of 5. With a single representation
+    single-branch model in 2 of 21 cases instead of 6. With a single representation
     there is nothing to select. ``"fusion"``: the fusion only, as in the paper. The
     candidates' scores, the weights and the winner are recorded in
     ``ScMPTModel.selection`` and ``uns[key_added]["selection"]``.

@@ -221,7 +221,9 @@ def candidates(
     (``"fusion(all)"`` if an input is itself called ``"fusion"``), a single branch by its
     ``obsm`` key, and the linear fusion -- no hidden layer: a multinomial logistic
     regression on the concatenated, standardised inputs -- ``"linear"`` (``"linear(all)"``
-    likewise); the linear fusion is left out when ``hidden`` is already empty.
+    likewise, always last); the linear fusion is left out when ``hidden`` is already
+    empty. ``select="stack"`` adds a logistic regression on each input alone, named
+    ``"<key> (linear)"``, before the linear fusion.
     """
     all_ = list(range(len(names)))
     hidden = list(hidden)
@@ -230,6 +232,12 @@ def candidates(
         return [(fusion if len(names) > 1 else names[0], all_, hidden)]
     out = [(fusion, all_, hidden)] + [(n, [i], hidden) for i, n in enumerate(names)]
     if hidden:
+        if select == "stack":
+            taken = set(names)  # an input named "X (linear)" keeps its own name
+            out += [
+                (f"{n} (linear)" if f"{n} (linear)" not in taken else f"{n} (linear #{i})", [i], [])
+                for i, n in enumerate(names)
+            ]
         out.append(("linear(all)" if "linear" in names else "linear", all_, []))
     return out
 

@@ -223,8 +223,9 @@ def annotate_scmpt(
 
     **Stacking** (``select="stack"``, the default): on the same validation split the
     fusion is trained together with each representation alone (the same network with
-    one branch: an MLP probe) and the linear fusion (``"linear"``: a logistic
-    regression on the concatenated standardised representations). The query is
+    one branch: an MLP probe; and a logistic regression, ``"<key> (linear)"``) and the
+    linear fusion (``"linear"``: a logistic regression on the concatenated
+    standardised representations). The query is
     predicted with a weighted average of their probabilities, the weights chosen to
     maximise the likelihood of the held-out labels (stacking; the "super learner" of
     van der Laan, Polley & Hubbard 2007): a weak or noisy branch gets little weight
