@@ -248,11 +248,11 @@ def annotate_scmpt(
     1e-3, at most 30 epochs with early stopping (patience 5), batches of 64, decay
     0.95, 3 seeds -- reach the same accuracy as width 4096 with two learning rates on
     pbmc68k_reduced (5 stratified splits: 0.809 vs 0.813 mean, 0.829 vs 0.814 on split
-    0) in a fraction of the time. With the model selection on five folds,
-    ``benchmarks/bench_scmpt_speed.py`` measured 8.5 s for 560 reference cells and 9.6 s
-    for 2,400 (one fold) on 2 quiet cores, 15 s and 16 s while two other processes kept
-    both cores busy, where the former defaults took 28 s and 98 s busy (over 240 s on
-    a more loaded machine). On CPU, torch runs with as many threads as there are cores
+    0) in a fraction of the time. With the stack (four folds for 560 cells, one for
+    2,400), ``benchmarks/bench_scmpt_speed.py`` measured 11 s for 560 reference cells
+    and 12 s for 2,400 on 2 quiet cores, 23 s and 20 s while two other processes kept
+    both cores busy, where the former defaults (width 4096, the fusion only) took 32 s
+    and 148 s busy in the same run. On CPU, torch runs with as many threads as there are cores
     not busy with other processes (``n_jobs``): its default of one thread per core made
     training 20-50 times slower on a busy machine.
 
