@@ -71,6 +71,23 @@ def test_stack_weights_edge_cases():
     assert plan == pytest.approx({"f": 0.6 / 0.995, "A": 0.395 / 0.995})
 
 
+def test_stack_weights_with_cell_weights_equal_duplicated_cells():
+    """A cell of weight 2 counts as that cell twice (class weights of the loss)."""
+    rng = np.random.default_rng(3)
+    P = rng.uniform(0.05, 1.0, size=(60, 3))
+    s = rng.integers(0, 4, size=60)
+    dup = np.repeat(P, s, axis=0)
+    np.testing.assert_allclose(stack_weights(P, sample_weight=s), stack_weights(dup), atol=1e-6)
+    for bad in (np.ones(5), -np.ones(60), np.zeros(60)):
+        with pytest.raises(ValueError, match="sample_weight"):
+            stack_weights(P, sample_weight=bad)
+    # balanced class weights reach the stack
+    ref = complementary_data()
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, class_weight="balanced", **FAST)
+    assert m.selection["chosen"] == "stack"
+    assert sum(m.selection["weights"].values()) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     ("branches", "hidden"), [([1], [8]), ([0], [8, 4]), ([2], []), ([0, 2], [])]
 )

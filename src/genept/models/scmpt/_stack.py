@@ -25,7 +25,8 @@ __all__ = [
     "STACK",
     "STACK_MIN_WEIGHT",
     "embed_member",
-    "member_info",
+    "fit_stack",
+    "mix_proba",
     "stack_plan",
     "stack_weights",
     "train_stack",
@@ -39,14 +40,22 @@ STACK = "stack"
 STACK_MIN_WEIGHT = 0.01
 
 
-def stack_weights(p_true: np.ndarray, *, iters: int = 1000, tol: float = 1e-10) -> np.ndarray:
-    """Mixture weights of candidates that maximise ``sum_i log sum_k w_k p_true[i, k]``.
+def stack_weights(
+    p_true: np.ndarray,
+    *,
+    sample_weight: np.ndarray | None = None,
+    iters: int = 1000,
+    tol: float = 1e-10,
+) -> np.ndarray:
+    """Mixture weights of candidates that maximise ``sum_i s_i log sum_k w_k p_true[i, k]``.
 
     Parameters
     ----------
     p_true
         ``(cells, candidates)``: the probability each candidate gave the true label of
         each held-out cell.
+    sample_weight
+        ``s_i``, a weight per cell (``None``: 1), e.g. the class weight of its label.
     iters, tol
         Most EM steps, and the change of the mean log-likelihood that stops them.
 
@@ -67,11 +76,15 @@ def stack_weights(p_true: np.ndarray, *, iters: int = 1000, tol: float = 1e-10) 
     w = np.full(k, 1.0 / k)
     if P.shape[0] == 0:
         return w
+    s = np.ones(P.shape[0]) if sample_weight is None else np.asarray(sample_weight, float)
+    if s.shape != (P.shape[0],) or not (np.all(np.isfinite(s)) and np.all(s >= 0) and s.sum() > 0):
+        raise ValueError("sample_weight must be one non-negative weight per cell, not all 0")
+    s = s / s.sum()
     last = -np.inf
     for _ in range(iters):
         mix = P @ w
-        ll = float(np.log(mix).mean())
-        w = (P * w / mix[:, None]).mean(0)
+        ll = float(s @ np.log(mix))
+        w = s @ (P * w / mix[:, None])
         if ll - last < tol:
             break
         last = ll
@@ -137,7 +150,7 @@ def stack_plan(
     return {n: float(v) for n, v in zip(names, w, strict=True) if v > 0}
 
 
-def member_info(records: Mapping[str, dict[str, Any]], plan: Mapping[str, float]) -> np.ndarray:
+def mix_proba(records: Mapping[str, dict[str, Any]], plan: Mapping[str, float]) -> np.ndarray:
     """The stack's probabilities on the first fold: the weighted mix of the candidates'."""
     return sum(wt * records[n]["val_proba"] for n, wt in plan.items())
 
@@ -202,11 +215,14 @@ def fit_stack(cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_f
     if pooled is None:
         pooled = {n: runs[n][3]["val_proba"] for n in order}
     yv = y_sel.numpy()
-    w = stack_weights(np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1))
+    sw = None if class_weight is None else class_weight.numpy()[yv]
+    w = stack_weights(
+        np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1), sample_weight=sw
+    )
     plan = stack_plan(order, w)
     like = runs[order[0]][3]
     rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, class_weight, like)
-    first = record_of(member_info({n: runs[n][3] for n in plan}, plan), y_va, class_weight, like)
+    first = record_of(mix_proba({n: runs[n][3] for n in plan}, plan), y_va, class_weight, like)
     record = {
         "reps": list(names),
         "hidden": list(hidden),
