@@ -87,7 +87,7 @@ select
     the fusion's and the linear fusion's probabilities), which is kept unless another
     candidate is better on the held-out cells by more than ``selection_margin``
     standard errors. On three real datasets (pbmc68k_reduced, pbmc3k,
-    bassez_tumor_immune; 7 fusions, 3 splits each) ``"stack"`` scored 0.004 higher
+    bassez_tumor_immune; 7 fusions, 3 splits each) ``"stack"`` scored 0.006 higher
     test accuracy than ``"best"`` on average, and fell more than 0.005 below its best
     single-branch model in 2 of 21 cases instead of 6. With a single representation
     there is nothing to select. ``"fusion"``: the fusion only, as in the paper. The
