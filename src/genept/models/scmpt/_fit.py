@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "LINEAR_HYPER",
     "Hyper",
     "hyper_dict",
+    "refit_on_all",
     "scores",
     "train_linear",
     "train_one",
@@ -168,6 +169,22 @@ def train_linear(
         if best is None or info.get("val_loss", 0.0) < best[1].get("val_loss", 0.0):
             best = (state, info)
     return best
+
+
+def refit_on_all(xs, y, *, hidden, hp: Hyper, epochs: int, seed: int, C: float, common) -> dict:
+    """A candidate retrained on every labelled reference cell; returns its state dict.
+
+    A network trains for ``epochs`` (those its early stopping chose on the split) without
+    validation; a logistic regression (``hidden=[]``) is fitted to convergence with ``C``.
+    ``common``: the shared keyword arguments of :func:`train_one`.
+    """
+    if len(hidden):
+        hp_all = replace(hp, epochs=max(1, int(epochs)))
+        return train_one(
+            xs, y, None, None, in_dims=[x.shape[1] for x in xs], hidden=hidden, hp=hp_all,
+            early_stopping=False, seed=seed, **common,
+        )[0]  # fmt: skip
+    return train_linear(xs, y, None, None, C=C, **common)[0]
 
 
 def _fit_linear(x, y, cw, xs_tr, xs_va, y_va, n_classes, class_weight, device, C: float):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._fit import record_of, train_linear, train_one
+from ._fit import LINEAR_C, record_of, refit_on_all
 from ._net import make_net
 
 __all__ = [
@@ -155,50 +155,40 @@ def mix_proba(records: Mapping[str, dict[str, Any]], plan: Mapping[str, float]) 
     return sum(wt * records[n]["val_proba"] for n, wt in plan.items())
 
 
-def train_stack(
-    plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress, *, common, linear_c
-):
+def train_stack(plan, cands, runs, seeds, refit, tensors, y_t, run, progress, *, common):
     """The members of the stack: each kept candidate's networks, written over every input.
 
     A network candidate gives one member per seed (weight ``w / n_seeds``): with
-    ``p.refit`` trained on every reference cell for the epochs the first seed's early
-    stopping chose on the split, else trained on the split (the first seed's
-    selection run is reused). The logistic regression is deterministic: one member,
-    refit on every cell with ``p.refit``. Returns ``(states, infos, member_hidden,
-    member_weights)``; ``infos`` is empty (the caller scores the mix).
+    ``refit``, trained on every reference cell for the epochs the first seed's early
+    stopping chose on the split, else trained on the split (the first seed's selection
+    run, ``runs[name]``, is reused). The logistic regression is deterministic: one
+    member, refit on every cell with ``refit``. Returns ``(states, member_hidden,
+    member_weights)``.
     """
     n_runs = sum((len(seeds) if hid else 1) for name, _, hid in cands if name in plan)
     if progress.total is not None:
         progress.total = progress.n + n_runs
         progress.refresh()
-    every = list(range(len(tensors)))
+    in_dims = [t.shape[1] for t in tensors]
     states, member_hidden, member_weights = [], [], []
     for name, br, hid in cands:
         if name not in plan:
             continue
         _, cfg, st0, info0 = runs[name]
         for i, seed in enumerate(seeds if hid else seeds[:1]):
-            if p.refit and hid:
-                hp_all = type(cfg)(
-                    cfg.lr, max(1, int(info0["best_epoch"])), cfg.batch_size, cfg.decay
-                )
-                st, _ = train_one(
-                    [tensors[j] for j in br], y_t, None, None, in_dims=dims(br), hidden=hid,
-                    hp=hp_all, early_stopping=False, seed=seed, **common,
-                )  # fmt: skip
-            elif p.refit:
-                st, _ = train_linear(
-                    [tensors[j] for j in br], y_t, None, None, n_classes=common["n_classes"],
-                    class_weight=common["class_weight"], device=common["device"],
-                    C=info0.get("C", linear_c),
+            if refit:
+                st = refit_on_all(
+                    [tensors[j] for j in br], y_t, hidden=hid, hp=cfg,
+                    epochs=info0["best_epoch"], seed=seed, C=info0.get("C", LINEAR_C),
+                    common=common,
                 )  # fmt: skip
             else:
                 st = st0 if i == 0 else run(br, hid, cfg, seed)[0]
-            states.append(embed_member(st, br, hid, dims(every), common["n_classes"]))
+            states.append(embed_member(st, br, hid, in_dims, common["n_classes"]))
             member_hidden.append(list(hid))
             member_weights.append(plan[name] / (len(seeds) if hid else 1))
             progress.update()
-    return states, [], member_hidden, member_weights
+    return states, member_hidden, member_weights
 
 
 def fit_stack(cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_folds):

@@ -30,6 +30,7 @@ from ._fit import (
     Hyper,
     hyper_dict,
     record_of,
+    refit_on_all,
     train_linear,
     train_one,
 )
@@ -457,7 +458,16 @@ def train(
                 for n, (diff, se) in margins.items():
                     scores[n]["vs_default"] = {"diff": diff, "se": se}
                 ahead = [n for n, (diff, se) in margins.items() if diff > p.selection_margin * se]
-                if ahead:
+                if p.select == STACK:
+                    # a convex mix of every candidate, weighted by the likelihood of the
+                    # held-out labels (all folds) under the mix of their probabilities
+                    pooled = {n: np.concatenate(probas[n]) for n in probas} if folds else None
+                    plan, scores[STACK], stack_first = fit_stack(
+                        cands, runs, pooled, y_sel, y_va, cw, names, p.hidden, 1 + len(folds)
+                    )
+                    chosen, hp = STACK, f_run[1]
+                    branches, hidden = list(range(len(xs))), list(p.hidden)
+                elif ahead:
                     chosen = max(ahead, key=lambda n: score_of(sel[n]))
                     _, hp, st0, info0 = runs[chosen]
                     best_first = (st0, info0)
@@ -466,21 +476,11 @@ def train(
                     hp, best_first = f_run[1], (f_run[2], f_run[3])
                     chosen, branches, hidden = ens, cands[0][1], cands[0][2]
                     linear_run = (l_run[2], l_run[3])
-                if p.select == STACK:
-                    # a convex mix of every candidate, weighted by the likelihood of the
-                    # held-out labels (all folds) under the mix of their probabilities
-                    pooled = {n: np.concatenate(probas[n]) for n in probas} if folds else None
-                    plan, scores[STACK], first = fit_stack(
-                        cands, runs, pooled, y_sel, y_va, cw, names, p.hidden, 1 + len(folds)
-                    )
-                    chosen, hp, linear_run, best_first = STACK, f_run[1], None, None
-                    branches, hidden = list(range(len(xs))), list(p.hidden)
         if plan is not None:
-            states, infos, member_hidden, member_weights = train_stack(
-                plan, cands, runs, seeds, p, tensors, y_t, dims, run, progress,
-                common=common, linear_c=LINEAR_C,
-            )  # fmt: skip
-            infos = [first]  # the stack's probabilities on the first fold
+            states, member_hidden, member_weights = train_stack(
+                plan, cands, runs, seeds, p.refit, tensors, y_t, run, progress, common=common
+            )
+            infos = [stack_first]  # the stack's probabilities on the first fold
         else:
             for i, seed in enumerate(seeds):
                 # a logistic regression is deterministic: its selection run serves every seed
@@ -503,13 +503,9 @@ def train(
                 # each seed network retrained on every labelled reference cell (validation
                 # ones included) for the epochs its early stopping chose on the split
                 for i, seed in enumerate(seeds):
-                    hp_all = Hyper(
-                        hp.lr, max(1, int(infos[i]["best_epoch"])), hp.batch_size, hp.decay
-                    )
-                    states[i], _ = train_one(
-                        [tensors[j] for j in branches], y_t, None, None,
-                        in_dims=dims(branches), hidden=hidden, hp=hp_all,
-                        early_stopping=False, seed=seed, **common,
+                    states[i] = refit_on_all(
+                        [tensors[j] for j in branches], y_t, hidden=hidden, hp=hp,
+                        epochs=infos[i]["best_epoch"], seed=seed, C=LINEAR_C, common=common,
                     )  # fmt: skip
                     progress.update()
     progress.close()
@@ -523,9 +519,9 @@ def train(
         # the logistic regression needs no early stopping: once chosen (alone or in the
         # average) it is refit on every labelled reference cell, validation ones included
         # (the validation scores above are those of the fit on the training part)
-        lin_state, _ = train_linear(
-            [tensors[i] for i in branches], y_t, None, None,
-            n_classes=n_classes, class_weight=cw, device=dev, C=lin_C,
+        lin_state = refit_on_all(
+            [tensors[i] for i in branches], y_t, hidden=[], hp=hp, epochs=0, seed=0, C=lin_C,
+            common=common,
         )  # fmt: skip
         if not hidden:
             states = [lin_state] * len(states)
