@@ -91,6 +91,11 @@ def test_gene_function_accuracy():
     res = gene_function_accuracy(pd.DataFrame(E, index=_genes(n)), labels, n_splits=3)
     s = summarize(res, "accuracy").set_index("embedding")["mean"]
     assert s["genept"] > 0.9 and s["random"] < 0.5
+    # unlabelled genes (NaN) are left out, not made a class "nan"
+    holes = labels.astype(object)
+    holes.iloc[:60] = np.nan
+    res2 = gene_function_accuracy(pd.DataFrame(E, index=_genes(n)), holes, n_splits=3)
+    assert set(res2["n_classes"]) == {k} and set(res2["n_genes"]) == {n - 60}
 
 
 def test_random_control_is_seeded_unit():
@@ -414,3 +419,10 @@ def test_marker_similarity():
     # text encoder embeds the names; dict input
     r2 = marker_similarity(WordEncoder(), {"T": ["T1", "T2"], "B": ["B1", "B2"]})
     assert r2.shape[0] == 2
+    # missing cell types or genes are not markers (not a cell type or gene called "nan")
+    holes = pd.concat(
+        [markers, pd.DataFrame({"cell type": [np.nan, "T"], "official gene symbol": ["B1", None]})]
+    )
+    pd.testing.assert_frame_equal(marker_similarity(emb, holes), res)
+    r3 = marker_similarity(WordEncoder(), {"T": ["T1", np.nan, "T2"], "B": ["B1", None, "B2"]})
+    pd.testing.assert_frame_equal(r3, r2)

@@ -204,7 +204,8 @@ def gene_function_accuracy(
 
     embs = _embeddings(emb, include_random, random_state, name)
     first = next(iter(embs.values()))
-    y_all = _align(first, pd.Series(labels).astype(str), "labels")
+    # missing labels are dropped before the text conversion (NaN would become a class "nan")
+    y_all = _align(first, pd.Series(labels), "labels").astype(str)
     counts = y_all.value_counts()
     min_class_size = n_splits if min_class_size is None else min_class_size
     y_all = y_all[y_all.map(counts) >= min_class_size]

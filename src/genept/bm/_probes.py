@@ -127,11 +127,16 @@ def ablation_embeddings(
     return out
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def _marker_lists(
     markers: Any, cell_type_col: str, gene_col: str, rank_by: str | None
 ) -> dict[str, list[str]]:
     if isinstance(markers, Mapping):
-        return {str(k): [str(g) for g in v] for k, v in markers.items()}
+        # missing genes (None / NaN) are no markers: str() would make them a gene "nan"
+        return {str(k): [str(g) for g in v if not _missing(g)] for k, v in markers.items()}
     df = pd.DataFrame(markers)
     ren = {"cell type": "cell_type", "official gene symbol": "gene"}
     df = df.rename(columns={k: v for k, v in ren.items() if k in df.columns})
@@ -142,6 +147,8 @@ def _marker_lists(
         )
     if rank_by is not None and rank_by in df.columns:
         df = df.sort_values(rank_by, ascending=False, kind="stable")
+    # rows without a cell type or a gene carry no marker (astype(str) would make them "nan")
+    df = df.dropna(subset=[cell_type_col, gene_col])
     out: dict[str, list[str]] = {}
     for ct, g in zip(df[cell_type_col].astype(str), df[gene_col].astype(str), strict=True):
         lst = out.setdefault(ct, [])
