@@ -145,6 +145,20 @@ def test_gene_umap_png_coloured_by_gene_type(tmp_path):
     assert labels == ["ncRNA (10)", "protein-coding (30)"]
     _check_png(tmp_path / "gene_umap_g.png")
     plt.close("all")
+    # a var column with missing values: a grey "NA" group, not a category "nan"
+    a.var["family"] = pd.Series(["kinase"] * 5 + [None] * 35, index=a.var_names, dtype=object)
+    ax = gene_umap(a, color="family", n_neighbors=5)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["kinase (5)", "NA (35)"]
+    plt.close("all")
+    # a numeric column: a colour scale (a colour bar, no legend of 40 values)
+    a.var["score"] = np.linspace(0, 1, 40)
+    a.var.loc[a.var_names[0], "score"] = np.nan
+    ax = gene_umap(a, color="score", n_neighbors=5)
+    assert ax.get_legend() is None and len(ax.figure.axes) == 2
+    shown = ax.collections[-1].get_array()
+    np.testing.assert_allclose(np.sort(np.asarray(shown)), np.linspace(0, 1, 40)[1:])
+    plt.close("all")
     with pytest.raises(KeyError, match="embed_genes"):
         gene_umap(a, gene_key="X_nope")
     with pytest.warns(FutureWarning, match="gene_key"), pytest.raises(KeyError, match="X_nope"):

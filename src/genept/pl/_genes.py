@@ -68,6 +68,13 @@ def _spread_labels(
     return pos
 
 
+def _is_continuous(col: pd.Series | None) -> bool:
+    """A numeric ``var`` column that is not a category or a boolean."""
+    if col is None or isinstance(col.dtype, pd.CategoricalDtype):
+        return False
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
 def _central_genes(E: np.ndarray, names: np.ndarray, sel: np.ndarray, k: int) -> list[str]:
     """The ``k`` genes of ``sel`` closest (cosine) to their mean embedding."""
     V = E[sel]
@@ -115,7 +122,9 @@ def gene_umap(
     color
         ``"program"`` (default, see above), a column of ``adata.var``, or
         ``"gene_type"`` (looked up in the shipped gene cards when ``var`` has no such
-        column). ``None``: one colour. Ignored when ``genes`` is given.
+        column). A numeric column is drawn on a colour scale, any other by category;
+        genes with a missing value are light grey (``"NA"``). ``None``: one colour.
+        Ignored when ``genes`` is given.
     genes
         Gene sets to highlight: ``{"T cell": ["CD3E", ...], ...}`` or one list. Their
         genes are coloured by set and named on the plot; all other genes are grey.
@@ -291,19 +300,30 @@ def gene_umap(
                     f"color={color!r} is not a column of adata.var; use 'program', "
                     f"'gene_type' or one of {list(adata.var.columns)}"
                 )
+        missing = pd.isna(labels) if labels is not None else None
         if labels is None:
             ax.scatter(xy[:, 0], xy[:, 1], s=size, linewidths=0)
+        elif _is_continuous(adata.var[color] if color in adata.var.columns else None):
+            # a numeric column (e.g. a score per gene): one colour scale, as scanpy does
+            values = labels.astype(float)
+            if missing.any():
+                ax.scatter(*xy[missing].T, s=size, linewidths=0, color="lightgray")
+            pts = ax.scatter(*xy[~missing].T, c=values[~missing], s=size, linewidths=0)
+            ax.figure.colorbar(pts, ax=ax, label=color, shrink=0.8)
         else:
-            cats = pd.Categorical(labels.astype(str))
+            # missing values are their own grey "NA" group (not a category "nan")
+            cats = pd.Categorical(np.where(missing, None, labels.astype(str)))
             cmap = plt.get_cmap("tab10" if len(cats.categories) <= 10 else "tab20")
-            for i, c in enumerate(cats.categories):
-                sel = cats == c
+            groups = [(c, cats == c, cmap(i % cmap.N)) for i, c in enumerate(cats.categories)]
+            if missing.any():
+                groups.append(("NA", np.asarray(missing, bool), "lightgray"))
+            for c, sel, col in groups:
                 ax.scatter(
                     xy[sel, 0],
                     xy[sel, 1],
                     s=size,
                     linewidths=0,
-                    color=cmap(i % cmap.N),
+                    color=col,
                     label=f"{c} ({int(sel.sum())})",
                 )
             ax.legend(
