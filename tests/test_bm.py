@@ -424,5 +424,8 @@ def test_marker_similarity():
         [markers, pd.DataFrame({"cell type": [np.nan, "T"], "official gene symbol": ["B1", None]})]
     )
     pd.testing.assert_frame_equal(marker_similarity(emb, holes), res)
-    r3 = marker_similarity(WordEncoder(), {"T": ["T1", np.nan, "T2"], "B": ["B1", None, "B2"]})
+    r3 = marker_similarity(
+        WordEncoder(),
+        {"T": ["T1", np.nan, "T2"], "B": ["B1", None, pd.NA, np.float32("nan"), "B2"]},
+    )
     pd.testing.assert_frame_equal(r3, r2)

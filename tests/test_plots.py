@@ -159,6 +159,12 @@ def test_gene_umap_png_coloured_by_gene_type(tmp_path):
     shown = ax.collections[-1].get_array()
     np.testing.assert_allclose(np.sort(np.asarray(shown)), np.linspace(0, 1, 40)[1:])
     plt.close("all")
+    a.var["count"] = pd.array([pd.NA, *range(39)], dtype="Int64")  # nullable integers
+    ax = gene_umap(a, color="count", n_neighbors=5)
+    np.testing.assert_array_equal(
+        np.sort(np.asarray(ax.collections[-1].get_array())), np.arange(39)
+    )
+    plt.close("all")
     with pytest.raises(KeyError, match="embed_genes"):
         gene_umap(a, gene_key="X_nope")
     with pytest.warns(FutureWarning, match="gene_key"), pytest.raises(KeyError, match="X_nope"):

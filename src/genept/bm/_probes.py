@@ -128,7 +128,8 @@ def ablation_embeddings(
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    """None, NaN (of any float type) or ``pd.NA``."""
+    return not isinstance(value, str) and np.ndim(value) == 0 and bool(pd.isna(value))
 
 
 def _marker_lists(

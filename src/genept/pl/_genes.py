@@ -305,7 +305,7 @@ def gene_umap(
             ax.scatter(xy[:, 0], xy[:, 1], s=size, linewidths=0)
         elif _is_continuous(adata.var[color] if color in adata.var.columns else None):
             # a numeric column (e.g. a score per gene): one colour scale, as scanpy does
-            values = labels.astype(float)
+            values = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy(float)
             if missing.any():
                 ax.scatter(*xy[missing].T, s=size, linewidths=0, color="lightgray")
             pts = ax.scatter(*xy[~missing].T, c=values[~missing], s=size, linewidths=0)
