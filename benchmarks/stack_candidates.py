@@ -1,6 +1,7 @@
-"""Benchmark: would a k-nearest-neighbour candidate improve scMPT's stack?
+"""Benchmark: scMPT's stack candidates -- how its networks see their inputs, and a k-NN.
 
-On bassez a cosine 10-NN on the expression beats every expression fusion of
+Two questions. Do the network candidates do better on z-scored inputs or with one scale
+per input (``ScMPTParams.network_scaling``)? And, on bassez a cosine 10-NN on the expression beats every expression fusion of
 ``annotate_scmpt``. This script asks whether adding a 10-NN on each branch to the stack's
 candidates (``select="stack"``) closes that gap. It replays the stack from saved
 probabilities, one seed per candidate (the default stack refits three):
@@ -9,6 +10,9 @@ probabilities, one seed per candidate (the default stack refits three):
   ``train_one`` / ``train_linear`` on the same folds as ``annotate_scmpt`` (the first
   validation split plus ``selection_folds="auto"`` folds): the fusion, an MLP on each
   branch, the linear fusion and a logistic regression on each branch;
+* with ``--scaling both`` (default) each network candidate twice: on z-scored inputs
+  (``network_scaling="feature"``, the default before) and with one scale per input
+  (``"branch"``, the default now; the logistic regressions always see z-scores);
 * a cosine ``--k``-NN on each branch (the raw representation, as the 10-NN rows of
   ``annotation_real.py``), its votes smoothed to ``(votes + alpha) / (k + alpha C)`` so
   that a wrong vote is not probability zero.
@@ -16,13 +20,13 @@ probabilities, one seed per candidate (the default stack refits three):
 Stacking weights come from :func:`genept.models.scmpt._stack.stack_weights` on the
 out-of-fold probabilities (candidates under 1% dropped); test accuracy is measured on the
 same stratified 80/20 splits as ``annotation_real.py`` (``random_state`` 0, 1, ...).
-The summary compares each stack with the best single model of its two branches (MLP,
-logistic regression or k-NN; chosen on test, an oracle) and with the best scMPT branch.
+The summary compares each stack with the best single model of its two branches (any
+MLP, logistic regression or k-NN; chosen on test, an oracle) and with the best MLP branch.
 
 ::
 
     python benchmarks/real_datasets.py --fetch        # once
-    python benchmarks/stack_candidates.py             # about 15 min on 2 cores
+    python benchmarks/stack_candidates.py             # about 25 min on 2 cores
 """
 
 from __future__ import annotations
@@ -74,24 +78,35 @@ def knn_proba(X_tr, y_tr, X_te, n_classes: int, k: int, alpha: float) -> np.ndar
     return (votes + alpha) / (k + alpha * n_classes)
 
 
-def standardise(x_ref: np.ndarray, x_query: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    m, s = x_ref.mean(0), x_ref.std(0)
-    s = np.where(s > 1e-8, s, 1.0)
-    return torch.from_numpy((x_ref - m) / s), torch.from_numpy((x_query - m) / s)
+def standardise(x_ref: np.ndarray, x_query: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """z-scored reference and query, and the factors of ``network_scaling="branch"``."""
+    m, sd = x_ref.mean(0), x_ref.std(0)
+    s = np.where(sd > 1e-8, sd, 1.0)
+    branch = torch.from_numpy((s / np.sqrt(np.mean(sd.astype(np.float64) ** 2))).astype(np.float32))
+    return torch.from_numpy((x_ref - m) / s), torch.from_numpy((x_query - m) / s), branch
 
 
-def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha) -> dict:
-    """Out-of-fold and test probabilities of every candidate for one pair of branches."""
+def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha, scalings) -> dict:
+    """Out-of-fold and test probabilities of every candidate for one pair of branches.
+
+    Network candidates are trained once per ``scalings`` entry (``"feature"``: z-scored
+    inputs; ``"branch"``: ``ScMPTParams.network_scaling="branch"``, named ``"<name> [branch]"``).
+    """
     raw = [ref.obsm[r].astype(np.float32) for r in pair]
     raw_q = [query.obsm[r].astype(np.float32) for r in pair]
-    xs, xq = zip(*(standardise(a, b) for a, b in zip(raw, raw_q, strict=True)), strict=True)
+    xs, xq, factors = zip(
+        *(standardise(a, b) for a, b in zip(raw, raw_q, strict=True)), strict=True
+    )
     y = torch.from_numpy(codes.astype(np.int64))
     y_dummy = torch.from_numpy(np.where(y_query >= 0, y_query, 0))
     hp0 = ScMPTParams()
     hp = Hyper(*(hp0.grids[g][0] for g in ("lr", "epochs", "batch_size", "decay")))
     kw = dict(n_classes=n_classes, class_weight=None, device="cpu")
     oof, test = {}, {}
-    for name, (br, hidden) in NETS.items():
+    runs = [(n, br, hid, None) for n, (br, hid) in NETS.items() if "feature" in scalings or not hid]
+    runs += [(f"{n} [branch]", br, hid, [factors[i] for i in br]) for n, (br, hid) in NETS.items()
+             if hid and "branch" in scalings]  # fmt: skip
+    for name, br, hidden, scale in runs:
         oof[name], epochs = np.zeros((codes.size, n_classes)), hp.epochs
         for j, (tr, va) in enumerate(folds):
             a = ([xs[i][tr] for i in br], y[tr], [xs[i][va] for i in br], y[va])
@@ -100,7 +115,7 @@ def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha) -> di
                 _, info = train_one(
                     *a, in_dims=[xs[i].shape[1] for i in br], hidden=hidden, hp=h,
                     weight_decay=hp0.weight_decay, early_stopping=j == 0,
-                    patience=hp0.patience, seed=0, **kw,
+                    patience=hp0.patience, seed=0, scale=scale, **kw,
                 )  # fmt: skip
                 epochs = int(info["best_epoch"]) if j == 0 else epochs
             else:
@@ -112,7 +127,7 @@ def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha) -> di
                 *a, in_dims=[xs[i].shape[1] for i in br], hidden=hidden,
                 hp=Hyper(hp.lr, max(1, epochs), hp.batch_size, hp.decay),
                 weight_decay=hp0.weight_decay, early_stopping=False,
-                patience=hp0.patience, seed=0, **kw,
+                patience=hp0.patience, seed=0, scale=scale, **kw,
             )  # fmt: skip
         else:
             _, info = train_linear(*a, C=1.0, **kw)
@@ -147,12 +162,20 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.1, help="vote smoothing")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--scaling", choices=["feature", "branch", "both"], default="both",
+        help="how the network candidates see their inputs (ScMPTParams.network_scaling)",
+    )  # fmt: skip
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     gpt.settings.progress = False
     torch.set_num_threads(args.threads)
-    base = list(NETS)
-    variants = {"stack (default 6)": base, "+ k-NN on both": [*base, "knn A", "knn B"]}
+    scalings = ["feature", "branch"] if args.scaling == "both" else [args.scaling]
+    variants = {}
+    for sc in scalings:
+        nets = [f"{n} [branch]" if hid and sc == "branch" else n for n, (_, hid) in NETS.items()]
+        variants[f"stack ({sc})"] = nets
+        variants[f"+ k-NN ({sc})"] = [*nets, "knn A", "knn B"]
     rows = []
     for name in args.datasets:
         info = real_datasets.DATASETS[name]
@@ -171,8 +194,9 @@ def main() -> None:
             held_out = np.concatenate([va for _, va in folds])
             for pair in PAIRS:
                 r = one_pair(
-                    ref, query, pair, codes, y_query, folds, classes.size, args.k, args.alpha
-                )
+                    ref, query, pair, codes, y_query, folds, classes.size, args.k, args.alpha,
+                    scalings,
+                )  # fmt: skip
                 row = {"dataset": name, "split": seed, "pair": " + ".join(pair), "folds": n_folds}
                 for cand, P in r["test"].items():
                     row[cand] = float((P.argmax(1) == y_query).mean())
@@ -181,20 +205,26 @@ def main() -> None:
                     row[label] = float((P.argmax(1) == y_query).mean())
                     row[f"w {label}"] = {n: round(float(v), 2) for n, v in w.items() if v >= 0.05}
                 rows.append(row)
+                knn_w = {
+                    v: {n: w for n, w in row[f"w {v}"].items() if "knn" in n}
+                    for v in variants
+                    if "k-NN" in v
+                }
                 print(
                     f"{name} split {seed} {row['pair']}: "
                     + ", ".join(f"{v} {row[v]:.3f}" for v in variants)
-                    + f"; k-NN weights { ({n: v for n, v in row['w + k-NN on both'].items() if 'knn' in n}) }",
+                    + f"; k-NN weights {knn_w}",
                     flush=True,
                 )
     df = pd.DataFrame(rows)
-    singles = ["mlp A", "mlp B", "lr A", "lr B", "knn A", "knn B"]
     cells = df.groupby(["dataset", "pair"], sort=False).mean(numeric_only=True)
-    show = cells[["mlp A", "mlp B", "knn A", "knn B", *variants]].round(3)
+    mlps = [c for c in cells.columns if c.startswith("mlp ")]
+    singles = [*mlps, "lr A", "lr B", "knn A", "knn B"]
+    show = cells[[*mlps, "knn A", "knn B", *variants]].round(3)
     print("\nmean test accuracy over splits\n" + show.to_string())
     for v in variants:
         gap_single = cells[v] - cells[singles].max(1)
-        gap_branch = cells[v] - cells[["mlp A", "mlp B"]].max(1)
+        gap_branch = cells[v] - cells[mlps].max(1)
         print(
             f"{v}: mean {cells[v].mean():.4f}; minus the best single model: mean "
             f"{gap_single.mean():+.4f}, worst {gap_single.min():+.4f}, "

@@ -6,6 +6,7 @@ candidate (a logistic regression stored as a network without hidden layers).
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "LINEAR_C",
     "LINEAR_HYPER",
     "Hyper",
+    "fold_scale",
     "hyper_dict",
     "refit_on_all",
     "scores",
@@ -85,9 +87,17 @@ def train_one(
     patience: int,
     seed: int,
     device: str,
+    scale: Sequence[torch.Tensor] | None = None,
 ) -> tuple[dict, dict[str, Any]]:
-    """Train one network; returns its (CPU) state dict and validation results."""
+    """Train one network; returns its (CPU) state dict and validation results.
+
+    ``scale``: one factor per dimension of each input (``ScMPTParams.network_scaling``).
+    The network trains on ``x * scale``; the factors are then folded into its first
+    layer (:func:`fold_scale`), so the returned network (and the validation) takes ``x``.
+    """
     model = make_net(in_dims, hidden, n_classes, seed=seed).to(device)
+    if scale is not None:
+        scale = [s.to(device=device, dtype=torch.float32) for s in scale]
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.decay)
@@ -102,13 +112,15 @@ def train_one(
         for s in range(0, n, hp.batch_size):
             idx = perm[s : s + hp.batch_size]
             batch = [x[idx].to(device, non_blocking=True) for x in xs_tr]
+            if scale is not None:
+                batch = [x * s for x, s in zip(batch, scale, strict=True)]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(batch), y_tr[idx].to(device))
             loss.backward()
             opt.step()
         sched.step()
         if has_val and early_stopping:
-            vloss = val_loss(model, xs_va, y_va, loss_fn, device)
+            vloss = val_loss(fold_scale(model, scale), xs_va, y_va, loss_fn, device)
             if vloss < best_loss - 1e-7:
                 best_loss, best_epoch, bad = vloss, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -118,11 +130,27 @@ def train_one(
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model = fold_scale(model, scale)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     info: dict[str, Any] = {"epochs_run": epoch, "best_epoch": best_epoch}
     if has_val:
         info.update(validate(model, xs_va, y_va, loss_fn, device))
     return state, info
+
+
+def fold_scale(model: nn.Module, scale: Sequence[torch.Tensor] | None) -> nn.Module:
+    """A copy of ``model`` that takes ``x`` where ``model`` takes ``x * scale``.
+
+    The per-dimension factors multiply the columns of each branch's first linear layer
+    (a network with hidden layers); ``scale=None`` returns ``model`` itself.
+    """
+    if scale is None:
+        return model
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        for branch, s in zip(folded.branches, scale, strict=True):
+            branch[0].weight.mul_(s.to(branch[0].weight)[None, :])
+    return folded
 
 
 #: inverse L2 strength of the linear candidate (scikit-learn's and celltypist's default;
@@ -171,18 +199,21 @@ def train_linear(
     return best
 
 
-def refit_on_all(xs, y, *, hidden, hp: Hyper, epochs: int, seed: int, C: float, common) -> dict:
+def refit_on_all(
+    xs, y, *, hidden, hp: Hyper, epochs: int, seed: int, C: float, common, scale=None
+) -> dict:
     """A candidate retrained on every labelled reference cell; returns its state dict.
 
     A network trains for ``epochs`` (those its early stopping chose on the split) without
-    validation; a logistic regression (``hidden=[]``) is fitted to convergence with ``C``.
-    ``common``: the shared keyword arguments of :func:`train_one`.
+    validation, on ``x * scale`` (see :func:`train_one`); a logistic regression
+    (``hidden=[]``) is fitted to convergence with ``C``. ``common``: the shared keyword
+    arguments of :func:`train_one`.
     """
     if len(hidden):
         hp_all = replace(hp, epochs=max(1, int(epochs)))
         return train_one(
             xs, y, None, None, in_dims=[x.shape[1] for x in xs], hidden=hidden, hp=hp_all,
-            early_stopping=False, seed=seed, **common,
+            early_stopping=False, seed=seed, scale=scale, **common,
         )[0]  # fmt: skip
     return train_linear(xs, y, None, None, C=C, **common)[0]
 

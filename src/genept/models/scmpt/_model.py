@@ -235,11 +235,12 @@ class ScMPTModel:
                 raise ValueError("fewer than two classes remain after dropping empty cells")
         classes, codes = np.unique(y, return_inverse=True)
         xs = [x[keep] for x in xs]
-        means, stds = [], []
+        means, stds, rms = [], [], []
         for x in xs:
             if p.standardize:
-                m, s = x.mean(0), x.std(0)
-                s = np.where(s > 1e-8, s, 1.0)
+                m, sd = x.mean(0), x.std(0)
+                s = np.where(sd > 1e-8, sd, 1.0)
+                rms.append(float(np.sqrt(np.mean(sd.astype(np.float64) ** 2))))
             else:
                 m, s = np.zeros(x.shape[1]), np.ones(x.shape[1])
             means.append(m.astype(np.float32))
@@ -250,8 +251,16 @@ class ScMPTModel:
             f"seeds, device {dev})"
         )
         z = [(x - m) / s for x, m, s in zip(xs, means, stds, strict=True)]
+        # network_scaling="branch": the networks see (x - m) / rms, one scale per input (the
+        # root mean square of its dimensions' standard deviations)
+        scales = None
+        if p.standardize and p.network_scaling == "branch":
+            scales = [
+                (s / r if r > 0 else np.ones_like(s)).astype(np.float32)
+                for s, r in zip(stds, rms, strict=True)
+            ]
         with torch_threads(p.n_jobs):
-            res = train(z, codes, classes, p, dev=dev, names=keys)
+            res = train(z, codes, classes, p, dev=dev, names=keys, scales=scales)
         logg.info(
             f"    finished: {res.hyperparameters}, validation accuracy "
             f"{res.validation['accuracy_mean']:.3f} (SD {res.validation['accuracy_sd']:.3f})",

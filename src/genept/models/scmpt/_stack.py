@@ -155,7 +155,9 @@ def mix_proba(records: Mapping[str, dict[str, Any]], plan: Mapping[str, float]) 
     return sum(wt * records[n]["val_proba"] for n, wt in plan.items())
 
 
-def train_stack(plan, cands, runs, seeds, refit, tensors, y_t, run, progress, *, common):
+def train_stack(
+    plan, cands, runs, seeds, refit, tensors, y_t, run, progress, *, common, scale_of=None
+):
     """The members of the stack: each kept candidate's networks, written over every input.
 
     A network candidate gives one member per seed (weight ``w / n_seeds``): with
@@ -163,7 +165,8 @@ def train_stack(plan, cands, runs, seeds, refit, tensors, y_t, run, progress, *,
     stopping chose on the split, else trained on the split (the first seed's selection
     run, ``runs[name]``, is reused). The logistic regression is deterministic: one
     member, refit on every cell with ``refit``. Returns ``(states, member_hidden,
-    member_weights)``.
+    member_weights)``. ``scale_of(branches)``: the networks' input factors (see
+    :func:`~genept.models.scmpt._fit.train_one`).
     """
     n_runs = sum((len(seeds) if hid else 1) for name, _, hid in cands if name in plan)
     if progress.total is not None:
@@ -180,7 +183,7 @@ def train_stack(plan, cands, runs, seeds, refit, tensors, y_t, run, progress, *,
                 st = refit_on_all(
                     [tensors[j] for j in br], y_t, hidden=hid, hp=cfg,
                     epochs=info0["best_epoch"], seed=seed, C=info0.get("C", LINEAR_C),
-                    common=common,
+                    common=common, scale=None if scale_of is None else scale_of(br),
                 )  # fmt: skip
             else:
                 st = st0 if i == 0 else run(br, hid, cfg, seed)[0]

@@ -256,8 +256,12 @@ def train(
     *,
     dev: str,
     names: Sequence[str] | None = None,
+    scales: Sequence[np.ndarray] | None = None,
 ) -> TrainResult:
     """Model selection on a stratified split, then the seed ensemble (standardised ``xs``).
+
+    ``scales``: per input, the factors the networks see it multiplied by
+    (``ScMPTParams.network_scaling``; folded into their first layers). ``None``: 1.
 
     Every candidate of :func:`candidates` (with ``select="best"``: the fusion and each
     input alone) is trained with every grid configuration and the first seed on the
@@ -270,6 +274,11 @@ def train(
     store = dev if n_bytes < 2**30 else "cpu"  # big data stays on CPU, batches move
     tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(store) for x in xs]
     y_t = torch.from_numpy(codes.astype(np.int64))
+    scale_t = None if scales is None else [torch.as_tensor(c, dtype=torch.float32) for c in scales]
+
+    def scale_of(br: Sequence[int]) -> list[torch.Tensor] | None:
+        return None if scale_t is None else [scale_t[i] for i in br]
+
     n_classes = int(classes.size)
     cw = class_weights(p.class_weight, classes, codes)
     split = stratified_split(codes, p.val_size, p.random_state)
@@ -340,7 +349,7 @@ def train(
                 early_stopping=False,
                 seed=seed,
                 **common,
-                **({} if hidden else {"C": p.linear_c}),
+                **({"scale": scale_of(branches)} if hidden else {"C": p.linear_c}),
             )
             states.append(st)
             infos.append(info)
@@ -374,7 +383,7 @@ def train(
                 early_stopping=p.early_stopping and stop,
                 seed=seed,
                 **common,
-                **({} if hid else {"C": C}),  # several: by validation loss
+                **({"scale": scale_of(br)} if hid else {"C": C}),  # C: several by val. loss
             )
 
         def score_of(info: dict) -> tuple:
@@ -478,8 +487,9 @@ def train(
                     linear_run = (l_run[2], l_run[3])
         if plan is not None:
             states, member_hidden, member_weights = train_stack(
-                plan, cands, runs, seeds, p.refit, tensors, y_t, run, progress, common=common
-            )
+                plan, cands, runs, seeds, p.refit, tensors, y_t, run, progress, common=common,
+                scale_of=scale_of,
+            )  # fmt: skip
             infos = [stack_first]  # the stack's probabilities on the first fold
         else:
             for i, seed in enumerate(seeds):
@@ -506,6 +516,7 @@ def train(
                     states[i] = refit_on_all(
                         [tensors[j] for j in branches], y_t, hidden=hidden, hp=hp,
                         epochs=infos[i]["best_epoch"], seed=seed, C=LINEAR_C, common=common,
+                        scale=scale_of(branches),
                     )  # fmt: skip
                     progress.update()
     progress.close()
