@@ -100,3 +100,19 @@ def test_network_scaling_values():
     assert ScMPTParams().network_scaling == "branch"
     with pytest.raises(ValueError, match="network_scaling must be 'branch'"):
         ScMPTParams(network_scaling="layer")
+
+
+def test_annotate_mlp_takes_network_scaling():
+    import genept as gpt
+
+    ref, query = _blobs(), _blobs(300, seed=3)
+    acc = {}
+    for mode in ("branch", "feature"):
+        gpt.tl.annotate_mlp(
+            query, ref, use_rep="X_a", network_scaling=mode, epochs=15, n_jobs=1, key_added="m"
+        )
+        assert query.uns["m"]["params"]["network_scaling"] == mode
+        acc[mode] = float((query.obs["m"].astype(str) == query.obs["cell_type"]).mean())
+    assert acc["branch"] > acc["feature"] + 0.1, acc
+    with pytest.raises(ValueError, match="network_scaling"):
+        gpt.tl.annotate_mlp(query, ref, use_rep="X_a", network_scaling="none")

@@ -75,6 +75,7 @@ def annotate_mlp(
     patience: int = 10,
     class_weight: Literal["balanced"] | Mapping[str, float] | None = None,
     standardize: bool = True,
+    network_scaling: Literal["branch", "feature"] = "branch",
     random_state: int = 0,
     device: str = "auto",
     n_jobs: int | None = None,
@@ -108,6 +109,11 @@ def annotate_mlp(
     standardize
         z-score each input dimension with the reference's mean and SD (stored with the
         model and applied to ``adata``).
+    network_scaling
+        ``"branch"`` (default): the network sees the representation centred and divided
+        by one number (the root mean square of its dimensions' SDs), so that it keeps
+        its own geometry; ``"feature"``: every dimension z-scored. See
+        :func:`annotate_scmpt`.
     random_state
         Seed of the split, initialisation and batch order (the global torch RNG is not
         touched).
@@ -150,6 +156,7 @@ def annotate_mlp(
         patience=patience,
         class_weight=class_weight,
         standardize=standardize,
+        network_scaling=network_scaling,
         random_state=random_state,
         device=device,
         n_jobs=n_jobs,
@@ -172,6 +179,7 @@ def annotate_mlp(
         "patience": patience,
         "class_weight": p.class_weight,
         "standardize": standardize,
+        "network_scaling": network_scaling,
         "random_state": random_state,
         "device": p.torch_device(),
     }
