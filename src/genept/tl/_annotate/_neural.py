@@ -250,6 +250,15 @@ def annotate_scmpt(
     fusion-only training. The weights and every candidate's validation scores are in
     ``uns[key_added]["selection"]``.
 
+    **Input scaling.** Each representation is standardised with the reference's
+    statistics (``standardize``). The logistic regressions see every dimension
+    z-scored; the networks (``network_scaling="branch"``, the default) see each
+    representation centred and divided by one number, the root mean square of its
+    dimensions' standard deviations, so that it keeps its own geometry: a PCA's
+    trailing components and rarely expressed genes stay small instead of being blown
+    up to the scale of the informative ones. ``network_scaling="feature"`` z-scores
+    every dimension for the networks too (the default before).
+
     The paper used ``hidden=4096``, 5 seeds and a per-dataset grid over the four
     hyper-parameters whose values it does not list; :data:`SCMPT_PAPER_GRID` is a grid
     of that kind (81 configurations). The defaults here -- ``hidden=512``, learning rate
