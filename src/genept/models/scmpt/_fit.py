@@ -113,7 +113,7 @@ def train_one(
             idx = perm[s : s + hp.batch_size]
             batch = [x[idx].to(device, non_blocking=True) for x in xs_tr]
             if scale is not None:
-                batch = [x * s for x, s in zip(batch, scale, strict=True)]
+                batch = [x * f for x, f in zip(batch, scale, strict=True)]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(batch), y_tr[idx].to(device))
             loss.backward()
