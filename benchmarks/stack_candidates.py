@@ -43,7 +43,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 import genept as gpt
-from genept.models.scmpt._fit import Hyper, train_linear, train_one
+from genept.models.scmpt._fit import Hyper, input_stats, train_linear, train_one
 from genept.models.scmpt._params import SELECTION_CELLS, ScMPTParams
 from genept.models.scmpt._stack import STACK_MIN_WEIGHT, stack_weights
 from genept.models.scmpt._train import extra_folds, stratified_split
@@ -80,10 +80,12 @@ def knn_proba(X_tr, y_tr, X_te, n_classes: int, k: int, alpha: float) -> np.ndar
 
 def standardise(x_ref: np.ndarray, x_query: np.ndarray) -> tuple[torch.Tensor, ...]:
     """z-scored reference and query, and the factors of ``network_scaling="branch"``."""
-    m, sd = x_ref.mean(0), x_ref.std(0)
-    s = np.where(sd > 1e-8, sd, 1.0)
-    branch = torch.from_numpy((s / np.sqrt(np.mean(sd.astype(np.float64) ** 2))).astype(np.float32))
-    return torch.from_numpy((x_ref - m) / s), torch.from_numpy((x_query - m) / s), branch
+    m, s, branch = input_stats(x_ref)  # as ScMPTModel.fit
+    return (
+        torch.from_numpy((x_ref - m) / s),
+        torch.from_numpy((x_query - m) / s),
+        torch.from_numpy(branch),
+    )
 
 
 def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha, scalings) -> dict:

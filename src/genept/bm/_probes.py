@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._gene_matching import is_missing_name
 from .._utils import check_adata, get_matrix, get_var_names, renamed_arg
 from ._common import as_embedding_frame
 
@@ -127,17 +128,12 @@ def ablation_embeddings(
     return out
 
 
-def _missing(value: Any) -> bool:
-    """None, NaN (of any float type) or ``pd.NA``."""
-    return not isinstance(value, str) and np.ndim(value) == 0 and bool(pd.isna(value))
-
-
 def _marker_lists(
     markers: Any, cell_type_col: str, gene_col: str, rank_by: str | None
 ) -> dict[str, list[str]]:
     if isinstance(markers, Mapping):
         # missing genes (None / NaN) are no markers: str() would make them a gene "nan"
-        return {str(k): [str(g) for g in v if not _missing(g)] for k, v in markers.items()}
+        return {str(k): [str(g) for g in v if not is_missing_name(g)] for k, v in markers.items()}
     df = pd.DataFrame(markers)
     ren = {"cell type": "cell_type", "official gene symbol": "gene"}
     df = df.rename(columns={k: v for k, v in ren.items() if k in df.columns})

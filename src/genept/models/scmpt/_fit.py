@@ -26,6 +26,7 @@ __all__ = [
     "Hyper",
     "fold_scale",
     "hyper_dict",
+    "input_stats",
     "refit_on_all",
     "scores",
     "train_linear",
@@ -136,6 +137,19 @@ def train_one(
     if has_val:
         info.update(validate(model, xs_va, y_va, loss_fn, device))
     return state, info
+
+
+def input_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per dimension of one input: its mean, SD (1 where constant) and branch factor.
+
+    The factors of ``network_scaling="branch"`` are each SD over the root mean square of
+    the SDs: the networks see ``(x - mean) / rms``, the z-scores times these. float32.
+    """
+    m, sd = x.mean(0), x.std(0)
+    s = np.where(sd > 1e-8, sd, 1.0)
+    rms = float(np.sqrt(np.mean(np.asarray(sd, np.float64) ** 2)))
+    f = s / rms if rms > 0 else np.ones_like(s)
+    return m.astype(np.float32), s.astype(np.float32), f.astype(np.float32)
 
 
 def fold_scale(model: nn.Module, scale: Sequence[torch.Tensor] | None) -> nn.Module:

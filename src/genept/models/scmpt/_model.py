@@ -26,6 +26,7 @@ from scanpy import logging as logg
 from ..._core._device import resolve_device, torch_threads
 from ..._core._labels import as_key_list, check_query, empty_rows, get_rep, reference_labels
 from ..._utils import check_adata
+from ._fit import input_stats
 from ._params import ScMPTParams, takes_params
 
 __all__ = ["ScMPTModel"]
@@ -235,30 +236,23 @@ class ScMPTModel:
                 raise ValueError("fewer than two classes remain after dropping empty cells")
         classes, codes = np.unique(y, return_inverse=True)
         xs = [x[keep] for x in xs]
-        means, stds, rms = [], [], []
+        means, stds, factors = [], [], []
         for x in xs:
             if p.standardize:
-                m, sd = x.mean(0), x.std(0)
-                s = np.where(sd > 1e-8, sd, 1.0)
-                rms.append(float(np.sqrt(np.mean(sd.astype(np.float64) ** 2))))
+                m, s, f = input_stats(x)
             else:
-                m, s = np.zeros(x.shape[1]), np.ones(x.shape[1])
+                m, s, f = np.zeros(x.shape[1]), np.ones(x.shape[1]), None
             means.append(m.astype(np.float32))
             stds.append(s.astype(np.float32))
+            factors.append(f)
         start = logg.info(
             f"training scMPT on {keys} ({int(keep.sum())} cells, {classes.size} classes, "
             f"{math.prod(len(g) for g in p.grids.values())} configurations x {p.n_seeds} "
             f"seeds, device {dev})"
         )
         z = [(x - m) / s for x, m, s in zip(xs, means, stds, strict=True)]
-        # network_scaling="branch": the networks see (x - m) / rms, one scale per input (the
-        # root mean square of its dimensions' standard deviations)
-        scales = None
-        if p.standardize and p.network_scaling == "branch":
-            scales = [
-                (s / r if r > 0 else np.ones_like(s)).astype(np.float32)
-                for s, r in zip(stds, rms, strict=True)
-            ]
+        # network_scaling="branch": the networks see (x - m) / rms, one scale per input
+        scales = factors if p.standardize and p.network_scaling == "branch" else None
         with torch_threads(p.n_jobs):
             res = train(z, codes, classes, p, dev=dev, names=keys, scales=scales)
         logg.info(
