@@ -26,7 +26,6 @@ from scanpy import logging as logg
 from ..._core._device import resolve_device, torch_threads
 from ..._core._labels import as_key_list, check_query, empty_rows, get_rep, reference_labels
 from ..._utils import check_adata
-from ._fit import input_stats
 from ._params import ScMPTParams, takes_params
 
 __all__ = ["ScMPTModel"]
@@ -215,6 +214,7 @@ class ScMPTModel:
         >>> m.selection["chosen"], m.selection["candidates"]["fusion"]["val_accuracy"]  # doctest: +SKIP
         ('fusion', 0.83)
         """
+        from ._fit import input_stats  # torch: imported on first use
         from ._train import train
 
         p = ScMPTParams.from_options(params, **options)
