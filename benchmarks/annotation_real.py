@@ -57,7 +57,7 @@ import real_datasets
 LABEL = "label"
 
 
-def prepare(a: ad.AnnData, x_kind: str) -> ad.AnnData:
+def prepare(a: ad.AnnData, x_kind: str, batch_key: str | None = None) -> ad.AnnData:
     """Log-normalised expression in X (counts kept in a layer), HVGs, PCA."""
     a = a.copy()
     if x_kind == "counts":
@@ -67,7 +67,7 @@ def prepare(a: ad.AnnData, x_kind: str) -> ad.AnnData:
         sc.pp.log1p(a)
     a.obs[LABEL] = a.obs[LABEL].astype(str)
     # 2,000 genes, or half of a panel that was already selected (pbmc68k_reduced: 765)
-    sc.pp.highly_variable_genes(a, n_top_genes=min(2000, a.n_vars // 2))
+    sc.pp.highly_variable_genes(a, n_top_genes=min(2000, a.n_vars // 2), batch_key=batch_key)
     sc.pp.pca(a, n_comps=50, random_state=0)
     # the expression itself as an scMPT branch: log-normalised values of the 2,000 most
     # variable genes, or of every gene of a smaller, already selected panel (pbmc68k: 765)
@@ -170,20 +170,24 @@ def run(
     x_kind: str,
     *,
     with_s: bool,
-    shift: str | None,
+    shifts: list[str | None],
     seeds: tuple[int, ...] = (0,),
     scmpt_options: dict | None = None,
+    batch_key: str | None = None,
 ) -> list[dict]:
+    """Embed once; annotate on each split (stratified ``seeds``, or each ``shifts``
+    reference/query split); then cluster (and batch) metrics of every representation."""
     t0 = time.perf_counter()
-    a = prepare(a, x_kind)
+    a = prepare(a, x_kind, batch_key)
     keys = add_genept(a, with_s)
     t_embed = time.perf_counter() - t0
     rows: list[dict] = []
-    for seed in seeds if not shift else (0,):
-        rows += run_split(
-            name, a, keys, with_s=with_s, shift=shift, seed=seed, t_embed=t_embed,
-            scmpt_options=scmpt_options or {},
-        )  # fmt: skip
+    for shift in shifts:
+        for seed in seeds if not shift else (0,):
+            rows += run_split(
+                name if not shift else f"{name} ({shift} -> rest)", a, keys, with_s=with_s,
+                shift=shift, seed=seed, t_embed=t_embed, scmpt_options=scmpt_options or {},
+            )  # fmt: skip
     print(f"\n  cell-level metrics of {name} (all {a.n_obs} cells; ARI / AMI vs labels)")
     for rep in ["X_pca", *keys]:
         for method in ("leiden", "kmeans"):
@@ -202,6 +206,24 @@ def run(
             print(
                 f"  {method:8s} {rep:24s} ARI {m['ari']:.3f} AMI {m['ami']:.3f} "
                 f"silhouette {m['silhouette']:.3f} clusters {int(m['n_clusters'])}",
+                flush=True,
+            )
+    if batch_key:
+        print(f"\n  batch effect of {name} ({batch_key!r}; mixing within labels)")
+        for rep in ["X_pca", "X_expr", *keys]:
+            m = gpt.bm.batch_metrics(a, rep, batch_key, label_key=LABEL)
+            m = m.set_index("metric")["value"]
+            rows.append(
+                dict(
+                    dataset=name,
+                    method="batch",
+                    rep=rep,
+                    batch_ari=m["batch_ari"],
+                    batch_mixing=m["batch_mixing"],
+                )
+            )
+            print(
+                f"  {rep:24s} batch ARI {m['batch_ari']:.3f} mixing {m['batch_mixing']:.3f}",
                 flush=True,
             )
     return rows
@@ -294,7 +316,7 @@ def run_split(
 
 def markdown(rows: list[dict]) -> str:
     """One table: a row per (method, representation), a column per dataset (acc. / F1)."""
-    sets = list(dict.fromkeys(r["dataset"] for r in rows))
+    sets = list(dict.fromkeys(r["dataset"] for r in rows if "accuracy" in r))
     out = [
         "| method | representation | " + " | ".join(sets) + " |",
         "|---|---|" + "---:|" * len(sets),
@@ -332,13 +354,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def shifts_of(a: ad.AnnData, shift: str | None) -> list[str | None]:
+    """``None`` (stratified splits), ``COLUMN=VALUE`` (one), ``COLUMN`` (each value)."""
+    if not shift:
+        return [None]
+    if "=" in shift:
+        return [shift]
+    return [f"{shift}={v}" for v in sorted(a.obs[shift].astype(str).unique())]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", help="names in real_datasets.DATASETS (default all)")
     p.add_argument("--h5ad", help="any h5ad instead of --datasets")
     p.add_argument("--label", default="cell_type", help="label column of --h5ad")
     p.add_argument("--x-kind", choices=["counts", "lognorm"], help="--h5ad X (default: guessed)")
-    p.add_argument("--shift", help="COLUMN=VALUE: reference = cells with that value, query = rest")
+    p.add_argument(
+        "--shift",
+        help="COLUMN=VALUE: reference = cells with that value, query = rest; COLUMN: each "
+        "value in turn (default for a dataset with a condition column, e.g. pbmc_cross)",
+    )
+    p.add_argument("--batch", help="batch column of --h5ad: batch ARI and mixing")
     p.add_argument("--no-s", action="store_true", help="skip GenePT-s (slow on CPU)")
     p.add_argument(
         "--splits", type=int, default=1,
@@ -368,7 +404,7 @@ def main() -> None:
         X = a.X[:200]
         data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
         kind = args.x_kind or ("counts" if np.all(np.mod(data, 1) == 0) else "lognorm")
-        jobs.append((Path(args.h5ad).stem, a, kind))
+        jobs.append((Path(args.h5ad).stem, a, kind, args.shift, args.batch))
     else:
         for name in args.datasets or list(real_datasets.DATASETS):
             info = real_datasets.DATASETS[name]
@@ -378,17 +414,19 @@ def main() -> None:
                 f"{name}: {a.n_obs} cells, {a.obs[LABEL].nunique()} types; X {info['x_kind']}; "
                 f"labels from {info['labels_from']}; source {info['source']}"
             )
-            jobs.append((name, a, info["x_kind"]))
+            shift = args.shift or info.get("condition_key")
+            jobs.append((name, a, info["x_kind"], shift, info.get("batch_key")))
     rows = []
-    for name, a, kind in jobs:
+    for name, a, kind, shift, batch_key in jobs:
         rows += run(
             name,
             a,
             kind,
             with_s=not args.no_s,
-            shift=args.shift,
+            shifts=shifts_of(a, shift),
             seeds=tuple(range(args.splits)),
             scmpt_options=args.scmpt_options,
+            batch_key=batch_key,
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))

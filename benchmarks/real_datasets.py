@@ -87,6 +87,41 @@ DATASETS: dict[str, dict] = {
         "clustering + markers on the larger data set, obs_names reach 9112)",
         species="human",
     ),
+    "pbmc_cross": dict(
+        path=DATA_DIR / "pbmc_cross.h5ad",
+        label_key="label",
+        condition_key="dataset",
+        batch_key="dataset",
+        x_kind="lognorm",
+        source="pbmc3k (above) and pbmc68k_reduced (above), two 10x PBMC data sets of "
+        "different donors: each log-normalised on its own genes (pbmc3k: normalize_total "
+        "1e4 + log1p, as pbmc68k's .raw), then the 765 genes of pbmc68k_reduced; "
+        "obs['dataset'] names the source",
+        labels_from="each source's own labels (FACS sorting for pbmc68k, clusters for "
+        "pbmc3k) mapped to 6 shared types (B, CD4 T, CD8 T, NK, monocyte, dendritic); "
+        "CD34+ and megakaryocytes (in one source only) dropped",
+        species="human",
+    ),
+}
+
+#: pbmc_cross: each source's labels -> the types both sources have
+CROSS_TYPES = {
+    "CD19+ B": "B",
+    "B cells": "B",
+    "CD4+/CD25 T Reg": "CD4 T",
+    "CD4+/CD45RA+/CD25- Naive T": "CD4 T",
+    "CD4+/CD45RO+ Memory": "CD4 T",
+    "CD4 T cells": "CD4 T",
+    "CD8+ Cytotoxic T": "CD8 T",
+    "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T",
+    "CD8 T cells": "CD8 T",
+    "CD56+ NK": "NK",
+    "NK cells": "NK",
+    "CD14+ Monocyte": "monocyte",
+    "CD14+ Monocytes": "monocyte",
+    "FCGR3A+ Monocytes": "monocyte",
+    "Dendritic": "dendritic",
+    "Dendritic cells": "dendritic",
 }
 
 
@@ -275,7 +310,44 @@ def _build_bassez_tumor_immune(tmp: Path) -> ad.AnnData:
     return _finish(adata, "counts", name="bassez_tumor_immune")
 
 
-BUILDERS = {"pbmc3k": _build_pbmc3k, "bassez_tumor_immune": _build_bassez_tumor_immune}
+def _build_pbmc_cross(tmp: Path) -> ad.AnnData:
+    """pbmc3k + pbmc68k_reduced on pbmc68k's 765 genes, shared types, ``obs['dataset']``."""
+    import pandas as pd
+    import scanpy as sc
+
+    small = _pbmc68k_reduced()  # log-normalised on all genes, then cut to 765 (its .raw)
+    big = load("pbmc3k")  # counts, every gene: normalise the same way, then cut
+    big = big.copy()
+    sc.pp.normalize_total(big, target_sum=1e4)
+    sc.pp.log1p(big)
+    missing = small.var_names.difference(big.var_names)
+    if len(missing):
+        raise RuntimeError(f"{len(missing)} pbmc68k genes missing from pbmc3k: {list(missing)[:5]}")
+    big = big[:, small.var_names].copy()
+    parts = []
+    for name, part in (("pbmc3k", big), ("pbmc68k", small)):
+        part = ad.AnnData(
+            X=part.X.astype(np.float32),
+            obs=pd.DataFrame(
+                {
+                    "label_source": part.obs["label"].astype(str).to_numpy(),
+                    "dataset": name,
+                },
+                index=[f"{name}-{c}" for c in part.obs_names],
+            ),
+            var=pd.DataFrame(index=small.var_names.copy()),
+        )
+        part.obs["label"] = part.obs["label_source"].map(CROSS_TYPES)
+        parts.append(part)
+    adata = ad.concat(parts)
+    return _finish(adata, "lognorm", name="pbmc_cross")
+
+
+BUILDERS = {
+    "pbmc3k": _build_pbmc3k,
+    "bassez_tumor_immune": _build_bassez_tumor_immune,
+    "pbmc_cross": _build_pbmc_cross,  # after pbmc3k: built from it
+}
 
 
 def fetch(names: list[str] | None = None) -> dict[str, float]:

@@ -220,9 +220,64 @@ def test_knn_and_cluster_metrics_equal_sklearn():
     assert c["silhouette"] == pytest.approx(silhouette_score(X, y))
     assert c["ari"] > 0.7
     b = batch_metrics(a, "X_emb", "batch", n_pcs=5)
-    assert b.metric.tolist() == ["batch_ari"] and abs(b.value[0]) < 0.1
+    assert b.metric.tolist() == ["batch_ari", "batch_mixing"] and abs(b.value[0]) < 0.1
     with pytest.raises(KeyError, match="obsm"):
         knn_metrics(a, "X_nope", "cell_type")
+
+
+def _mixing_by_hand(X, batch, group, k):
+    """Brute force: cosine distances, each cell's k nearest others, other-batch share."""
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    obs = exp = 0.0
+    for g in np.unique(group):
+        idx = np.flatnonzero(group == g)
+        m, bg = len(idx), batch[idx]
+        if len(np.unique(bg)) < 2:
+            continue
+        D = 1 - Xn[idx] @ Xn[idx].T
+        np.fill_diagonal(D, np.inf)
+        for i in range(m):
+            nb = np.argsort(D[i])[: min(k, m - 1)]
+            obs += np.mean(bg[nb] != bg[i])
+            exp += (m - np.sum(bg == bg[i])) / (m - 1)
+    return obs / exp
+
+
+def test_batch_mixing_known_answers_and_reference():
+    rng = np.random.default_rng(0)
+    n = 300
+    cell_type = np.repeat(["a", "b", "c"], n // 3)
+    centres = rng.normal(0, 4, (3, 20))
+    X = centres[np.repeat(np.arange(3), n // 3)] + rng.normal(size=(n, 20))
+    batch = rng.choice(["b1", "b2"], n, p=[0.7, 0.3])
+    a = ad.AnnData(np.zeros((n, 1), np.float32))
+    a.obs["cell_type"], a.obs["batch"] = cell_type, batch
+    # batches assigned at random: mixing about 1, with or without the labels
+    a.obsm["mixed"] = X.astype(np.float32)
+    # the same cells, batch b2 moved far away: no neighbour from the other batch
+    shifted = X.copy()
+    shifted[batch == "b2"] += 30
+    a.obsm["split"] = shifted.astype(np.float32)
+    for rep, lo, hi in (("mixed", 0.85, 1.15), ("split", -0.001, 0.001)):
+        for label_key in (None, "cell_type"):
+            m = batch_metrics(a, rep, "batch", label_key=label_key, n_neighbors=10)
+            v = m.set_index("metric")["value"]["batch_mixing"]
+            assert lo <= v <= hi, (rep, label_key, v)
+            group = cell_type if label_key else np.zeros(n)
+            assert v == pytest.approx(_mixing_by_hand(a.obsm[rep], batch, group, 10), abs=1e-9)
+    # a batch effect confounded with cell type: a type present in one batch only is left
+    # out when mixing is measured within types (not counted as a batch effect)
+    conf = batch.copy()
+    conf[cell_type == "c"] = "b1"
+    a.obs["conf"] = conf
+    within = batch_metrics(a, "mixed", "conf", label_key="cell_type")
+    ref = _mixing_by_hand(a.obsm["mixed"], conf, cell_type, 15)
+    assert within.set_index("metric")["value"]["batch_mixing"] == pytest.approx(ref, abs=1e-9)
+    a.obs["one_per_type"] = np.where(cell_type == "a", "b1", "b2")
+    with pytest.raises(ValueError, match="undefined"):
+        batch_metrics(a, "mixed", "one_per_type", label_key="cell_type")
+    with pytest.raises(ValueError, match="n_neighbors"):
+        batch_metrics(a, "mixed", "batch", n_neighbors=0)
 
 
 @pytest.mark.parametrize("metrics", [knn_metrics, cluster_metrics])
