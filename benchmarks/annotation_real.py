@@ -19,7 +19,11 @@ or a reference/query split by a condition column (``--shift``), and prints one t
   GenePT-s, and the same fusions with the controls, each with the candidate the model
   selection kept (the fusion, a branch alone or the linear fusion);
 
-each with its time, then Leiden/k-means ARI, AMI and silhouette of every representation.
+each with its time, then Leiden/k-means ARI, AMI and silhouette of every representation
+and, where the data has a batch column (``--batch``, or ``batch_key`` of a dataset in
+``real_datasets.py``), :func:`genept.bm.batch_metrics` (k-means batch ARI and k-NN batch
+mixing within labels). A dataset with a condition column (``pbmc_cross``: its source) is
+split by it instead of at random: each value in turn is the reference, the rest the query.
 
 ::
 
@@ -27,6 +31,8 @@ each with its time, then Leiden/k-means ARI, AMI and silhouette of every represe
     python benchmarks/annotation_real.py                # every dataset of real_datasets.py
     python benchmarks/annotation_real.py --datasets pbmc68k_reduced --no-s
     python benchmarks/annotation_real.py --h5ad my.h5ad --label cell_type
+    python benchmarks/annotation_real.py --datasets pbmc_cross     # across sources
+    python benchmarks/annotation_real.py --h5ad my.h5ad --label cell_type --shift donor --batch donor
 """
 
 from __future__ import annotations
@@ -360,7 +366,32 @@ def shifts_of(a: ad.AnnData, shift: str | None) -> list[str | None]:
         return [None]
     if "=" in shift:
         return [shift]
-    return [f"{shift}={v}" for v in sorted(a.obs[shift].astype(str).unique())]
+    col = a.obs[shift]
+    return [f"{shift}={v}" for v in sorted(col[col.notna()].astype(str).unique())]
+
+
+def check_columns(name: str, a: ad.AnnData, shift: str | None, batch_key: str | None) -> None:
+    """Refuse a missing, single-valued or incomplete shift / batch column before any work."""
+    for what, col in (
+        ("--shift", shift.split("=", 1)[0] if shift else None),
+        ("--batch", batch_key),
+    ):
+        if col is None:
+            continue
+        if col not in a.obs:
+            raise SystemExit(f"{name}: {what} column {col!r} is not in obs ({list(a.obs.columns)})")
+        values = a.obs[col]
+        if values.isna().any():
+            raise SystemExit(
+                f"{name}: obs[{col!r}] ({what}) has {int(values.isna().sum())} missing value(s); "
+                "fill or drop those cells first"
+            )
+        if values.astype(str).nunique() < 2:
+            raise SystemExit(f"{name}: obs[{col!r}] ({what}) has a single value; need two")
+    if shift and "=" in shift:
+        col, value = shift.split("=", 1)
+        if not (a.obs[col].astype(str) == value).any():
+            raise SystemExit(f"{name}: no cell has obs[{col!r}] == {value!r} (--shift)")
 
 
 def main() -> None:
@@ -405,6 +436,8 @@ def main() -> None:
         data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
         kind = args.x_kind or ("counts" if np.all(np.mod(data, 1) == 0) else "lognorm")
         jobs.append((Path(args.h5ad).stem, a, kind, args.shift, args.batch))
+    elif args.batch:
+        raise SystemExit("--batch is for --h5ad; a dataset of real_datasets.py names its own")
     else:
         for name in args.datasets or list(real_datasets.DATASETS):
             info = real_datasets.DATASETS[name]
@@ -416,6 +449,8 @@ def main() -> None:
             )
             shift = args.shift or info.get("condition_key")
             jobs.append((name, a, info["x_kind"], shift, info.get("batch_key")))
+    for name, a, _, shift, batch_key in jobs:
+        check_columns(name, a, shift, batch_key)
     rows = []
     for name, a, kind, shift, batch_key in jobs:
         rows += run(

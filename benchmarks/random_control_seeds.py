@@ -91,6 +91,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="random-vector seeds 0..N-1 (default 5)")
     p.add_argument("--splits", type=int, default=3, help="stratified splits (default 3)")
     args = p.parse_args()
+    if args.seeds < 2 or args.splits < 1:
+        p.error("--seeds must be >= 2 (an SD over seeds) and --splits >= 1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     gpt.settings.progress = False

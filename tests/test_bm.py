@@ -232,7 +232,7 @@ def _mixing_by_hand(X, batch, group, k):
     for g in np.unique(group):
         idx = np.flatnonzero(group == g)
         m, bg = len(idx), batch[idx]
-        if len(np.unique(bg)) < 2:
+        if len(np.unique(bg)) < 2 or m <= k + 1:
             continue
         D = 1 - Xn[idx] @ Xn[idx].T
         np.fill_diagonal(D, np.inf)
@@ -278,6 +278,45 @@ def test_batch_mixing_known_answers_and_reference():
         batch_metrics(a, "mixed", "one_per_type", label_key="cell_type")
     with pytest.raises(ValueError, match="n_neighbors"):
         batch_metrics(a, "mixed", "batch", n_neighbors=0)
+    with pytest.raises(TypeError, match="integer"):
+        batch_metrics(a, "mixed", "batch", n_neighbors=None)
+
+
+def test_batch_mixing_edge_cases():
+    rng = np.random.default_rng(1)
+    # a small type (k + 1 cells or fewer) would be 'mixed' whatever the data: left out
+    big = np.repeat(["big"], 60)
+    small = np.repeat(["small"], 8)
+    lab = np.concatenate([big, small])
+    batch = np.array(["b1", "b2"] * 30 + ["b1"] * 4 + ["b2"] * 4)
+    X = rng.normal(size=(68, 6))
+    X[60:64] += 50  # the small type's two batches fully separated
+    X[64:] -= 50
+    a = ad.AnnData(np.zeros((68, 1), np.float32))
+    a.obs["lab"], a.obs["batch"] = lab, batch
+    a.obsm["r"] = X.astype(np.float32)
+    both = batch_metrics(a, "r", "batch", label_key="lab", n_neighbors=10)
+    only_big = batch_metrics(a[:60].copy(), "r", "batch", label_key="lab", n_neighbors=10)
+    v = both.set_index("metric")["value"]["batch_mixing"]
+    assert v == pytest.approx(only_big.set_index("metric")["value"]["batch_mixing"])
+    # with k = 2 the small type is measured, and its separated batches pull mixing down
+    k2 = batch_metrics(a, "r", "batch", label_key="lab", n_neighbors=2)
+    assert k2.set_index("metric")["value"]["batch_mixing"] == pytest.approx(
+        _mixing_by_hand(X, batch, lab, 2), abs=1e-9
+    )
+    # exact duplicates across batches (b2 = a copy of b1): each cell's nearest other cell is
+    # its copy (distance 0, tied with itself), so all neighbours are from the other batch:
+    # observed share 1 against 30/59 expected -> 59/30
+    pts = rng.normal(size=(30, 6))
+    d = ad.AnnData(np.zeros((60, 1), np.float32))
+    d.obs["batch"] = np.where(np.arange(60) < 30, "b1", "b2")
+    d.obsm["r"] = np.concatenate([pts, pts]).astype(np.float32)
+    m = batch_metrics(d, "r", "batch", n_neighbors=1).set_index("metric")["value"]
+    assert m["batch_mixing"] == pytest.approx(59 / 30)
+    # a cell with an all-zero representation has no cosine neighbours: refused
+    a.obsm["r"][3] = 0
+    with pytest.raises(ValueError, match=r"1 cell\(s\) have an all-zero 'r'"):
+        batch_metrics(a, "r", "batch")
 
 
 @pytest.mark.parametrize("metrics", [knn_metrics, cluster_metrics])

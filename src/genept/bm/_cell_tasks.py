@@ -239,15 +239,21 @@ def batch_metrics(
     * ``batch_ari`` (GenePT section 4.4): project to the top ``n_pcs`` principal
       components, k-means with one cluster per batch (patient), ARI with the batches.
       Higher = stronger batch effect (the paper: 0.33 on expression, 0.07 on GenePT-s).
+      Batches that differ in cell-type composition get an ARI above 0 from the biology
+      alone (k-means may split the cell types, not the batches).
     * ``batch_mixing``: for every cell, the share of its ``n_neighbors`` nearest
-      neighbours (cosine, the cell itself excluded) that come from another batch, summed
-      over the cells and divided by the sum of the shares expected if the batches were
-      assigned to the cells at random (``(m - m_b) / (m - 1)`` for a cell of batch ``b``
-      among ``m`` cells, ``m_b`` of them in ``b``). 1 = as mixed as random, 0 = no
-      neighbour from another batch. With ``label_key`` the neighbours are searched among
-      the cells of the same label only, so that batches with different cell-type
-      compositions are not counted as a batch effect; labels seen in a single batch
-      then carry no information and are left out.
+      neighbours in the full ``rep`` (cosine, the cell itself excluded) that come from
+      another batch, summed over the cells and divided by the sum of the shares expected
+      if the batches were assigned to the cells at random (``(m - m_b) / (m - 1)`` for a
+      cell of batch ``b`` among ``m`` cells, ``m_b`` of them in ``b``). 1 = as mixed as
+      random (values a little above 1 happen), 0 = no neighbour from another batch. With
+      ``label_key`` the neighbours are searched, and ``m`` and ``m_b`` counted, among the
+      cells of the same label only, so that batches with different cell-type
+      compositions are not counted as a batch effect (``label_key`` does not change
+      ``batch_ari``). Groups (labels, or all cells) that hold a single batch, or at most
+      ``n_neighbors`` cells (every other cell would be a neighbour, whatever the
+      representation), carry no information and are left out. A batch with fewer than
+      ``n_neighbors + 1`` cells in a group cannot reach 0 there.
 
     Parameters
     ----------
@@ -266,7 +272,14 @@ def batch_metrics(
     Returns
     -------
     Tidy DataFrame ``rep``, ``metric`` (``batch_ari``, ``batch_mixing``), ``value``,
-    ``n_pcs``.
+    ``n_pcs`` (the components of ``batch_ari``).
+
+    Raises
+    ------
+    ValueError
+        A single batch; a cell whose representation is all zeros (no cosine neighbours:
+        leave empty cells out first); no group with two batches and more than
+        ``n_neighbors`` cells.
 
     Examples
     --------
@@ -285,9 +298,25 @@ def batch_metrics(
     n = len(np.unique(b))
     if n < 2:
         raise ValueError(f"adata.obs[{batch_key!r}] has a single batch; need at least 2")
-    if int(n_neighbors) < 1:
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
+        raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}")
+    if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors!r}")
+    empty = ~np.any(X != 0, axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{int(empty.sum())} cell(s) have an all-zero {rep!r} (no cosine neighbours, "
+            f"e.g. cells without an embedded gene): leave them out first, e.g. "
+            f"adata[np.any(adata.obsm[{rep!r}] != 0, axis=1)]"
+        )
     groups = _labels(adata, label_key) if label_key is not None else np.zeros(len(b), dtype=object)
+    mixing = _batch_mixing(X, b, groups, int(n_neighbors))
+    if not np.isfinite(mixing):
+        where = f"label in adata.obs[{label_key!r}]" if label_key else "set of cells"
+        raise ValueError(
+            f"no {where} has cells from two batches of adata.obs[{batch_key!r}] and more "
+            f"than n_neighbors={n_neighbors} cells: batch mixing is undefined"
+        )
     n_comp = min(n_pcs, X.shape[0] - 1, X.shape[1])
     Z = (
         PCA(n_components=n_comp, random_state=random_state).fit_transform(X)
@@ -295,12 +324,6 @@ def batch_metrics(
         else X
     )
     km = KMeans(n_clusters=n, n_init=10, random_state=random_state).fit_predict(Z)
-    mixing = _batch_mixing(X, b, groups, int(n_neighbors))
-    if not np.isfinite(mixing):
-        raise ValueError(
-            f"no {'label of ' + repr(label_key) + ' ' if label_key else ''}group has cells of "
-            f"two batches of {batch_key!r}: batch mixing is undefined"
-        )
     return _tidy(
         rep,
         {"batch_ari": adjusted_rand_score(b, km), "batch_mixing": mixing},
@@ -318,18 +341,17 @@ def _batch_mixing(X: np.ndarray, batches: np.ndarray, groups: np.ndarray, k: int
         m = len(idx)
         bg = batches[idx]
         _, inv, counts = np.unique(bg, return_inverse=True, return_counts=True)
-        if m < 2 or len(counts) < 2:
-            continue  # one cell or one batch: nothing to mix
-        kk = min(k, m - 1)
-        nn = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(X[idx])
+        if m <= k + 1 or len(counts) < 2:
+            continue  # one batch, or every other cell a neighbour: nothing to measure
+        nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(X[idx])
         nbr = nn.kneighbors(X[idx], return_distance=False)
         # drop each cell itself (duplicates may put another cell first: drop one own index,
         # else the last neighbour)
         own = nbr == np.arange(m)[:, None]
-        drop = np.where(own.any(1), own.argmax(1), kk)
+        drop = np.where(own.any(1), own.argmax(1), k)
         keep = np.ones_like(nbr, dtype=bool)
         keep[np.arange(m), drop] = False
-        nbr = nbr[keep].reshape(m, kk)
+        nbr = nbr[keep].reshape(m, k)
         observed += float((inv[nbr] != inv[:, None]).mean(1).sum())
         expected += float(((m - counts[inv]) / (m - 1)).sum())
     return observed / expected if expected > 0 else float("nan")
