@@ -630,7 +630,7 @@ def test_scmpt_params_shared_by_fit_and_annotate():
     from genept.models import ScMPTParams
 
     names = ScMPTParams.names()
-    assert len(names) == 22 and "lr_grid" in names and "network_scaling" in names
+    assert len(names) == 23 and "lr_grid" in names and "selection_groups" in names
     assert {"selection_folds", "linear_c"} <= set(names)
     for fn in (ScMPTModel.fit, annotate_scmpt):
         sig = inspect.signature(fn).parameters

@@ -166,7 +166,7 @@ def test_selection_margin_against_the_average():
 
 
 def test_extra_folds_hold_out_disjoint_stratified_cells():
-    from genept.models.scmpt._train import extra_folds, stratified_split
+    from genept.models.scmpt._folds import extra_folds, stratified_split
 
     codes = np.repeat(np.arange(4), [100, 60, 30, 11])
     split = stratified_split(codes, 0.2, 0)

@@ -236,6 +236,19 @@ class ScMPTModel:
                 raise ValueError("fewer than two classes remain after dropping empty cells")
         classes, codes = np.unique(y, return_inverse=True)
         xs = [x[keep] for x in xs]
+        groups = None
+        if p.selection_groups is not None:
+            from ._folds import check_groups
+
+            col = p.selection_groups
+            if col not in reference.obs:
+                raise KeyError(
+                    f"selection_groups={col!r} is not a column of reference.obs "
+                    f"(columns: {list(reference.obs.columns)})"
+                )
+            groups = check_groups(
+                reference.obs[col].to_numpy()[keep], int(keep.sum()), f"reference.obs[{col!r}]"
+            )
         means, stds, factors = [], [], []
         for x in xs:
             if p.standardize:
@@ -254,7 +267,7 @@ class ScMPTModel:
         # network_scaling="branch": the networks see (x - m) / rms, one scale per input
         scales = factors if p.standardize and p.network_scaling == "branch" else None
         with torch_threads(p.n_jobs):
-            res = train(z, codes, classes, p, dev=dev, names=keys, scales=scales)
+            res = train(z, codes, classes, p, dev=dev, names=keys, scales=scales, groups=groups)
         logg.info(
             f"    finished: {res.hyperparameters}, validation accuracy "
             f"{res.validation['accuracy_mean']:.3f} (SD {res.validation['accuracy_sd']:.3f})",

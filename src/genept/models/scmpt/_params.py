@@ -120,6 +120,15 @@ selection_folds
     ``select="best"``) PCA + GenePT-w kept PCA alone in 3 of 3 splits and scored
     0.896 test accuracy, as PCA alone, against 0.856 with one fold, which kept the
     average.
+selection_groups
+    ``obs`` column of the reference with each cell's group -- donor, sample or batch
+    -- or ``None`` (default: folds of random cells). With a column, the validation
+    split and the selection folds hold out whole groups (scikit-learn's
+    ``StratifiedGroupKFold``; at most ``1 / val_size`` folds and as many as there are
+    groups), so the grid search, early stopping and the stacking weights measure how
+    each candidate transfers to groups it has not seen -- the situation of a query
+    from new donors -- instead of to new cells of the same donors. Needs at least two
+    groups and no missing value.
 linear_c
     Inverse L2 strength ``C`` of the linear fusion's logistic regression (1, default:
     scikit-learn's and celltypist's); several values: the one with the lowest
@@ -185,6 +194,7 @@ class ScMPTParams:
     select: Literal["stack", "best", "fusion"] = "stack"
     selection_margin: float = 1.0
     selection_folds: int | Literal["auto"] = "auto"
+    selection_groups: str | None = None
     linear_c: float | Sequence[float] = 1.0
     n_jobs: int | None = None
     random_state: int = 0
@@ -254,6 +264,9 @@ class ScMPTParams:
                 f"selection_folds must be between 1 and {most} (1 / val_size, val_size="
                 f"{self.val_size}), got {f}; or 'auto'"
             )
+        g = self.selection_groups
+        if g is not None and not (isinstance(g, str) and g):
+            raise TypeError(f"selection_groups must be None or an obs column name, got {g!r}")
         if not float(self.weight_decay) >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         cw = self.class_weight

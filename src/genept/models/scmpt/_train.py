@@ -12,7 +12,6 @@ trained with every seed of the ensemble.
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from ._fit import (
     train_linear,
     train_one,
 )
+from ._folds import more_folds, selection_split
 from ._params import ScMPTParams
 from ._stack import STACK, fit_stack, train_stack
 
@@ -45,34 +45,6 @@ _VAL_KEYS = ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")
 def mean_of(a: dict, b: dict, y_va, class_weight) -> dict[str, Any]:
     """Validation record of the average of two models' probabilities."""
     return record_of((a["val_proba"] + b["val_proba"]) / 2, y_va, class_weight, a)
-
-
-def extra_folds(
-    codes: np.ndarray, split: tuple[np.ndarray, np.ndarray], n_folds: int, max_folds: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Folds 2..``n_folds`` of a stratified cross-validation whose first fold is ``split``.
-
-    The training part of ``split`` is cut (stratified) into ``max_folds - 1`` disjoint
-    chunks of about the validation split's size; fold ``j`` holds out chunk ``j`` and
-    trains on every other cell of the split, so all held-out cells are distinct.
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    tr, va = split
-    if n_folds <= 1 or max_folds <= 1:
-        return []
-    everyone = np.sort(np.concatenate([tr, va]))
-    if max_folds == 2:
-        chunks = [tr]
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # classes with fewer cells than chunks
-            try:
-                skf = StratifiedKFold(max_folds - 1, shuffle=True, random_state=seed)
-                chunks = [tr[c] for _, c in skf.split(tr, codes[tr])]
-            except ValueError:  # no class has enough cells to stratify
-                return []
-    return [(np.setdiff1d(everyone, c), np.sort(c)) for c in chunks[: n_folds - 1]]
 
 
 def margins_over_default(
@@ -103,41 +75,6 @@ def margins_over_default(
             diff = float(info[f"val_{metric}"] - default[f"val_{metric}"])
         out[name] = (diff, se)
     return out
-
-
-def stratified_split(
-    codes: np.ndarray, val_size: float, seed: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Stratified train/validation indices, or ``None`` when the reference is too small.
-
-    Classes with a single cell stay in training (with a warning). ``None`` when fewer
-    than two classes have two cells, or the validation or training part could not hold
-    one cell of each such class.
-    """
-    from sklearn.model_selection import train_test_split
-
-    if not val_size:
-        return None
-    counts = np.bincount(codes)
-    ok_classes = np.flatnonzero(counts >= 2)
-    eligible = np.isin(codes, ok_classes)
-    idx = np.flatnonzero(eligible)
-    n_val = math.ceil(val_size * idx.size) if val_size < 1 else int(val_size)
-    if ok_classes.size < 2 or n_val < ok_classes.size or idx.size - n_val < ok_classes.size:
-        return None
-    try:
-        tr, va = train_test_split(idx, test_size=val_size, stratify=codes[idx], random_state=seed)
-    except ValueError:
-        return None
-    single = np.flatnonzero(~eligible)
-    if single.size:
-        warnings.warn(
-            f"{single.size} classes have a single reference cell; those cells are used "
-            "for training only (not validated)",
-            UserWarning,
-            stacklevel=4,
-        )
-    return np.sort(np.concatenate([tr, single])), np.sort(va)
 
 
 def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray):
@@ -257,11 +194,14 @@ def train(
     dev: str,
     names: Sequence[str] | None = None,
     scales: Sequence[np.ndarray] | None = None,
+    groups: np.ndarray | None = None,
 ) -> TrainResult:
     """Model selection on a stratified split, then the seed ensemble (standardised ``xs``).
 
     ``scales``: per input, the factors the networks see it multiplied by
     (``ScMPTParams.network_scaling``; folded into their first layers). ``None``: 1.
+    ``groups``: an integer group (donor, batch) per cell; the validation split and the
+    selection folds then hold out whole groups (:func:`._folds.group_folds`).
 
     Every candidate of :func:`candidates` (with ``select="best"``: the fusion and each
     input alone) is trained with every grid configuration and the first seed on the
@@ -281,14 +221,14 @@ def train(
 
     n_classes = int(classes.size)
     cw = class_weights(p.class_weight, classes, codes)
-    split = stratified_split(codes, p.val_size, p.random_state)
+    split = selection_split(codes, p.val_size, p.random_state, groups)
     configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
     seeds = [p.random_state + i for i in range(p.n_seeds)]
     cands = candidates(names, p.select if split is not None else "fusion", p.hidden)
     # more folds for the comparison of candidates (fusion, branches, linear, average)
     compare = len(cands) > 2 and not cands[-1][2]
     folds = (
-        extra_folds(codes, split, p.n_folds(split[1].size), p.max_folds(), p.random_state)
+        more_folds(codes, split, p.n_folds(split[1].size), p.max_folds(), p.random_state, groups)
         if compare and split is not None
         else []
     )
@@ -552,6 +492,7 @@ def train(
         "candidates": scores,
         "refit_on_all": bool(split is not None and p.refit),
         "folds": 1 + len(folds) if split is not None else 0,
+        "grouped": groups is not None and split is not None,
     }
     if plan is not None:
         selection["weights"] = dict(plan)  # the kept candidates, renormalised
