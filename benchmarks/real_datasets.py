@@ -102,6 +102,20 @@ DATASETS: dict[str, dict] = {
         "CD34+ and megakaryocytes (in one source only) dropped",
         species="human",
     ),
+    "immune3": dict(
+        path=DATA_DIR / "immune3.h5ad",
+        label_key="label",
+        condition_key="dataset",
+        batch_key="dataset",
+        x_kind="lognorm",
+        source="pbmc3k, pbmc68k_reduced and bassez_tumor_immune (above): each "
+        "log-normalised on its own genes (normalize_total 1e4 + log1p), then the 411 "
+        "genes all three measure; obs['dataset'] names the source",
+        labels_from="each source's own labels mapped to 6 shared types (B, CD4 T, CD8 T, "
+        "NK, monocyte, dendritic; bassez: Treg -> CD4 T, MDC -> monocyte, DC and pDC -> "
+        "dendritic); types in one source only dropped",
+        species="human",
+    ),
 }
 
 #: pbmc_cross: each source's labels -> the types both sources have
@@ -122,6 +136,19 @@ CROSS_TYPES = {
     "FCGR3A+ Monocytes": "monocyte",
     "Dendritic": "dendritic",
     "Dendritic cells": "dendritic",
+}
+
+#: immune3: bassez_tumor_immune's labels -> the shared types (others dropped)
+BASSEZ_TYPES = {
+    "B_memory": "B",
+    "B_naive": "B",
+    "CD4_T": "CD4 T",
+    "Treg": "CD4 T",
+    "CD8_T": "CD8 T",
+    "NK": "NK",
+    "MDC": "monocyte",
+    "DC": "dendritic",
+    "pDC": "dendritic",
 }
 
 
@@ -310,43 +337,64 @@ def _build_bassez_tumor_immune(tmp: Path) -> ad.AnnData:
     return _finish(adata, "counts", name="bassez_tumor_immune")
 
 
-def _build_pbmc_cross(tmp: Path) -> ad.AnnData:
-    """pbmc3k + pbmc68k_reduced on pbmc68k's 765 genes, shared types, ``obs['dataset']``."""
-    import pandas as pd
+def _lognorm(adata: ad.AnnData) -> ad.AnnData:
     import scanpy as sc
 
+    adata = adata.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+def _joined(sources: dict[str, tuple[ad.AnnData, dict]], name: str) -> ad.AnnData:
+    """Log-normalised sources on the genes they all have, labels mapped, ``obs['dataset']``."""
+    import pandas as pd
+
+    genes = None
+    for part, _ in sources.values():
+        genes = part.var_names if genes is None else genes.intersection(part.var_names)
+    parts = []
+    for src, (part, types) in sources.items():
+        part = ad.AnnData(
+            X=part[:, genes].X.astype(np.float32),
+            obs=pd.DataFrame(
+                {"label_source": part.obs["label"].astype(str).to_numpy(), "dataset": src},
+                index=[f"{src}-{c}" for c in part.obs_names],
+            ),
+            var=pd.DataFrame(index=genes.copy()),
+        )
+        part.obs["label"] = part.obs["label_source"].map(types)
+        parts.append(part)
+    return _finish(ad.concat(parts), "lognorm", name=name)
+
+
+def _build_pbmc_cross(tmp: Path) -> ad.AnnData:
+    """pbmc3k + pbmc68k_reduced on pbmc68k's 765 genes, shared types, ``obs['dataset']``."""
     small = _pbmc68k_reduced()  # log-normalised on all genes, then cut to 765 (its .raw)
-    big = load("pbmc3k")  # counts, every gene: normalise the same way, then cut
-    big = big.copy()
-    sc.pp.normalize_total(big, target_sum=1e4)
-    sc.pp.log1p(big)
+    big = _lognorm(load("pbmc3k"))  # counts, every gene: normalise the same way
     missing = small.var_names.difference(big.var_names)
     if len(missing):
         raise RuntimeError(f"{len(missing)} pbmc68k genes missing from pbmc3k: {list(missing)[:5]}")
-    big = big[:, small.var_names].copy()
-    parts = []
-    for name, part in (("pbmc3k", big), ("pbmc68k", small)):
-        part = ad.AnnData(
-            X=part.X.astype(np.float32),
-            obs=pd.DataFrame(
-                {
-                    "label_source": part.obs["label"].astype(str).to_numpy(),
-                    "dataset": name,
-                },
-                index=[f"{name}-{c}" for c in part.obs_names],
-            ),
-            var=pd.DataFrame(index=small.var_names.copy()),
-        )
-        part.obs["label"] = part.obs["label_source"].map(CROSS_TYPES)
-        parts.append(part)
-    adata = ad.concat(parts)
-    return _finish(adata, "lognorm", name="pbmc_cross")
+    return _joined({"pbmc3k": (big, CROSS_TYPES), "pbmc68k": (small, CROSS_TYPES)}, "pbmc_cross")
+
+
+def _build_immune3(tmp: Path) -> ad.AnnData:
+    """pbmc3k + pbmc68k_reduced + bassez on their shared genes and types."""
+    return _joined(
+        {
+            "pbmc3k": (_lognorm(load("pbmc3k")), CROSS_TYPES),
+            "pbmc68k": (_pbmc68k_reduced(), CROSS_TYPES),
+            "bassez": (_lognorm(load("bassez_tumor_immune")), BASSEZ_TYPES),
+        },
+        "immune3",
+    )
 
 
 BUILDERS = {
     "pbmc3k": _build_pbmc3k,
     "bassez_tumor_immune": _build_bassez_tumor_immune,
     "pbmc_cross": _build_pbmc_cross,  # after pbmc3k: built from it
+    "immune3": _build_immune3,  # after pbmc3k and bassez_tumor_immune
 }
 
 

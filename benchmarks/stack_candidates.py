@@ -44,9 +44,9 @@ from sklearn.neighbors import NearestNeighbors
 
 import genept as gpt
 from genept.models.scmpt._fit import Hyper, input_stats, train_linear, train_one
+from genept.models.scmpt._folds import extra_folds, stratified_split
 from genept.models.scmpt._params import SELECTION_CELLS, ScMPTParams
 from genept.models.scmpt._stack import STACK_MIN_WEIGHT, stack_weights
-from genept.models.scmpt._folds import extra_folds, stratified_split
 
 sys.path.insert(0, str(Path(__file__).parent))
 import annotation_real as ar
