@@ -14,6 +14,7 @@ control's mean and SD over the seeds, and the text's margin in those SDs.
 
     python benchmarks/random_control_seeds.py                  # every dataset, 5 seeds
     python benchmarks/random_control_seeds.py --datasets pbmc_cross --seeds 10
+    python benchmarks/random_control_seeds.py --datasets immune3 --holdout   # leave-one-out
 """
 
 from __future__ import annotations
@@ -34,11 +35,19 @@ import real_datasets
 LABEL = ar.LABEL
 
 
-def accuracies(a, keys: list[str], splits: list[tuple[str | None, int]]) -> np.ndarray:
+def split(a, shift: str | None, seed: int, holdout: bool):
+    """``annotation_real.split``; with ``holdout`` the named value is the query instead."""
+    ref, query, _ = ar.split(a, shift, seed)
+    return (query, ref) if holdout and shift else (ref, query)
+
+
+def accuracies(
+    a, keys: list[str], splits: list[tuple[str | None, int]], holdout: bool = False
+) -> np.ndarray:
     """``[split, key, (10-NN, MLP)]`` test accuracies."""
     out = np.zeros((len(splits), len(keys), 2))
     for i, (shift, seed) in enumerate(splits):
-        ref, query, _ = ar.split(a, shift, seed)
+        ref, query = split(a, shift, seed, holdout)
         truth = query.obs[LABEL].astype(str).to_numpy()
         for j, key in enumerate(keys):
             gpt.tl.annotate_knn(query, ref, use_rep=key, label_key=LABEL, key_added="knn")
@@ -48,7 +57,7 @@ def accuracies(a, keys: list[str], splits: list[tuple[str | None, int]]) -> np.n
     return out
 
 
-def run(name: str, n_seeds: int, n_splits: int) -> None:
+def run(name: str, n_seeds: int, n_splits: int, holdout: bool = False) -> None:
     info = real_datasets.DATASETS[name]
     a = real_datasets.load(name)
     a.obs[LABEL] = a.obs[info["label_key"]]
@@ -74,7 +83,9 @@ def run(name: str, n_seeds: int, n_splits: int) -> None:
         for sh in shifts
     }
     for how, splits in groups.items():
-        acc = accuracies(a, keys, splits).mean(0)  # mean over the splits
+        acc = accuracies(a, keys, splits, holdout).mean(0)  # mean over the splits
+        if holdout and how.count("="):
+            how = f"query {how}, reference the rest"
         for m, method in enumerate(("10-NN cosine", "MLP probe")):
             text, rand = acc[0, m], acc[1:, m]
             sd = rand.std(ddof=1) if n_seeds > 1 else float("nan")
@@ -90,6 +101,12 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", help="names in real_datasets.DATASETS (default all)")
     p.add_argument("--seeds", type=int, default=5, help="random-vector seeds 0..N-1 (default 5)")
     p.add_argument("--splits", type=int, default=3, help="stratified splits (default 3)")
+    p.add_argument(
+        "--holdout",
+        action="store_true",
+        help="datasets with a condition column: each value is the query and the rest the "
+        "reference (default: each value is the reference)",
+    )
     args = p.parse_args()
     if args.seeds < 2 or args.splits < 1:
         p.error("--seeds must be >= 2 (an SD over seeds) and --splits >= 1")
@@ -101,7 +118,7 @@ def main() -> None:
         "|---|---|---|---:|---:|---:|---:|---:|"
     )
     for name in args.datasets or list(real_datasets.DATASETS):
-        run(name, args.seeds, args.splits)
+        run(name, args.seeds, args.splits, args.holdout)
 
 
 if __name__ == "__main__":
