@@ -60,7 +60,7 @@ def test_group_folds_hold_out_whole_groups_once():
     two = np.repeat([0, 1], [40, 60])
     folds2 = group_folds(codes[:100], two, 5, 0)
     assert len(folds2) == 2 and {tuple(np.unique(two[va])) for _, va in folds2} == {(0,), (1,)}
-    tr, va = selection_split(codes[:100], 0.2, 0, two)
+    (tr, va), _ = selection_split(codes[:100], 0.2, 0, two)
     assert np.array_equal(va, folds2[0][1]) and np.array_equal(tr, folds2[0][0])
 
 

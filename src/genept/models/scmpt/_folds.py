@@ -92,20 +92,20 @@ def extra_folds(
 
 def check_groups(groups, n_cells: int, what: str = "groups") -> np.ndarray | None:
     """``groups`` as an integer code per cell (``None`` stays ``None``); clear errors."""
-    import pandas as pd
+    from ..._core._labels import label_strings  # missing values as labels treat them
 
     if groups is None:
         return None
-    values = pd.Series(np.asarray(groups, dtype=object).ravel())
+    values = label_strings(np.asarray(groups, dtype=object).ravel())
     if values.size != n_cells:
         raise ValueError(f"{what} has {values.size} values for {n_cells} reference cells")
-    missing = values.isna() | values.astype(str).isin(["", "nan", "NaN", "None", "<NA>"])
+    missing = np.array([v is None for v in values], dtype=bool)
     if missing.any():
         raise ValueError(
             f"{what} has {int(missing.sum())} missing value(s): give every reference cell "
             "its group (donor, batch), or subset the reference first"
         )
-    codes, uniques = pd.factorize(values.astype(str))
+    uniques, codes = np.unique(values.astype(str), return_inverse=True)
     if uniques.size < 2:
         raise ValueError(
             f"{what} has a single group ({uniques[0]!r}); leave-group-out validation needs "
@@ -138,13 +138,19 @@ def group_folds(
 
 def selection_split(
     codes: np.ndarray, val_size: float, seed: int, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The validation split: :func:`stratified_split`, or the first of :func:`group_folds`."""
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[tuple[np.ndarray, np.ndarray]] | None]:
+    """The validation split, and with ``groups`` the other group folds (else ``None``).
+
+    Without ``groups``: :func:`stratified_split`; with them, the first of
+    :func:`group_folds` (``1 / val_size`` folds at most), the rest returned for
+    :func:`more_folds` so that the folds are made once.
+    """
     if groups is None:
-        return stratified_split(codes, val_size, seed)
+        return stratified_split(codes, val_size, seed), None
     if not val_size:
-        return None
-    return group_folds(codes, groups, max(2, round(1 / float(val_size))), seed)[0]
+        return None, None
+    folds = group_folds(codes, groups, max(2, round(1 / float(val_size))), seed)
+    return folds[0], folds[1:]
 
 
 def more_folds(
@@ -153,9 +159,12 @@ def more_folds(
     n_folds: int,
     max_folds: int,
     seed: int,
-    groups: np.ndarray | None = None,
+    group_rest: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Folds 2..``n_folds`` after ``split``: :func:`extra_folds`, or the other group folds."""
-    if groups is None:
+    """Folds 2..``n_folds`` after ``split``.
+
+    :func:`extra_folds`, or the other group folds (``group_rest`` of :func:`selection_split`).
+    """
+    if group_rest is None:
         return extra_folds(codes, split, n_folds, max_folds, seed)
-    return group_folds(codes, groups, max(2, max_folds), seed)[1 : max(1, n_folds)]
+    return group_rest[: max(0, n_folds - 1)]

@@ -221,14 +221,16 @@ def train(
 
     n_classes = int(classes.size)
     cw = class_weights(p.class_weight, classes, codes)
-    split = selection_split(codes, p.val_size, p.random_state, groups)
+    split, group_rest = selection_split(codes, p.val_size, p.random_state, groups)
     configs = [Hyper(*c) for c in itertools.product(*p.grids.values())]
     seeds = [p.random_state + i for i in range(p.n_seeds)]
     cands = candidates(names, p.select if split is not None else "fusion", p.hidden)
     # more folds for the comparison of candidates (fusion, branches, linear, average)
     compare = len(cands) > 2 and not cands[-1][2]
     folds = (
-        more_folds(codes, split, p.n_folds(split[1].size), p.max_folds(), p.random_state, groups)
+        more_folds(
+            codes, split, p.n_folds(split[1].size), p.max_folds(), p.random_state, group_rest
+        )
         if compare and split is not None
         else []
     )
