@@ -24,6 +24,7 @@ __all__ = [
     "available_cores",
     "busy_cores",
     "check_device_name",
+    "openmp_unnested",
     "resolve_device",
     "resolve_n_jobs",
     "torch_n_threads",
@@ -250,11 +251,75 @@ def torch_n_threads(n_jobs: int | None = None) -> int:
     return max(1, min(cores, cores - round(busy_cores())))
 
 
+def _openmp_libraries() -> list[Any]:
+    """ctypes handles of the OpenMP runtimes loaded in this process (threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        controllers = ThreadpoolController().select(user_api="openmp").lib_controllers
+    except Exception:
+        return []
+    return [c.dynlib for c in controllers if getattr(c, "dynlib", None) is not None]
+
+
+def _nesting_on(lib: Any) -> tuple[bool, int]:
+    """Whether ``lib`` lets a parallel region open another team, and its level limit."""
+    levels = int(lib.omp_get_max_active_levels())
+    try:
+        nested = bool(lib.omp_get_nested())
+    except AttributeError:  # a runtime without the deprecated call
+        nested = levels > 1
+    return nested and levels > 1, levels
+
+
+@contextmanager
+def openmp_unnested() -> Iterator[int]:
+    """Run a block with nested OpenMP parallelism off; restored on exit, also after an error.
+
+    numba's OpenMP threading layer -- the one scanpy's ``highly_variable_genes``,
+    ``neighbors`` and ``umap`` start where TBB is not installed -- turns nesting on in
+    the OpenMP runtime it loads. When that happens before ``import torch``, torch
+    shares the runtime (same ``libgomp.so.1``), and once anything has called
+    ``torch.set_num_threads`` (which turns MKL's dynamic threading off), every
+    parallel element-wise torch op that MKL evaluates (``sqrt``, ``exp``, ``erf``)
+    opens a nested team from inside torch's own worker threads: a new thread per
+    call, milliseconds per op. Encoding with MiniLM then ran 10 times slower and
+    scMPT's AdamW 20 times slower (``benchmarks/bench_openmp_nesting.py``). Inside this
+    block every loaded runtime that has nesting on gets at most one active level;
+    numba and the rest of the session keep their setting outside it.
+
+    Yields the number of runtimes changed (0 where nesting was already off, or where
+    no OpenMP runtime, or threadpoolctl, is present).
+
+    Examples
+    --------
+    >>> from genept._core._device import openmp_unnested
+    >>> with openmp_unnested() as changed:
+    ...     changed >= 0
+    True
+    """
+    changed = []
+    try:
+        for lib in _openmp_libraries():
+            try:
+                on, levels = _nesting_on(lib)
+                if on:
+                    lib.omp_set_max_active_levels(1)
+                    changed.append((lib, levels))
+            except (AttributeError, OSError, ValueError):  # not a readable runtime
+                continue
+        yield len(changed)
+    finally:
+        for lib, levels in reversed(changed):
+            lib.omp_set_max_active_levels(levels)
+
+
 @contextmanager
 def torch_threads(n_jobs: int | None = None) -> Iterator[int]:
     """Run a block with torch's intra-op thread pool sized by :func:`torch_n_threads`.
 
     torch's thread count is process-wide; it is restored on exit, also after an error.
+    The block also runs with nested OpenMP parallelism off (:func:`openmp_unnested`).
     Yields the number of threads used.
 
     Examples
@@ -272,10 +337,11 @@ def torch_threads(n_jobs: int | None = None) -> Iterator[int]:
 
     n = torch_n_threads(n_jobs)
     before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    with openmp_unnested():
+        if n != before:
+            torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)

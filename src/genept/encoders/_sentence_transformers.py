@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .._core._device import resolve_device, torch_threads
+from .._core._device import openmp_unnested, resolve_device, torch_threads
 from ._base import TextEncoder
 
 __all__ = ["SentenceTransformerEncoder", "packaged_minilm_path"]
@@ -337,15 +337,19 @@ class SentenceTransformerEncoder(TextEncoder):
         spin-waiting thread pool collapses on a busy machine, the encoder's large
         matrix products lose nothing to a busy machine by using every core, and sizing
         the pool to the free cores made encoding slower (0.8x with two busy cores,
-        ``benchmarks/bench_encode_threads.py``).
+        ``benchmarks/bench_encode_threads.py``). On CPU the block always runs with
+        nested OpenMP parallelism off (:func:`~genept._core._device.openmp_unnested`:
+        after scanpy's numba code, 10 times faster encoding).
         """
         import contextlib
 
         from .._settings import settings
 
-        if settings.n_jobs is not None and str(self.model.device).startswith("cpu"):
+        if not str(self.model.device).startswith("cpu"):
+            return contextlib.nullcontext()
+        if settings.n_jobs is not None:
             return torch_threads(settings.n_jobs)
-        return contextlib.nullcontext()
+        return openmp_unnested()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch

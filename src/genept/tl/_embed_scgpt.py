@@ -36,7 +36,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._core._blocks import iter_row_blocks
-from .._core._device import resolve_device
+from .._core._device import openmp_unnested, resolve_device
 from .._core._docs import doc_common, doc_params
 from .._core._keys import flag_key, sanitize_params, uns_key
 from .._core._progress import progress_bar
@@ -197,7 +197,7 @@ def embed_scgpt_tokens(
     lengths = np.fromiter((len(g) for g, _ in cells), dtype=np.int64, count=n)
     order = np.argsort(-lengths, kind="stable")
     pin = device.type == "cuda"
-    with torch.inference_mode(), warnings.catch_warnings():
+    with torch.inference_mode(), warnings.catch_warnings(), openmp_unnested():
         # torch's fast path for padded batches warns that nested tensors are a prototype
         warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
         for start in range(0, n, batch_size):

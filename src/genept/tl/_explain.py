@@ -26,6 +26,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._core._device import openmp_unnested
 from .._core._keys import sanitize_params, uns_key
 from .._core._progress import progress_bar
 from .._settings import settings
@@ -390,7 +391,10 @@ def explain_annotation(
     data_rows, data_cols, data_vals = [], [], []
     targets, fxs, frefs, errors = [], [], [], []
     start = logg.info(f"explaining {rows.size} cells of {key!r} with {method}")
-    with progress_bar(rows.size, desc=f"explaining ({method})", unit="cell", show=progress) as bar:
+    with (
+        progress_bar(rows.size, desc=f"explaining ({method})", unit="cell", show=progress) as bar,
+        openmp_unnested(),  # MiniLM's gradients on CPU: see openmp_unnested
+    ):
         for r, words in zip(rows, wordlists, strict=True):
             target = classes[glabels.iloc[r]]
             clf.set_others(adata, int(r))

@@ -1,0 +1,120 @@
+"""Benchmark: torch on CPU after scanpy's numba code, with and without ``openmp_unnested``.
+
+The state it measures: scanpy's ``highly_variable_genes`` (also ``neighbors``, ``umap``)
+runs numba's parallel code; without TBB, numba's OpenMP layer loads the system
+``libgomp.so.1`` and turns nested parallelism on in it. torch, imported afterwards,
+shares that runtime. Once anything has called ``torch.set_num_threads`` (a user, or
+genept sizing its pool on a busy machine and restoring it), MKL's dynamic threading is
+off, and every parallel element-wise op MKL evaluates (``sqrt`` in AdamW, ``exp`` in
+softmax, ``erf`` in GELU) opens a nested team from inside torch's workers: a thread
+created per call. genept now runs its CPU torch work inside
+:func:`genept._core._device.openmp_unnested` (nesting off, restored after).
+
+Each scenario runs in a fresh Python process, on ``sc.datasets.pbmc68k_reduced()``
+(the log-normalised ``.raw``; an 80/20 stratified split by ``bulk_labels``):
+
+* ``torch first`` -- ``import torch`` before ``highly_variable_genes`` (the reference:
+  torch's own libgomp, nesting off);
+* ``hvg first, unguarded`` -- ``highly_variable_genes``, then ``import torch``, then
+  ``torch.set_num_threads(torch.get_num_threads())``, with genept's guard switched off
+  (``_device._openmp_libraries`` returns nothing: what genept did before);
+* ``hvg first, guarded`` -- the same with the guard (genept now).
+
+Measured: MiniLM encoding of the cells' sentences (``embed_cells(method="s",
+cache=False)``, cells/s) and ``annotate_scmpt`` with its defaults on ``X_pca``
+(seconds). Ratios are against ``torch first`` in the same invocation::
+
+    python benchmarks/bench_openmp_nesting.py              # ~3 min on 2 quiet cores
+    python benchmarks/bench_openmp_nesting.py --cells 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from _busy import run_worker
+
+WORKER = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+n_cells, scenario = int(sys.argv[1]), sys.argv[2]
+if scenario == "torch first":
+    import torch
+import numba
+import scanpy as sc
+from sklearn.model_selection import train_test_split
+a = sc.datasets.pbmc68k_reduced()
+a = a.raw.to_adata()
+a.obs["bulk_labels"] = sc.datasets.pbmc68k_reduced().obs["bulk_labels"].values
+sc.pp.highly_variable_genes(a, n_top_genes=300)   # numba's parallel code runs here
+sc.pp.pca(a, n_comps=50, mask_var="highly_variable")
+import torch
+import genept as gpt
+from genept._core import _device
+gpt.settings.progress = False
+if scenario != "torch first":
+    torch.set_num_threads(torch.get_num_threads())
+if scenario.endswith("unguarded"):
+    _device._openmp_libraries = lambda: []
+from threadpoolctl import ThreadpoolController
+nested = any(
+    _device._nesting_on(c.dynlib)[0]
+    for c in ThreadpoolController().select(user_api="openmp").lib_controllers
+)
+enc = gpt.encoders.get_encoder("all-MiniLM-L6-v2", device="cpu")
+enc.encode(["warm up the model"], cache=False)
+sub = a[:n_cells].copy()
+t = time.perf_counter()
+gpt.tl.embed_cells(sub, method="s", model=enc, cache=False, show_progress=False)
+enc_s = time.perf_counter() - t
+ref_idx, q_idx = train_test_split(
+    range(a.n_obs), test_size=0.2, stratify=a.obs["bulk_labels"], random_state=0
+)
+ref, q = a[list(ref_idx)].copy(), a[list(q_idx)].copy()
+t = time.perf_counter()
+gpt.tl.annotate_scmpt(q, ref, reps=["X_pca"], label_key="bulk_labels", key_added="s")
+fit_s = time.perf_counter() - t
+acc = float((q.obs["s"].astype(str) == q.obs["bulk_labels"].astype(str)).mean())
+print(json.dumps({
+    "numba_layer": numba.threading_layer(), "nested": nested, "encode_cells_per_s": n_cells / enc_s,
+    "scmpt_seconds": fit_s, "accuracy": acc, "threads": torch.get_num_threads(),
+}))
+"""
+
+SCENARIOS = ("torch first", "hvg first, unguarded", "hvg first, guarded")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", type=int, default=128, help="cells encoded with MiniLM")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per run")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"pbmc68k_reduced, {args.cells} cells encoded, scMPT on X_pca; {cores} cores\n")
+    print(
+        "| scenario | numba layer | nesting on | encode cells/s | speed / torch first "
+        "| scMPT s | time / torch first | scMPT accuracy |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    base = None
+    for name in SCENARIOS:
+        r = run_worker(WORKER, [str(args.cells), name], timeout=args.timeout)
+        if r is None:
+            print(f"| {name} | ? | ? | timed out after {args.timeout:.0f} s | | | | |", flush=True)
+            continue
+        base = base or r
+        print(
+            f"| {name} | {r['numba_layer']} | {r['nested']} | {r['encode_cells_per_s']:.1f} | "
+            f"{r['encode_cells_per_s'] / base['encode_cells_per_s']:.2f} | "
+            f"{r['scmpt_seconds']:.1f} | {r['scmpt_seconds'] / base['scmpt_seconds']:.2f} | "
+            f"{r['accuracy']:.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Nested OpenMP parallelism is off while genept runs torch on CPU (``openmp_unnested``).
+
+numba's OpenMP threading layer (started by scanpy's ``highly_variable_genes``) turns
+nesting on in the runtime torch then shares; with MKL's dynamic threading off (after any
+``torch.set_num_threads``) every parallel ``sqrt``/``exp`` opens a nested team. The unit
+tests drive the context with stand-in runtimes; the end-to-end test reproduces the
+state in a fresh interpreter and reads the runtimes' settings through threadpoolctl.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from genept._core import _device
+from genept._core._device import openmp_unnested, torch_threads
+
+
+class FakeOpenMP:
+    """The four OpenMP calls the context uses, with libgomp's semantics."""
+
+    def __init__(self, levels: int, nested: bool | None = None):
+        self.levels = levels
+        self.nested = nested
+        self.calls: list[int] = []
+
+    def omp_get_max_active_levels(self) -> int:
+        return self.levels
+
+    def omp_set_max_active_levels(self, n: int) -> None:
+        self.calls.append(n)
+        self.levels = n
+        if self.nested is not None:
+            self.nested = n > 1
+
+    def omp_get_nested(self) -> int:
+        if self.nested is None:
+            raise AttributeError("omp_get_nested")
+        return int(self.nested)
+
+
+def test_nesting_turned_off_inside_and_restored_after(monkeypatch):
+    on = FakeOpenMP(255, nested=True)  # numba's doing
+    off = FakeOpenMP(2147483647, nested=False)  # torch's own libgomp: nesting off
+    no_get_nested = FakeOpenMP(4)  # a runtime without the deprecated call
+    single = FakeOpenMP(1)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [on, off, no_get_nested, single])
+    with openmp_unnested() as changed:
+        assert changed == 2
+        assert (on.levels, on.nested) == (1, False)
+        assert no_get_nested.levels == 1
+        assert off.calls == [] and single.calls == []  # left alone
+    assert (on.levels, on.nested) == (255, True)
+    assert no_get_nested.levels == 4
+    assert off.levels == 2147483647 and off.calls == []
+
+
+def test_restored_after_an_error(monkeypatch):
+    lib = FakeOpenMP(255, nested=True)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [lib])
+    with pytest.raises(RuntimeError, match="boom"), openmp_unnested():
+        assert lib.levels == 1
+        raise RuntimeError("boom")
+    assert lib.levels == 255 and lib.nested
+
+
+def test_unreadable_runtime_is_skipped(monkeypatch):
+    class Broken:
+        def omp_get_max_active_levels(self):
+            raise OSError("not a runtime")
+
+    lib = FakeOpenMP(8, nested=True)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [Broken(), lib])
+    with openmp_unnested() as changed:
+        assert changed == 1 and lib.levels == 1
+    assert lib.levels == 8
+
+
+def test_no_runtimes_is_a_no_op(monkeypatch):
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [])
+    with openmp_unnested() as changed:
+        assert changed == 0
+
+
+def test_torch_threads_runs_unnested(monkeypatch):
+    lib = FakeOpenMP(255, nested=True)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [lib])
+    with torch_threads(1) as n:
+        assert n == 1 and lib.levels == 1
+    assert lib.levels == 255
+
+
+def test_minilm_encodes_unnested(minilm, monkeypatch):
+    """The encoder's CPU block is unnested also without settings.n_jobs."""
+    import genept as gpt
+
+    lib = FakeOpenMP(255, nested=True)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [lib])
+    monkeypatch.setattr(gpt.settings, "n_jobs", None)
+    seen = []
+    real = minilm.model.encode
+
+    def spy(*a, **k):
+        seen.append(lib.levels)
+        return real(*a, **k)
+
+    monkeypatch.setattr(minilm.model, "encode", spy)
+    minilm.encode(["CD3E CD3D", "MS4A1"], cache=False)
+    assert seen == [1]
+    assert lib.levels == 255
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import numba, numpy as np
+
+    @numba.njit(parallel=True)
+    def total(x):
+        s = 0.0
+        for i in numba.prange(x.shape[0]):
+            s += x[i]
+        return s
+
+    try:
+        total(np.ones(1000))
+        layer = numba.threading_layer()
+    except Exception as e:  # no OpenMP layer here
+        print(json.dumps({"skip": f"numba's omp layer: {e}"}))
+        raise SystemExit
+    import torch
+    from threadpoolctl import ThreadpoolController
+    from genept._core._device import _nesting_on, openmp_unnested, torch_threads
+
+    def state():
+        libs = ThreadpoolController().select(user_api="openmp").lib_controllers
+        return [[c.filepath, *_nesting_on(c.dynlib)] for c in libs]
+
+    torch.set_num_threads(torch.get_num_threads())
+    out = {"layer": layer, "before": state()}
+    with openmp_unnested() as changed:
+        out["changed"] = changed
+        out["inside"] = state()
+        x = torch.rand(4096) + 0.5
+        out["sqrt_ok"] = bool(torch.allclose(x.sqrt() ** 2, x))
+    out["after"] = state()
+    with torch_threads(1):
+        out["in_torch_threads"] = state()
+    out["after_torch_threads"] = state()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_after_numba_omp_layer_in_a_fresh_interpreter():
+    env = {"NUMBA_THREADING_LAYER": "omp"}
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    nested_before = [s for s in out["before"] if s[1]]
+    if not nested_before:
+        pytest.skip(f"numba's layer left no runtime nested here: {out['before']}")
+    assert out["changed"] == len(nested_before)
+    assert not any(s[1] for s in out["inside"])
+    assert not any(s[1] for s in out["in_torch_threads"])
+    assert out["after"] == out["before"] == out["after_torch_threads"]
+    assert out["sqrt_ok"]
