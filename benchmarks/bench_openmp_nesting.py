@@ -22,10 +22,13 @@ Each scenario runs in a fresh Python process, on ``sc.datasets.pbmc68k_reduced()
 
 Measured: MiniLM encoding of the cells' sentences (``embed_cells(method="s",
 cache=False)``, cells/s) and ``annotate_scmpt`` with its defaults on ``X_pca``
-(seconds). Ratios are against ``torch first`` in the same invocation::
+(seconds; ``--n-jobs``: its thread count, default the free cores). ``--busy N`` runs
+N spinning processes next to each run. Ratios are against ``torch first`` in the same
+invocation::
 
     python benchmarks/bench_openmp_nesting.py              # ~3 min on 2 quiet cores
     python benchmarks/bench_openmp_nesting.py --cells 64
+    python benchmarks/bench_openmp_nesting.py --busy 2 --n-jobs 2   # ~6 min
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ WORKER = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 n_cells, scenario = int(sys.argv[1]), sys.argv[2]
+n_jobs = None if sys.argv[3] == "auto" else int(sys.argv[3])
 if scenario == "torch first":
     import torch
 import numba
@@ -75,7 +79,9 @@ ref_idx, q_idx = train_test_split(
 )
 ref, q = a[list(ref_idx)].copy(), a[list(q_idx)].copy()
 t = time.perf_counter()
-gpt.tl.annotate_scmpt(q, ref, reps=["X_pca"], label_key="bulk_labels", key_added="s")
+gpt.tl.annotate_scmpt(
+    q, ref, reps=["X_pca"], label_key="bulk_labels", key_added="s", n_jobs=n_jobs
+)
 fit_s = time.perf_counter() - t
 acc = float((q.obs["s"].astype(str) == q.obs["bulk_labels"].astype(str)).mean())
 print(json.dumps({
@@ -91,10 +97,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", type=int, default=128, help="cells encoded with MiniLM")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per run")
+    ap.add_argument(
+        "--n-jobs", default="auto", help="annotate_scmpt's n_jobs (default: auto, the free cores)"
+    )
+    ap.add_argument(
+        "--busy", type=int, default=0, help="processes spinning on the cores during each run"
+    )
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"pbmc68k_reduced, {args.cells} cells encoded, scMPT on X_pca; {cores} cores\n")
+    print(
+        f"pbmc68k_reduced, {args.cells} cells encoded, scMPT on X_pca (n_jobs={args.n_jobs}); "
+        f"{cores} cores, {args.busy} busy\n"
+    )
     print(
         "| scenario | numba layer | nesting on | encode cells/s | speed / torch first "
         "| scMPT s | time / torch first | scMPT accuracy |"
@@ -102,7 +117,9 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     base = None
     for name in SCENARIOS:
-        r = run_worker(WORKER, [str(args.cells), name], timeout=args.timeout)
+        r = run_worker(
+            WORKER, [str(args.cells), name, args.n_jobs], busy=args.busy, timeout=args.timeout
+        )
         if r is None:
             print(f"| {name} | ? | ? | timed out after {args.timeout:.0f} s | | | | |", flush=True)
             continue
