@@ -255,10 +255,14 @@ def torch_n_threads(n_jobs: int | None = None) -> int:
 
 def _openmp_libraries() -> list[Any]:
     """ctypes handles of the OpenMP runtimes loaded in this process (threadpoolctl)."""
+    import warnings
+
     try:
         from threadpoolctl import ThreadpoolController
 
-        controllers = ThreadpoolController().select(user_api="openmp").lib_controllers
+        with warnings.catch_warnings():  # its notes on mixed runtimes are not ours to show
+            warnings.simplefilter("ignore")
+            controllers = ThreadpoolController().select(user_api="openmp").lib_controllers
     except Exception:
         return []
     return [c.dynlib for c in controllers if getattr(c, "dynlib", None) is not None]
