@@ -289,10 +289,10 @@ def openmp_unnested() -> Iterator[int]:
     ``torch.set_num_threads`` (which turns MKL's dynamic threading off), every
     parallel element-wise torch op that MKL evaluates (``sqrt``, ``exp``, ``erf``)
     opens a nested team from inside torch's own worker threads: a new thread per
-    call, milliseconds per op. Encoding with MiniLM then ran 10 times slower and
-    scMPT's AdamW 20 times slower (``benchmarks/bench_openmp_nesting.py``). Inside this
-    block every loaded runtime that has nesting on gets at most one active level;
-    numba and the rest of the session keep their setting outside it.
+    call, milliseconds per op. On pbmc68k, MiniLM encoding then ran 14-19 times and
+    scMPT 4-11 times slower, quiet / busy (``benchmarks/bench_openmp_nesting.py``).
+    Inside this block every loaded runtime that has nesting on gets at most one active
+    level; numba and the rest of the session keep their setting outside it.
 
     Yields the number of runtimes changed (0 where nesting was already off, or where
     no OpenMP runtime, or threadpoolctl, is present).
