@@ -415,3 +415,34 @@ def test_sentences_of_a_gene_mask_are_rebuilt(trained, explain, minilm):
     del a.var["highly_variable"]
     with pytest.raises(ValueError, match="store it as a var column"):
         explain(a, "genept_mlp", "ig", model=folder, groupby="cell_type", cells=cells, n_steps=4)
+
+
+def test_explaining_runs_with_nested_openmp_off(trained, explain, monkeypatch):
+    """The per-cell attribution loop runs inside openmp_unnested (see that function)."""
+    import genept.tl._explain as ex
+    from genept._core import _device
+
+    class Lib:  # a GNU runtime with numba's nesting on
+        levels = 255
+
+        def omp_get_max_active_levels(self):
+            return self.levels
+
+        def omp_set_max_active_levels(self, n):
+            self.levels = n
+
+        def omp_get_nested(self):
+            return int(self.levels > 1)
+
+    lib, seen = Lib(), []
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [("libgomp", lib)])
+    real = ex._ig_cell
+
+    def spy(*a, **k):
+        seen.append(lib.levels)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "_ig_cell", spy)
+    adata, model, _ = trained
+    explain(adata.copy(), "genept_mlp", "ig", model=model, cells=["c0", "c25"], n_steps=8)
+    assert seen == [1, 1] and lib.levels == 255

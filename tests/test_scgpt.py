@@ -267,3 +267,39 @@ def test_embed_scgpt_cuda_matches_cpu(expected):
     cos = (cpu.obsm["X_scGPT"][:20] * gpu.obsm["X_scGPT"][:20]).sum(1)
     assert cos.min() > 0.999  # fp16 autocast on CUDA, as scGPT
     assert gpu.uns["scGPT"]["params"]["device"].startswith("cuda")
+
+
+def test_forward_runs_with_nested_openmp_off(expected, ckpt, monkeypatch):
+    """embed_scgpt_tokens runs its forward passes inside openmp_unnested (see that function)."""
+    from genept._core import _device
+
+    class Lib:  # a GNU runtime with numba's nesting on
+        levels = 255
+
+        def omp_get_max_active_levels(self):
+            return self.levels
+
+        def omp_set_max_active_levels(self, n):
+            self.levels = n
+
+        def omp_get_nested(self):
+            return int(self.levels > 1)
+
+    lib, seen = Lib(), []
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [("libgomp", lib)])
+    real = ckpt.model.cell_embedding
+
+    def spy(*a, **k):
+        seen.append(lib.levels)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ckpt.model, "cell_embedding", spy)
+    cells = tokenize_scgpt(
+        expected["X"][:4],
+        expected["gene_ids"],
+        cls_id=ckpt.cls_token_id,
+        pad_value=ckpt.config.pad_value,
+        rng=np.random.RandomState(0),
+    )
+    embed_scgpt_tokens(ckpt.model, cells, pad_value=ckpt.config.pad_value, batch_size=2)
+    assert seen == [1, 1] and lib.levels == 255

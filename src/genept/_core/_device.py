@@ -12,6 +12,7 @@ import math
 import os
 import re
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -253,8 +254,12 @@ def torch_n_threads(n_jobs: int | None = None) -> int:
     return max(1, min(cores, cores - round(busy_cores())))
 
 
-def _openmp_libraries() -> list[Any]:
-    """ctypes handles of the OpenMP runtimes loaded in this process (threadpoolctl)."""
+def _openmp_libraries() -> list[tuple[str, Any]]:
+    """``(prefix, ctypes handle)`` of each OpenMP runtime loaded here (threadpoolctl).
+
+    ``prefix`` is threadpoolctl's name of the runtime: ``"libgomp"`` (GNU),
+    ``"libiomp"`` (Intel) or ``"libomp"`` (LLVM). Nothing is loaded by looking.
+    """
     import warnings
 
     try:
@@ -265,17 +270,33 @@ def _openmp_libraries() -> list[Any]:
             controllers = ThreadpoolController().select(user_api="openmp").lib_controllers
     except Exception:
         return []
-    return [c.dynlib for c in controllers if getattr(c, "dynlib", None) is not None]
+    out = []
+    for c in controllers:
+        lib = getattr(c, "dynlib", None) or getattr(c, "_dynlib", None)  # 3.1: private
+        if lib is not None:
+            out.append((str(getattr(c, "prefix", "")), lib))
+    return out
 
 
-def _nesting_on(lib: Any) -> tuple[bool, int]:
-    """Whether ``lib`` lets a parallel region open another team, and its level limit."""
+def _nesting_on(lib: Any, prefix: str = "libgomp") -> tuple[bool, int]:
+    """Whether ``lib`` lets a parallel region open another team, and its level limit.
+
+    GNU's runtime before GCC 11 reports a level limit above 1 with nesting off, so its
+    (deprecated) ``omp_get_nested`` decides there; other runtimes, which may print a
+    deprecation note for that call, are read from the level limit alone.
+    """
     levels = int(lib.omp_get_max_active_levels())
+    if prefix != "libgomp":
+        return levels > 1, levels
     try:
         nested = bool(lib.omp_get_nested())
-    except AttributeError:  # a runtime without the deprecated call
-        nested = levels > 1
+    except AttributeError:  # a build without the deprecated call
+        nested = True
     return nested and levels > 1, levels
+
+
+_UNNEST_LOCK = threading.Lock()
+_unnest: dict[str, Any] = {"depth": 0, "changed": []}
 
 
 @contextmanager
@@ -290,9 +311,14 @@ def openmp_unnested() -> Iterator[int]:
     parallel element-wise torch op that MKL evaluates (``sqrt``, ``exp``, ``erf``)
     opens a nested team from inside torch's own worker threads: a new thread per
     call, milliseconds per op. On pbmc68k, MiniLM encoding then ran 14-19 times and
-    scMPT 4-11 times slower, quiet / busy (``benchmarks/bench_openmp_nesting.py``).
-    Inside this block every loaded runtime that has nesting on gets at most one active
-    level; numba and the rest of the session keep their setting outside it.
+    scMPT 4-11 times slower than with torch imported first, quiet / busy
+    (``benchmarks/bench_openmp_nesting.py``).
+
+    Inside this block every loaded runtime that has nesting on gets one active level.
+    GNU's setting is process-wide, so blocks entered by several threads at once share
+    one change: the first entry makes it and the last exit restores the saved limit,
+    unless something inside changed it again. numba and the rest of the session keep
+    their setting outside.
 
     Yields the number of runtimes changed (0 where nesting was already off, or where
     no OpenMP runtime, or threadpoolctl, is present).
@@ -304,20 +330,42 @@ def openmp_unnested() -> Iterator[int]:
     ...     changed >= 0
     True
     """
-    changed = []
-    try:
-        for lib in _openmp_libraries():
+    with _UNNEST_LOCK:
+        _unnest["depth"] += 1
+        if _unnest["depth"] == 1:
+            changed = _unnest["changed"] = []
             try:
-                on, levels = _nesting_on(lib)
-                if on:
-                    lib.omp_set_max_active_levels(1)
-                    changed.append((lib, levels))
-            except (AttributeError, OSError, ValueError):  # not a readable runtime
-                continue
-        yield len(changed)
+                for prefix, lib in _openmp_libraries():
+                    try:
+                        on, levels = _nesting_on(lib, prefix)
+                    except (AttributeError, OSError, ValueError):  # not a readable runtime
+                        continue
+                    if on:
+                        changed.append((lib, levels))  # before the change: always undone
+                        lib.omp_set_max_active_levels(1)
+            except BaseException:
+                _unnest_exit()
+                raise
+        n_changed = len(_unnest["changed"])
+    try:
+        yield n_changed
     finally:
-        for lib, levels in reversed(changed):
-            lib.omp_set_max_active_levels(levels)
+        with _UNNEST_LOCK:
+            _unnest_exit()
+
+
+def _unnest_exit() -> None:
+    """Leave one :func:`openmp_unnested` block (lock held); the last one restores."""
+    _unnest["depth"] -= 1
+    if _unnest["depth"] > 0:
+        return
+    changed, _unnest["changed"] = _unnest["changed"], []
+    for lib, levels in reversed(changed):
+        try:
+            if int(lib.omp_get_max_active_levels()) == 1:  # not changed again inside
+                lib.omp_set_max_active_levels(levels)
+        except (AttributeError, OSError, ValueError):
+            continue
 
 
 @contextmanager
