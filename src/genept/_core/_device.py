@@ -230,9 +230,9 @@ def torch_n_threads(n_jobs: int | None = None) -> int:
     affinity and cgroup quota) minus the cores other processes keep busy now
     (:func:`busy_cores`), at least 1. torch's own default (one thread per core, not per
     *free* core) makes its spin-waiting thread pool fight other processes for the
-    cores: next to two busy processes on 2 cores, scMPT on pbmc68k took 1.8x (torch's
-    own libgomp) to 6x (the system's, shared with numba) as long with two threads as
-    with one; 20-50x where nested OpenMP was on as well (:func:`openmp_unnested`). An
+    cores: next to two busy processes on 2 cores, scMPT on pbmc68k took 4-5 times as
+    long with two threads as with one, 34 times where nested OpenMP was on as well
+    (:func:`openmp_unnested`; ``benchmarks/bench_openmp_nesting.py --busy 2``). An
     explicit ``n_jobs`` (positive, or ``-k`` for all cores but ``k - 1``) is used as
     given.
 
@@ -310,8 +310,8 @@ def openmp_unnested() -> Iterator[int]:
     ``torch.set_num_threads`` (which turns MKL's dynamic threading off), every
     parallel element-wise torch op that MKL evaluates (``sqrt``, ``exp``, ``erf``)
     opens a nested team from inside torch's own worker threads: a new thread per
-    call, milliseconds per op. On pbmc68k, MiniLM encoding then ran 14-19 times and
-    scMPT 4-11 times slower than with torch imported first, quiet / busy
+    call, milliseconds per op. On pbmc68k, MiniLM encoding then ran 16-18 times and
+    scMPT 5-7 times slower than with torch imported first, quiet / busy
     (``benchmarks/bench_openmp_nesting.py``).
 
     Inside this block every loaded runtime that has nesting on gets one active level.
