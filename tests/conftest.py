@@ -159,3 +159,45 @@ def chat_server():
     yield start
     for s in started:
         s.close()
+
+
+class FakeOpenMP:
+    """A stand-in OpenMP runtime: the calls ``openmp_unnested`` makes, with GNU libgomp's
+    semantics (``nested`` follows the level limit; ``None``: no ``omp_get_nested``)."""
+
+    def __init__(self, levels: int, nested: bool | None = None):
+        self.levels = levels
+        self.nested = nested
+        self.calls: list[int] = []
+        self.get_nested_calls = 0
+
+    def omp_get_max_active_levels(self) -> int:
+        return self.levels
+
+    def omp_set_max_active_levels(self, n: int) -> None:
+        self.calls.append(n)
+        self.levels = n
+        if self.nested is not None:
+            self.nested = n > 1
+
+    def omp_get_nested(self) -> int:
+        self.get_nested_calls += 1
+        if self.nested is None:
+            raise AttributeError("omp_get_nested")
+        return int(self.nested)
+
+
+@pytest.fixture
+def fake_openmp():
+    """The :class:`FakeOpenMP` class, to build stand-in runtimes."""
+    return FakeOpenMP
+
+
+@pytest.fixture
+def nested_openmp(monkeypatch):
+    """One stand-in GNU runtime with numba's nesting on, installed as the only one loaded."""
+    from genept._core import _device
+
+    lib = FakeOpenMP(255, nested=True)
+    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [("libgomp", lib)])
+    return lib

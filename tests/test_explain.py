@@ -417,25 +417,11 @@ def test_sentences_of_a_gene_mask_are_rebuilt(trained, explain, minilm):
         explain(a, "genept_mlp", "ig", model=folder, groupby="cell_type", cells=cells, n_steps=4)
 
 
-def test_explaining_runs_with_nested_openmp_off(trained, explain, monkeypatch):
+def test_explaining_runs_with_nested_openmp_off(trained, explain, nested_openmp, monkeypatch):
     """The per-cell attribution loop runs inside openmp_unnested (see that function)."""
     import genept.tl._explain as ex
-    from genept._core import _device
 
-    class Lib:  # a GNU runtime with numba's nesting on
-        levels = 255
-
-        def omp_get_max_active_levels(self):
-            return self.levels
-
-        def omp_set_max_active_levels(self, n):
-            self.levels = n
-
-        def omp_get_nested(self):
-            return int(self.levels > 1)
-
-    lib, seen = Lib(), []
-    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [("libgomp", lib)])
+    lib, seen = nested_openmp, []
     real = ex._ig_cell
 
     def spy(*a, **k):

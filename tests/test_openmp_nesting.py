@@ -21,41 +21,16 @@ from genept._core import _device
 from genept._core._device import openmp_unnested, torch_threads
 
 
-class FakeOpenMP:
-    """The OpenMP calls the context uses, with GNU libgomp's semantics."""
-
-    def __init__(self, levels: int, nested: bool | None = None):
-        self.levels = levels
-        self.nested = nested
-        self.calls: list[int] = []
-        self.get_nested_calls = 0
-
-    def omp_get_max_active_levels(self) -> int:
-        return self.levels
-
-    def omp_set_max_active_levels(self, n: int) -> None:
-        self.calls.append(n)
-        self.levels = n
-        if self.nested is not None:
-            self.nested = n > 1
-
-    def omp_get_nested(self) -> int:
-        self.get_nested_calls += 1
-        if self.nested is None:
-            raise AttributeError("omp_get_nested")
-        return int(self.nested)
-
-
 def gnu(*libs):
     """``_openmp_libraries`` stand-in: every lib a GNU runtime."""
     return lambda: [("libgomp", lib) for lib in libs]
 
 
-def test_nesting_turned_off_inside_and_restored_after(monkeypatch):
-    on = FakeOpenMP(255, nested=True)  # numba's doing
-    off = FakeOpenMP(2147483647, nested=False)  # torch's own libgomp: nesting off
-    no_get_nested = FakeOpenMP(4)  # a build without the deprecated call
-    single = FakeOpenMP(1)
+def test_nesting_turned_off_inside_and_restored_after(monkeypatch, fake_openmp):
+    on = fake_openmp(255, nested=True)  # numba's doing
+    off = fake_openmp(2147483647, nested=False)  # torch's own libgomp: nesting off
+    no_get_nested = fake_openmp(4)  # a build without the deprecated call
+    single = fake_openmp(1)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(on, off, no_get_nested, single))
     with openmp_unnested() as changed:
         assert changed == 2
@@ -67,9 +42,9 @@ def test_nesting_turned_off_inside_and_restored_after(monkeypatch):
     assert off.levels == 2147483647 and off.calls == []
 
 
-def test_other_runtimes_are_read_from_the_level_limit(monkeypatch):
+def test_other_runtimes_are_read_from_the_level_limit(monkeypatch, fake_openmp):
     """Intel / LLVM: nesting is the level limit; their deprecated omp_get_nested is not called."""
-    intel, llvm = FakeOpenMP(8, nested=False), FakeOpenMP(1, nested=False)
+    intel, llvm = fake_openmp(8, nested=False), fake_openmp(1, nested=False)
     monkeypatch.setattr(
         _device, "_openmp_libraries", lambda: [("libiomp", intel), ("libomp", llvm)]
     )
@@ -79,8 +54,8 @@ def test_other_runtimes_are_read_from_the_level_limit(monkeypatch):
     assert intel.get_nested_calls == llvm.get_nested_calls == 0
 
 
-def test_restored_after_an_error(monkeypatch):
-    lib = FakeOpenMP(255, nested=True)
+def test_restored_after_an_error(monkeypatch, fake_openmp):
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     with pytest.raises(RuntimeError, match="boom"), openmp_unnested():
         assert lib.levels == 1
@@ -89,8 +64,8 @@ def test_restored_after_an_error(monkeypatch):
     assert _device._unnest["depth"] == 0
 
 
-def test_nested_blocks_restore_once_at_the_outer_exit(monkeypatch):
-    lib = FakeOpenMP(255, nested=True)
+def test_nested_blocks_restore_once_at_the_outer_exit(monkeypatch, fake_openmp):
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     with openmp_unnested() as outer:
         with openmp_unnested() as inner:
@@ -99,11 +74,11 @@ def test_nested_blocks_restore_once_at_the_outer_exit(monkeypatch):
     assert lib.levels == 255 and lib.calls == [1, 255]
 
 
-def test_overlapping_blocks_of_two_threads(monkeypatch):
+def test_overlapping_blocks_of_two_threads(monkeypatch, fake_openmp):
     """A enters, B enters, A leaves: B's block still runs unnested; B's exit restores."""
     import threading
 
-    lib = FakeOpenMP(255, nested=True)
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), []
 
@@ -127,20 +102,20 @@ def test_overlapping_blocks_of_two_threads(monkeypatch):
     assert lib.levels == 255 and _device._unnest["depth"] == 0
 
 
-def test_a_limit_changed_inside_is_kept(monkeypatch):
-    lib = FakeOpenMP(255, nested=True)
+def test_a_limit_changed_inside_is_kept(monkeypatch, fake_openmp):
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     with openmp_unnested():
         lib.omp_set_max_active_levels(3)  # someone inside chose a limit on purpose
     assert lib.levels == 3
 
 
-def test_unreadable_runtime_is_skipped(monkeypatch):
+def test_unreadable_runtime_is_skipped(monkeypatch, fake_openmp):
     class Broken:
         def omp_get_max_active_levels(self):
             raise OSError("not a runtime")
 
-    lib = FakeOpenMP(8, nested=True)
+    lib = fake_openmp(8, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(Broken(), lib))
     with openmp_unnested() as changed:
         assert changed == 1 and lib.levels == 1
@@ -153,19 +128,19 @@ def test_no_runtimes_is_a_no_op(monkeypatch):
         assert changed == 0
 
 
-def test_torch_threads_runs_unnested(monkeypatch):
-    lib = FakeOpenMP(255, nested=True)
+def test_torch_threads_runs_unnested(monkeypatch, fake_openmp):
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     with torch_threads(1) as n:
         assert n == 1 and lib.levels == 1
     assert lib.levels == 255
 
 
-def test_minilm_encodes_unnested(minilm, monkeypatch):
+def test_minilm_encodes_unnested(minilm, monkeypatch, fake_openmp):
     """The encoder's CPU block is unnested also without settings.n_jobs."""
     import genept as gpt
 
-    lib = FakeOpenMP(255, nested=True)
+    lib = fake_openmp(255, nested=True)
     monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
     monkeypatch.setattr(gpt.settings, "n_jobs", None)
     seen = []

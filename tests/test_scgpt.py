@@ -269,24 +269,9 @@ def test_embed_scgpt_cuda_matches_cpu(expected):
     assert gpu.uns["scGPT"]["params"]["device"].startswith("cuda")
 
 
-def test_forward_runs_with_nested_openmp_off(expected, ckpt, monkeypatch):
+def test_forward_runs_with_nested_openmp_off(expected, ckpt, nested_openmp, monkeypatch):
     """embed_scgpt_tokens runs its forward passes inside openmp_unnested (see that function)."""
-    from genept._core import _device
-
-    class Lib:  # a GNU runtime with numba's nesting on
-        levels = 255
-
-        def omp_get_max_active_levels(self):
-            return self.levels
-
-        def omp_set_max_active_levels(self, n):
-            self.levels = n
-
-        def omp_get_nested(self):
-            return int(self.levels > 1)
-
-    lib, seen = Lib(), []
-    monkeypatch.setattr(_device, "_openmp_libraries", lambda: [("libgomp", lib)])
+    lib, seen = nested_openmp, []
     real = ckpt.model.cell_embedding
 
     def spy(*a, **k):
