@@ -52,9 +52,9 @@ if scenario == "torch first":
 import numba
 import scanpy as sc
 from sklearn.model_selection import train_test_split
-a = sc.datasets.pbmc68k_reduced()
-a = a.raw.to_adata()
-a.obs["bulk_labels"] = sc.datasets.pbmc68k_reduced().obs["bulk_labels"].values
+full = sc.datasets.pbmc68k_reduced()
+a = full.raw.to_adata()
+a.obs["bulk_labels"] = full.obs["bulk_labels"].values
 sc.pp.highly_variable_genes(a, n_top_genes=300)   # numba's parallel code runs here
 sc.pp.pca(a, n_comps=50, mask_var="highly_variable")
 import torch

@@ -54,9 +54,8 @@ def test_other_runtimes_are_read_from_the_level_limit(monkeypatch, fake_openmp):
     assert intel.get_nested_calls == llvm.get_nested_calls == 0
 
 
-def test_restored_after_an_error(monkeypatch, fake_openmp):
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+def test_restored_after_an_error(nested_openmp):
+    lib = nested_openmp
     with pytest.raises(RuntimeError, match="boom"), openmp_unnested():
         assert lib.levels == 1
         raise RuntimeError("boom")
@@ -64,9 +63,8 @@ def test_restored_after_an_error(monkeypatch, fake_openmp):
     assert _device._unnest["depth"] == 0
 
 
-def test_nested_blocks_restore_once_at_the_outer_exit(monkeypatch, fake_openmp):
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+def test_nested_blocks_restore_once_at_the_outer_exit(nested_openmp):
+    lib = nested_openmp
     with openmp_unnested() as outer:
         with openmp_unnested() as inner:
             assert outer == inner == 1 and lib.levels == 1
@@ -74,12 +72,11 @@ def test_nested_blocks_restore_once_at_the_outer_exit(monkeypatch, fake_openmp):
     assert lib.levels == 255 and lib.calls == [1, 255]
 
 
-def test_overlapping_blocks_of_two_threads(monkeypatch, fake_openmp):
+def test_overlapping_blocks_of_two_threads(nested_openmp):
     """A enters, B enters, A leaves: B's block still runs unnested; B's exit restores."""
     import threading
 
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+    lib = nested_openmp
     a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), []
 
     def a():
@@ -102,9 +99,8 @@ def test_overlapping_blocks_of_two_threads(monkeypatch, fake_openmp):
     assert lib.levels == 255 and _device._unnest["depth"] == 0
 
 
-def test_a_limit_changed_inside_is_kept(monkeypatch, fake_openmp):
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+def test_a_limit_changed_inside_is_kept(nested_openmp):
+    lib = nested_openmp
     with openmp_unnested():
         lib.omp_set_max_active_levels(3)  # someone inside chose a limit on purpose
     assert lib.levels == 3
@@ -128,20 +124,18 @@ def test_no_runtimes_is_a_no_op(monkeypatch):
         assert changed == 0
 
 
-def test_torch_threads_runs_unnested(monkeypatch, fake_openmp):
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+def test_torch_threads_runs_unnested(nested_openmp):
+    lib = nested_openmp
     with torch_threads(1) as n:
         assert n == 1 and lib.levels == 1
     assert lib.levels == 255
 
 
-def test_minilm_encodes_unnested(minilm, monkeypatch, fake_openmp):
+def test_minilm_encodes_unnested(minilm, monkeypatch, nested_openmp):
     """The encoder's CPU block is unnested also without settings.n_jobs."""
     import genept as gpt
 
-    lib = fake_openmp(255, nested=True)
-    monkeypatch.setattr(_device, "_openmp_libraries", gnu(lib))
+    lib = nested_openmp
     monkeypatch.setattr(gpt.settings, "n_jobs", None)
     seen = []
     real = minilm.model.encode
