@@ -187,3 +187,40 @@ def test_help_is_fast_and_imports_nothing_heavy():
     heavy, _ = r.stderr.strip().rsplit("]", 1)
     assert heavy == "[", r.stderr
     assert wall < 5.0  # well under 1 s on an idle machine; generous for a loaded CI
+
+
+def test_embed_cells_reference_reads_the_query_through_the_reference(
+    workdir, monkeypatch, tmp_path
+):
+    """`embed-cells --reference`: the query gets the reference's gene map (own HVGs differ)."""
+    import scanpy as sc
+
+    for name in ("ref", "query"):
+        a = ad.read_h5ad(workdir / f"{name}.h5ad")
+        sc.pp.highly_variable_genes(a, n_top_genes=20)  # each side on its own
+        a.write_h5ad(tmp_path / f"{name}.h5ad")
+    cache = tmp_path / "cache"
+    cmds = [
+        "genept embed-cells ref.h5ad ref.h5ad --method w --embed-genes",
+        "genept embed-cells query.h5ad alone.h5ad --method w --embed-genes",
+        "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad",
+    ]
+    for cmd in cmds:
+        assert _run(cmd, tmp_path, monkeypatch, cache) == 0
+    ref, alone, query = (ad.read_h5ad(tmp_path / f"{n}.h5ad") for n in ("ref", "alone", "query"))
+    maps = [x.uns["genept_w"]["params"]["gene_map"] for x in (ref, alone, query)]
+    assert maps[0] == maps[2] != maps[1]
+    # the same as the Python call on the same objects
+    import genept as gpt
+
+    expected = gpt.tl.embed_cells(ad.read_h5ad(tmp_path / "alone.h5ad"), reference=ref, copy=True)
+    np.testing.assert_allclose(query.obsm["X_genept_w"], expected.obsm["X_genept_w"], atol=1e-6)
+    assert (
+        _run(
+            "genept embed-cells query.h5ad q2.h5ad --reference nope.h5ad",
+            tmp_path,
+            monkeypatch,
+            cache,
+        )
+        == 2
+    )

@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shuffle", action="store_true", help="(s) ablation: shuffled order")
     c.add_argument("--batch-size", type=int, default=None)
     c.add_argument("--allow-counts", action="store_true")
+    c.add_argument(
+        "--reference",
+        default=None,
+        help="embed through this embedded reference .h5ad's genes (and whitening): a query "
+        "comparable to it (see gpt.tl.embed_cells(reference=))",
+    )
     _add_common(c)
 
     a = sub.add_parser("annotate", help="annotate a query from a labelled reference")
@@ -197,6 +203,8 @@ def _check_args(args) -> None:
             raise CLIError(f"--load-model {args.load_model} is not a folder saved by --save-model")
     else:
         _check_h5ad(args.input, "input")
+        if getattr(args, "reference", None):
+            _check_h5ad(args.reference, "--reference")
     _check_output(args.output)
     for n in ("batch_size", "n_genes", "n_seeds"):
         v = getattr(args, n, None)
@@ -327,21 +335,30 @@ def _embed_cells(args) -> None:
     from .tl import embed_cells, embed_genes
 
     adata = src = _read(args.input, "input", backed="r" if args.backed else None)
+    # the reference's genes, vectors and parameters, not its expression: read backed
+    ref = _read(args.reference, "--reference", backed="r") if args.reference else None
     try:
-        if args.method == "w" and (args.embed_genes or "X_genept" not in adata.varm):
+        need_genes = args.method == "w" and ref is None and "X_genept" not in adata.varm
+        if args.method == "w" and (args.embed_genes or need_genes):
             if not args.embed_genes:
                 raise CLIError(
                     f"{args.input} has no varm['X_genept']: run `genept embed-genes "
                     f"{args.input} {args.input}` first or add --embed-genes"
                 )
             embed_genes(adata, source=args.gene_source)
-        embed_cells(adata, use_raw=args.use_raw or None, **_options(args, EMBED_CELLS_OPTIONS))
+        embed_cells(
+            adata,
+            use_raw=args.use_raw or None,
+            reference=ref,
+            **_options(args, EMBED_CELLS_OPTIONS),
+        )
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched
     finally:
-        if src.isbacked:
-            src.file.close()
+        for f in (src, ref):
+            if f is not None and f.isbacked:
+                f.file.close()
     _write(adata, args.output)
     print(
         f"{adata.n_obs} cells embedded with GenePT-{args.method} "

@@ -23,6 +23,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._utils import is_dask
+from ._maps import check_gene_maps, recorded_gene_maps
 
 __all__ = [
     "MISSING_LABELS",
@@ -170,9 +171,19 @@ def get_rep(adata: AnnData, key: str, name: str = "adata") -> np.ndarray:
 
 
 def paired_reps(
-    adata: AnnData, reference: AnnData, keys: Sequence[str]
+    adata: AnnData, reference: AnnData, keys: Sequence[str], *, gene_maps: bool = True
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The representations ``keys`` of query and reference, widths checked."""
+    """The representations ``keys`` of query and reference, widths checked.
+
+    With ``gene_maps``, warns for a GenePT embedding that query and reference read
+    through different gene maps (see :func:`genept._core._maps.check_gene_maps`).
+    """
+    if gene_maps:
+        check_gene_maps(
+            recorded_gene_maps(adata, keys),
+            recorded_gene_maps(reference, keys),
+            "of `adata` and `reference`",
+        )
     q, r = [], []
     for key in keys:
         xr = get_rep(reference, key, "reference")

@@ -19,7 +19,7 @@ from .._kernels.sentences._build import _ragged_sentence_windows, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._kernels.sentences._text import PAPER_PREFIX, _Names
 from .._kernels.weighted._api import _run, check_options, check_values_dtype
-from .._kernels.weighted._plan import _make_plan, check_gene_embeddings
+from .._kernels.weighted._plan import _make_plan
 from .._settings import settings
 from .._utils import (
     check_adata,
@@ -32,6 +32,14 @@ from .._utils import (
     write_results,
 )
 from ..encoders import TextEncoder, get_encoder
+from ._gene_map import (
+    align_rows,
+    gene_embedding_matrix,
+    matrix_var_names,
+    own_gene_map_id,
+    reference_gene_map,
+    report_overlap,
+)
 
 __all__ = ["embed_cells"]
 
@@ -84,37 +92,6 @@ def _check_counts(X, allow_counts: bool) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
-    """``varm[gene_key]`` aligned to the genes of the matrix in use (``raw`` or ``X``)."""
-    if gene_key not in adata.varm:
-        raise KeyError(
-            f"adata.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run "
-            f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
-            f"{list(adata.varm.keys())})"
-        )
-    E = check_gene_embeddings(
-        adata.varm[gene_key],
-        f"adata.varm[{gene_key!r}]",
-        "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
-    )
-    if not use_raw:
-        return E
-    # raw may hold more genes than var: genes missing from var have no embedding
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"adata.var_names has duplicates (e.g. {dup}), so varm[{gene_key!r}] cannot be "
-            "matched to adata.raw's genes; run adata.var_names_make_unique() first"
-        )
-    pos = adata.var_names.get_indexer(adata.raw.var_names)
-    out = np.zeros((adata.raw.n_vars, E.shape[1]), dtype=np.float32)
-    out[pos >= 0] = E[pos[pos >= 0]]
-    n_missing = int((pos < 0).sum())
-    if n_missing:
-        logg.info(f"    {n_missing} genes of adata.raw are not in adata.var and have no embedding")
-    return out
 
 
 #: default shrinkage of the gene-vector whitening (``whiten=True``)
@@ -222,6 +199,7 @@ def embed_cells(
     windows: int = 1,
     window_decay: float = 0.5,
     # both
+    reference: AnnData | None = None,
     allow_counts: bool = False,
     show_progress: bool | None = None,
     copy: bool = False,
@@ -344,6 +322,21 @@ def embed_cells(
         default stays 1.
     window_decay
         (s) Weight ratio of consecutive windows, in ``(0, 1]``.
+    reference
+        (w, s) Embed ``adata`` (a query) through the *gene map* of
+        ``reference.obsm[key_added]``, as :func:`scanpy.tl.ingest` maps a query onto a
+        reference's PCA: the reference's genes in use (its ``mask_var``, e.g. its highly
+        variable genes) and, for GenePT-w, its gene vectors whitened over those genes.
+        Matched to the query by gene identifier (``var_names``); reference genes the
+        query lacks count as unexpressed. The other settings (``whiten``,
+        ``normalize``, ``gene_key``; ``model``, ``n_genes``, ``prefix``, ...) must be
+        the ones the reference was embedded with (an error names any difference), and
+        ``mask_var`` must not be given. Without it a reference and a query that were
+        processed on their own are read through different genes and whitenings and are
+        not comparable: 10-NN annotation with separately selected highly variable genes
+        scored 0.866 / 0.754 on pbmc3k / a breast-tumour immune set, 0.914 / 0.782
+        through the reference's map (``benchmarks/reference_query.py``). The annotators
+        warn when a query and its reference were embedded through different maps.
     allow_counts
         Do not warn when the matrix looks like raw counts.
     show_progress
@@ -360,7 +353,9 @@ def embed_cells(
     ``adata.obs['genept_w_empty']`` / ``['genept_s_empty']``
         Cells that got a zero row (not written with ``out="dask"``).
     ``adata.uns['genept_w']`` / ``['genept_s']``
-        ``params`` of the call.
+        ``params`` of the call, with ``gene_map``: an identifier of the genes (and
+        gene vectors) the cells were read through, equal for embeddings that are
+        comparable cell to cell.
 
     Examples
     --------
@@ -369,8 +364,18 @@ def embed_cells(
     >>> gpt.tl.embed_genes(adata)  # doctest: +SKIP
     >>> gpt.tl.embed_cells(adata, method="w", use_raw=True)  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_genept_w")  # doctest: +SKIP
+
+    A query embedded through its reference's genes, then annotated:
+
+    >>> gpt.tl.embed_cells(query, reference=reference)  # doctest: +SKIP
+    >>> gpt.tl.annotate_knn(query, reference, label_key="cell_type")  # doctest: +SKIP
     """
     check_adata(adata)
+    if reference is not None and mask_var is not None:
+        raise ValueError(
+            "pass mask_var or reference, not both: with reference= the query is read "
+            "through the reference's genes"
+        )
     if method not in ("w", "s"):
         raise ValueError(f"method must be 'w' (GenePT-w) or 's' (GenePT-s), got {method!r}")
     if normalize not in ("l2", "notebook"):
@@ -404,18 +409,46 @@ def embed_cells(
         "layer": layer or "X",
         "use_raw": bool(use_raw),
     }
+    gparams = dict(adata.uns.get(uns_key(gene_key), {}).get("params", {}))
     if method == "w":
-        E = _gene_embedding_matrix(adata, gene_key, use_raw)
-        if X.shape[1] != E.shape[0]:
-            raise ValueError(
-                f"the matrix has {X.shape[1]} genes but the gene embeddings have {E.shape[0]} rows"
-            )
-        mask, mask_name = gene_mask(adata, mask_var, use_raw)
-        if mask is not None:
-            E = np.where(mask[:, None], E, np.float32(0)).astype(np.float32, copy=False)
         shrink = _check_whiten(whiten)
-        if shrink:
-            E = whiten_gene_embeddings(E, shrink)
+        ids = matrix_var_names(adata, use_raw)
+        if reference is not None:
+            gmap = reference_gene_map(
+                reference,
+                key_added,
+                "w",
+                {"gene_key": gene_key, "whiten": shrink, "normalize": normalize},
+            )
+            report_overlap(gmap, ids)
+            rows = whiten_gene_embeddings(gmap.rows, shrink) if shrink else gmap.rows
+            E = align_rows(gmap.names, rows, ids)
+            mask_name, map_id = f"reference ({gmap.mask_var})", gmap.id
+            gparams = dict(reference.uns.get(uns_key(gene_key), {}).get("params", {}))
+        else:
+            E = gene_embedding_matrix(adata, gene_key, use_raw)
+            if X.shape[1] != E.shape[0]:
+                raise ValueError(
+                    f"the matrix has {X.shape[1]} genes but the gene embeddings have {E.shape[0]} rows"
+                )
+            mask, mask_name = gene_mask(adata, mask_var, use_raw)
+            if mask is not None:
+                E = np.where(mask[:, None], E, np.float32(0)).astype(np.float32, copy=False)
+            used = np.abs(E).sum(1) > 0
+            map_id = own_gene_map_id(
+                "w",
+                {
+                    "whiten": shrink,
+                    "normalize": normalize,
+                    "gene_source": str(gparams.get("source", "unknown")),
+                    "gene_model": str(gparams.get("model", "unknown")),
+                },
+                mask is None,
+                ids[used],
+                E[used],
+            )
+            if shrink:
+                E = whiten_gene_embeddings(E, shrink)
         plan = _make_plan(E, checked=True)
         emb, weight = _run(
             X,
@@ -433,7 +466,6 @@ def embed_cells(
         # out="dask": nothing is computed here (the flag would need a pass over X); an
         # empty cell is a zero row of the lazy embedding
         empty = None if out == "dask" else np.asarray(weight) <= 0
-        gparams = dict(adata.uns.get(uns_key(gene_key), {}).get("params", {}))
         params.update(
             gene_key=gene_key,
             mask_var=mask_name,
@@ -445,12 +477,30 @@ def embed_cells(
             n_genes_embedded=int(plan.n_used),
             gene_source=str(gparams.get("source", "unknown")),
             gene_model=str(gparams.get("model", "unknown")),
+            gene_map=map_id,
         )
     else:
-        names = get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
-        mask, mask_name = gene_mask(adata, mask_var, use_raw)
-        names = mask_names(names, mask)
         encoder = get_encoder(model)
+        s_settings = {
+            "model": str(getattr(encoder, "model_name", None) or encoder.cache_id),
+            "n_genes": int(n_genes) if n_genes else 0,
+            "prefix": prefix,
+            "hash_names": hash_names,
+            "shuffle": shuffle,
+            "windows": int(windows),
+            "window_decay": float(window_decay),
+        }
+        ids = matrix_var_names(adata, use_raw)
+        if reference is not None:
+            gmap = reference_gene_map(reference, key_added, "s", s_settings)
+            report_overlap(gmap, ids)
+            mask, mask_name, map_id = ids.isin(gmap.names), f"reference ({gmap.mask_var})", gmap.id
+        else:
+            mask, mask_name = gene_mask(adata, mask_var, use_raw)
+            map_id = own_gene_map_id(
+                "s", s_settings, mask is None, ids if mask is None else ids[mask], None
+            )
+        names = mask_names(get_var_names(adata, gene_symbols=gene_symbols, use_raw=use_raw), mask)
         plan = sentence_plan(names, prefix=prefix, hash_names=hash_names, encoder=encoder)
         indptr, idx, row, rank = _ragged_sentence_windows(
             X,
@@ -503,17 +553,12 @@ def embed_cells(
             emb[~empty] = vec
         first = rank == 0
         params.update(
-            model=str(getattr(encoder, "model_name", None) or encoder.cache_id),
+            **s_settings,
             dim=int(emb.shape[1]),
             max_tokens=int(encoder.max_tokens) if encoder.max_tokens else 0,
-            n_genes=int(n_genes) if n_genes else 0,
             mask_var=mask_name,
-            prefix=prefix,
-            hash_names=hash_names,
-            shuffle=shuffle,
             random_state=random_state,
-            windows=int(windows),
-            window_decay=float(window_decay),
+            gene_map=map_id,
             mean_genes_per_sentence=float(n_words[first].mean()) if first.any() else 0.0,
             mean_genes_per_cell=float(np.bincount(row, n_words, n_obs)[~empty].mean())
             if (~empty).any()

@@ -25,6 +25,7 @@ from scanpy import logging as logg
 
 from ..._core._device import resolve_device, torch_threads
 from ..._core._labels import as_key_list, check_query, empty_rows, get_rep, reference_labels
+from ..._core._maps import check_gene_maps, recorded_gene_maps
 from ..._utils import check_adata
 from ._params import ScMPTParams, takes_params
 
@@ -113,8 +114,10 @@ class ScMPTModel:
         selection: Mapping[str, Any] | None = None,
         member_hidden: Sequence[Sequence[int]] | None = None,
         member_weights: Sequence[float] | None = None,
+        gene_maps: Mapping[str, str | None] | None = None,
     ):
         self.reps = list(reps)
+        self.gene_maps = {k: (str(v) if v else None) for k, v in dict(gene_maps or {}).items()}
         self.widths = [int(w) for w in widths]
         self.classes = [str(c) for c in classes]
         self.hidden = [int(h) for h in hidden]
@@ -290,6 +293,7 @@ class ScMPTModel:
             seeds=res.seeds,
             branches=res.branches,
             selection=res.selection,
+            gene_maps=recorded_gene_maps(reference, keys),
         )
 
     # ---------------------------------------------------------------- inference
@@ -332,6 +336,11 @@ class ScMPTModel:
         check_adata(adata)
         check_query(adata)
         dev = resolve_device(device)
+        check_gene_maps(
+            recorded_gene_maps(adata, self.reps),
+            self.gene_maps,
+            "of `adata` and the model's reference",
+        )
         xs = []
         for key, width in zip(self.reps, self.widths, strict=True):
             x = get_rep(adata, key)
@@ -402,6 +411,7 @@ class ScMPTModel:
             "grid": _jsonable(self.grid),
             "branches": self.branches,
             "selection": _jsonable(self.selection),
+            "gene_maps": self.gene_maps,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -517,6 +527,7 @@ class ScMPTModel:
                 selection=cfg.get("selection"),
                 member_hidden=cfg.get("member_hidden"),  # version <= 2: all `hidden`
                 member_weights=cfg.get("member_weights"),  # version <= 3: equal
+                gene_maps=cfg.get("gene_maps"),  # not recorded before genept 0.2
             )
         except KeyError as e:
             raise ValueError(

@@ -161,7 +161,7 @@ def annotate_mlp(
         device=device,
         n_jobs=n_jobs,
     )
-    paired_reps(adata, reference, [use_rep])  # width check before training
+    paired_reps(adata, reference, [use_rep], gene_maps=False)  # widths; predict warns
     if save is not None:
         ScMPTModel.check_save_path(save)  # fail before training, not after
     model = ScMPTModel.fit(reference, label_key=label_key, reps=[use_rep], params=p)
@@ -348,7 +348,7 @@ def annotate_scmpt(
         if reference is None:
             raise TypeError("annotate_scmpt needs a labelled `reference` or a trained `model`")
         keys = as_key_list(reps if reps is not None else [expr_rep, text_rep], "reps")
-        paired_reps(adata, reference, keys)  # fail before training
+        paired_reps(adata, reference, keys, gene_maps=False)  # fail before training (predict warns)
         if save is not None:
             ScMPTModel.check_save_path(save)  # fail before training, not after
         fitted = ScMPTModel.fit(reference, label_key=label_key, reps=keys, params=p)

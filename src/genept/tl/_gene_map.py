@@ -1,0 +1,249 @@
+"""The gene map of a GenePT embedding, and embedding a query through a reference's map.
+
+A cell's GenePT-w vector is its expression read through a *gene map*: the genes in use
+(``mask_var``, by default the highly variable genes) and their vectors (whitened over
+those genes by default). GenePT-s reads sentences written from the genes in use. With
+the defaults both depend on the data set: a reference and a query processed on their own
+select different highly variable genes, and GenePT-w whitens over different gene sets,
+so their embeddings are not comparable (10-NN annotation of pbmc3k fell from 0.914 to
+0.866 in ``benchmarks/reference_query.py``). ``embed_cells(query, reference=ref)``
+therefore embeds the query through the reference's map, as :func:`scanpy.tl.ingest`
+maps a query onto a reference's PCA; every embedding records an identifier of its map
+(``uns[...]["params"]["gene_map"]``), which the annotators compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._core._keys import uns_key
+from .._kernels.weighted._plan import check_gene_embeddings
+from .._utils import gene_mask
+
+__all__ = [
+    "GeneMap",
+    "gene_embedding_matrix",
+    "gene_map_id",
+    "matrix_var_names",
+    "reference_gene_map",
+]
+
+#: the settings of each method that must be the same in a query and its reference
+MAP_SETTINGS = {
+    "w": ("gene_key", "whiten", "normalize"),
+    "s": ("model", "n_genes", "prefix", "hash_names", "shuffle", "windows", "window_decay"),
+}
+
+
+def matrix_var_names(adata: AnnData, use_raw: bool | None) -> pd.Index:
+    """The gene identifiers of the matrix in use (``raw.var_names`` or ``var_names``)."""
+    return pd.Index((adata.raw.var_names if use_raw else adata.var_names).astype(str))
+
+
+def gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
+    """``varm[gene_key]`` aligned to the genes of the matrix in use (``raw`` or ``X``)."""
+    if gene_key not in adata.varm:
+        raise KeyError(
+            f"adata.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run "
+            f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
+            f"{list(adata.varm.keys())})"
+        )
+    E = check_gene_embeddings(
+        adata.varm[gene_key],
+        f"adata.varm[{gene_key!r}]",
+        "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
+    )
+    if not use_raw:
+        return E
+    # raw may hold more genes than var: genes missing from var have no embedding
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"adata.var_names has duplicates (e.g. {dup}), so varm[{gene_key!r}] cannot be "
+            "matched to adata.raw's genes; run adata.var_names_make_unique() first"
+        )
+    pos = adata.var_names.get_indexer(adata.raw.var_names)
+    out = np.zeros((adata.raw.n_vars, E.shape[1]), dtype=np.float32)
+    out[pos >= 0] = E[pos[pos >= 0]]
+    n_missing = int((pos < 0).sum())
+    if n_missing:
+        logg.info(f"    {n_missing} genes of adata.raw are not in adata.var and have no embedding")
+    return out
+
+
+def gene_map_id(
+    method: str,
+    settings: dict[str, Any],
+    names: pd.Index | None = None,
+    rows: np.ndarray | None = None,
+) -> str:
+    """A 16-hex identifier of a gene map: equal maps, equal identifiers.
+
+    ``names``/``rows`` are the genes in use and (GenePT-w) their vectors before
+    whitening, exactly as stored (so the identifier does not depend on floating-point
+    details of a machine); ``None`` for a map that does not depend on the data set
+    (every gene, no whitening), which is then identified by its settings alone.
+    """
+    h = hashlib.sha256(method.encode())
+    h.update(json.dumps({k: _canon(v) for k, v in settings.items()}, sort_keys=True).encode())
+    if names is not None:
+        order = np.argsort(np.asarray(names, dtype=str), kind="stable")
+        h.update(("\n".join(np.asarray(names, dtype=str)[order]) + "\n").encode())
+        if rows is not None:
+            h.update(np.ascontiguousarray(np.asarray(rows, dtype=np.float32)[order]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _canon(v: Any) -> Any:
+    """A setting as JSON sees it, the same before and after an h5ad round trip."""
+    if v is None or isinstance(v, (bool, np.bool_)):
+        return None if v is None else bool(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    return str(v)
+
+
+@dataclass
+class GeneMap:
+    """A reference's gene map: genes in use and (GenePT-w) their vectors before whitening."""
+
+    names: pd.Index
+    rows: np.ndarray | None
+    id: str
+    mask_var: str
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
+    return str(a) == str(b)
+
+
+def reference_gene_map(
+    reference: AnnData, key_added: str, method: str, settings: dict[str, Any]
+) -> GeneMap:
+    """The gene map that made ``reference.obsm[key_added]``, its settings checked against ``settings``.
+
+    Raises a clear error when the reference has no such embedding, was made by the other
+    method or with other settings, chose its genes with an array ``mask_var`` (which is
+    not recorded), or when its genes or gene vectors changed since.
+    """
+    if not isinstance(reference, AnnData):
+        raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}")
+    key = uns_key(key_added)
+    params = (
+        reference.uns.get(key, {}).get("params")
+        if isinstance(reference.uns.get(key), dict)
+        else None
+    )
+    if key_added not in reference.obsm or not isinstance(params, dict):
+        raise KeyError(
+            f"reference has no GenePT embedding {key_added!r} (obsm[{key_added!r}] with "
+            f"uns[{key!r}]['params']); run gpt.tl.embed_cells(reference, method={method!r}, "
+            f"key_added={key_added!r}) first"
+        )
+    if params.get("method") != method:
+        raise ValueError(
+            f"reference.obsm[{key_added!r}] is GenePT-{params.get('method')}, not "
+            f"GenePT-{method}; pass method={params.get('method')!r}"
+        )
+    differ = [
+        f"{k}={settings[k]!r} (reference: {params.get(k)!r})"
+        for k in MAP_SETTINGS[method]
+        if k in params and not _same(settings[k], params[k])
+    ]
+    if differ:
+        raise ValueError(
+            "the query must be embedded with the reference's settings, but "
+            + ", ".join(differ)
+            + f"; pass the values the reference was embedded with (reference.uns[{key!r}]['params'])"
+        )
+    mask_var = str(params.get("mask_var", "all genes"))
+    if mask_var == "mask":
+        raise ValueError(
+            f"reference.obsm[{key_added!r}] chose its genes with an array mask_var, which is "
+            "not recorded; store the mask as a boolean column (reference.var['my_genes'] = "
+            "mask), embed the reference with mask_var='my_genes', then the query"
+        )
+    use_raw = bool(params.get("use_raw"))
+    if mask_var != "all genes" and mask_var not in reference.var:
+        raise KeyError(
+            f"reference.var has no column {mask_var!r} any more (it chose the genes of "
+            f"reference.obsm[{key_added!r}]); re-embed the reference"
+        )
+    mask, _ = gene_mask(reference, False if mask_var == "all genes" else mask_var, use_raw)
+    names = matrix_var_names(reference, use_raw)
+    rows = None
+    if method == "w":
+        E = gene_embedding_matrix(reference, str(params.get("gene_key", "X_genept")), use_raw)
+        if mask is not None:
+            E = np.where(mask[:, None], E, np.float32(0))
+        used = np.abs(E).sum(1) > 0
+        names, rows = names[used], E[used]
+    elif mask is not None:
+        names = names[mask]
+    map_id = own_gene_map_id(method, params, mask is None, names, rows)
+    if "gene_map" in params and params["gene_map"] != map_id:
+        raise ValueError(
+            f"the genes or gene vectors of the reference changed since reference.obsm"
+            f"[{key_added!r}] was computed (its gene map was {params['gene_map']}, it is now "
+            f"{map_id}: var[{mask_var!r}] or varm re-computed?); re-embed the reference first"
+        )
+    if not len(names):
+        raise ValueError(f"reference.obsm[{key_added!r}] was computed from no gene")
+    return GeneMap(names=names, rows=rows, id=map_id, mask_var=mask_var)
+
+
+def own_gene_map_id(
+    method: str, params: dict[str, Any], all_genes: bool, names: pd.Index, rows
+) -> str:
+    """:func:`gene_map_id` of an embedding from its recorded ``params``.
+
+    Every gene without whitening (the papers' GenePT-w; GenePT-s over every gene) is the
+    same map in every data set, identified by its settings and the gene-vector source.
+    """
+    settings = {k: params.get(k) for k in MAP_SETTINGS[method]}
+    settings.pop("gene_key", None)  # the vectors themselves are hashed (or named below)
+    if all_genes and (method == "s" or not float(params.get("whiten") or 0)):
+        settings.update(
+            all_genes=True,
+            gene_source=params.get("gene_source"),
+            gene_model=params.get("gene_model"),
+        )
+        return gene_map_id(method, settings)
+    return gene_map_id(method, settings, names, rows)
+
+
+def align_rows(gmap_names: pd.Index, rows: np.ndarray, names: pd.Index) -> np.ndarray:
+    """``rows`` (one per gene of the map) placed on the genes ``names`` (zero: not in the map)."""
+    out = np.zeros((len(names), rows.shape[1]), dtype=np.float32)
+    pos = pd.Index(gmap_names).get_indexer(names)
+    out[pos >= 0] = rows[pos[pos >= 0]]
+    return out
+
+
+def report_overlap(gmap: GeneMap, names: pd.Index) -> int:
+    """Genes of the map that the query has; an error for none, a warning for under half."""
+    n = int(pd.Index(gmap.names).isin(names).sum())
+    if n == 0:
+        raise ValueError(
+            f"the query has none of the reference's {len(gmap.names)} genes (e.g. "
+            f"{list(gmap.names[:3])}); use the same gene identifiers in both (var_names)"
+        )
+    if n < 0.5 * len(gmap.names):
+        warnings.warn(
+            f"the query has only {n} of the reference's {len(gmap.names)} genes; its cells "
+            "are read through those alone",
+            UserWarning,
+            stacklevel=3,
+        )
+    return n

@@ -1,0 +1,224 @@
+"""embed_cells(query, reference=ref): a query read through its reference's gene map, the
+recorded map identifiers, and the warnings of the annotators when two maps differ."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData, read_h5ad
+from scipy import sparse
+
+import genept as gpt
+from genept.encoders import TextEncoder
+
+N_VARS = 40
+
+
+class BagEncoder(TextEncoder):
+    """Fake encoder: a bag-of-words count vector over a fixed vocabulary."""
+
+    cache_id = "bag:gene-map"
+
+    def __init__(self, vocab):
+        self.vocab = {w: i for i, w in enumerate(vocab)}
+        self.dim = len(vocab) + 1
+
+    def _encode(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for r, t in enumerate(texts):
+            for w in t.split():
+                out[r, self.vocab.get(w, self.dim - 1)] += 1
+        return out
+
+
+def cells(n_obs=60, seed=0):
+    """Log-normalised-looking cells over N_VARS genes with 8-d gene vectors and labels."""
+    rng = np.random.default_rng(seed)
+    X = sparse.random(
+        n_obs, N_VARS, density=0.5, random_state=seed, data_rvs=lambda k: rng.uniform(0.1, 3, k)
+    )
+    a = AnnData(
+        X.tocsr().astype(np.float32), var=pd.DataFrame(index=[f"G{i}" for i in range(N_VARS)])
+    )
+    a.obs_names = [f"c{i}" for i in range(n_obs)]
+    E = np.random.default_rng(99).standard_normal((N_VARS, 8)).astype(np.float32)
+    E[5] = 0  # a gene without a vector
+    a.varm["X_genept"] = E
+    a.uns["genept"] = {"params": {"source": "test", "model": "none"}}
+    a.obs["cell_type"] = np.where(np.arange(n_obs) % 2 == 0, "A", "B")
+    return a
+
+
+def mask(genes):
+    m = np.zeros(N_VARS, bool)
+    m[list(genes)] = True
+    return m
+
+
+HV_REF, HV_QUERY = mask(range(0, 24)), mask(range(12, 36))
+
+
+@pytest.fixture
+def ref_query():
+    a = cells()
+    ref, query = a[:40].copy(), a[40:].copy()
+    ref.var["highly_variable"] = HV_REF
+    query.var["highly_variable"] = HV_QUERY  # selected on its own: other genes
+    gpt.tl.embed_cells(ref)
+    return a, ref, query
+
+
+def test_w_query_through_the_reference_map_equals_a_joint_embedding(ref_query):
+    a, ref, query = ref_query
+    # whitening depends on the genes and their vectors only, so embedding every cell
+    # with the reference's genes gives the rows the query must get
+    joint = a.copy()
+    joint.var["highly_variable"] = HV_REF
+    gpt.tl.embed_cells(joint)
+    np.testing.assert_allclose(ref.obsm["X_genept_w"], joint.obsm["X_genept_w"][:40], atol=1e-6)
+    alone = gpt.tl.embed_cells(query, copy=True)
+    gpt.tl.embed_cells(query, reference=ref)
+    np.testing.assert_allclose(query.obsm["X_genept_w"], joint.obsm["X_genept_w"][40:], atol=1e-6)
+    assert not np.allclose(alone.obsm["X_genept_w"], query.obsm["X_genept_w"], atol=1e-3)
+    p, pr = query.uns["genept_w"]["params"], ref.uns["genept_w"]["params"]
+    assert p["gene_map"] == pr["gene_map"] != alone.uns["genept_w"]["params"]["gene_map"]
+    assert p["mask_var"] == "reference (highly_variable)"
+
+
+def test_w_query_with_other_genes_in_other_order(ref_query):
+    a, ref, _ = ref_query
+    keep = np.random.default_rng(1).permutation(N_VARS)[:30]  # 10 genes missing, shuffled
+    query = a[40:, keep].copy()
+    gpt.tl.embed_cells(query, reference=ref)
+    # the reference's map read on the query's genes: missing genes are unexpressed
+    joint = a.copy()
+    joint.var["highly_variable"] = HV_REF
+    X = joint.X.toarray()
+    X[:, np.setdiff1d(np.arange(N_VARS), keep)] = 0
+    joint.X = sparse.csr_matrix(X)
+    gpt.tl.embed_cells(joint)
+    np.testing.assert_allclose(query.obsm["X_genept_w"], joint.obsm["X_genept_w"][40:], atol=1e-6)
+
+
+def test_gene_map_ids():
+    a = cells()
+    b = a[:, 3:].copy()  # another data set: fewer genes
+    # every gene, no whitening: the papers' GenePT-w, the same map in every data set
+    for x in (a, b):
+        gpt.tl.embed_cells(x, mask_var=False, whiten=False, key_added="X_paper")
+        gpt.tl.embed_cells(x, mask_var=False, key_added="X_white")
+    ids = [x.uns["paper"]["params"]["gene_map"] for x in (a, b)]
+    assert ids[0] == ids[1] and len(ids[0]) == 16
+    # whitened over other genes: another map
+    assert a.uns["white"]["params"]["gene_map"] != b.uns["white"]["params"]["gene_map"]
+    # other gene vectors: another map
+    c = a.copy()
+    c.varm["X_genept"] = c.varm["X_genept"] * 2
+    gpt.tl.embed_cells(c, mask_var=False, key_added="X_white")
+    assert c.uns["white"]["params"]["gene_map"] != a.uns["white"]["params"]["gene_map"]
+
+
+def test_reference_read_back_from_h5ad(ref_query, tmp_path):
+    _, ref, query = ref_query
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    back = read_h5ad(tmp_path / "ref.h5ad")
+    direct = gpt.tl.embed_cells(query, reference=ref, copy=True)
+    gpt.tl.embed_cells(query, reference=back)
+    np.testing.assert_array_equal(query.obsm["X_genept_w"], direct.obsm["X_genept_w"])
+
+
+def test_annotators_warn_when_maps_differ(ref_query):
+    _, ref, query = ref_query
+    gpt.tl.embed_cells(query)  # on its own genes
+    with pytest.warns(UserWarning, match="different gene maps"):
+        gpt.tl.annotate_knn(query, ref, use_rep="X_genept_w", label_key="cell_type")
+    gpt.tl.embed_cells(query, reference=ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpt.tl.annotate_knn(query, ref, use_rep="X_genept_w", label_key="cell_type")
+        # no map recorded (e.g. a PCA): nothing to compare
+        ref.obsm["X_other"] = ref.obsm["X_genept_w"]
+        query.obsm["X_other"] = query.obsm["X_genept_w"]
+        gpt.tl.annotate_knn(query, ref, use_rep="X_other", label_key="cell_type")
+
+
+def test_model_records_maps_and_warns_at_prediction(ref_query, tmp_path):
+    _, ref, query = ref_query
+    gpt.tl.embed_cells(query, reference=ref)
+    model = gpt.models.ScMPTModel.fit(
+        ref,
+        label_key="cell_type",
+        reps=["X_genept_w"],
+        hidden=8,
+        epochs_grid=(3,),
+        lr_grid=(1e-2,),
+        n_seeds=1,
+        device="cpu",
+    )
+    assert model.gene_maps == {"X_genept_w": ref.uns["genept_w"]["params"]["gene_map"]}
+    back = gpt.models.ScMPTModel.load(model.save(tmp_path / "m"))
+    assert back.gene_maps == model.gene_maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back.predict_proba(query)
+    gpt.tl.embed_cells(query)  # on its own genes
+    with pytest.warns(UserWarning, match="model's reference"):
+        back.predict_proba(query)
+    with pytest.warns(UserWarning, match="different gene maps") as rec:
+        gpt.tl.annotate_mlp(query, ref, use_rep="X_genept_w", label_key="cell_type", epochs=3)
+    assert sum("different gene maps" in str(w.message) for w in rec) == 1  # once, not twice
+
+
+def test_s_query_through_the_reference_genes(ref_query):
+    _, ref, query = ref_query
+    enc = BagEncoder([f"G{i}" for i in range(N_VARS)])
+    kw = dict(method="s", model=enc, prefix="", n_genes=5)
+    gpt.tl.embed_cells(ref, **kw)
+    gpt.tl.embed_cells(query, reference=ref, **kw)
+    expected = gpt.tl.embed_cells(query, mask_var=HV_REF, copy=True, **kw)
+    np.testing.assert_allclose(query.obsm["X_genept_s"], expected.obsm["X_genept_s"])
+    assert query.uns["genept_s"]["params"]["gene_map"] == ref.uns["genept_s"]["params"]["gene_map"]
+    with pytest.raises(
+        ValueError, match=r"n_genes=6\.0 \(reference: 5\)|n_genes=6 \(reference: 5\)"
+    ):
+        gpt.tl.embed_cells(query, reference=ref, **{**kw, "n_genes": 6})
+
+
+def test_reference_errors(ref_query):
+    a, ref, query = ref_query
+    with pytest.raises(KeyError, match=r"run gpt.tl.embed_cells\(reference"):
+        gpt.tl.embed_cells(query, reference=ref, key_added="X_missing")
+    with pytest.raises(ValueError, match="GenePT-w, not GenePT-s"):
+        gpt.tl.embed_cells(query, method="s", reference=ref, key_added="X_genept_w")
+    with pytest.raises(ValueError, match=r"whiten=0.0 \(reference: 0.1\)"):
+        gpt.tl.embed_cells(query, reference=ref, whiten=False)
+    with pytest.raises(ValueError, match="mask_var or reference, not both"):
+        gpt.tl.embed_cells(query, reference=ref, mask_var=False)
+    with pytest.raises(TypeError, match="reference must be an AnnData"):
+        gpt.tl.embed_cells(query, reference="ref.h5ad")
+    # the reference's genes changed after its embedding: refused, nothing written
+    moved = ref.copy()
+    moved.var["highly_variable"] = HV_QUERY
+    before = query.obsm["X_genept_w"] if "X_genept_w" in query.obsm else None
+    with pytest.raises(ValueError, match="changed since"):
+        gpt.tl.embed_cells(query, reference=moved)
+    assert before is None and "X_genept_w" not in query.obsm
+    del moved.var["highly_variable"]
+    with pytest.raises(KeyError, match="no column 'highly_variable' any more"):
+        gpt.tl.embed_cells(query, reference=moved)
+    # an array mask is not recorded
+    arr = a[:40].copy()
+    gpt.tl.embed_cells(arr, mask_var=HV_REF)
+    with pytest.raises(ValueError, match="array mask_var"):
+        gpt.tl.embed_cells(query, reference=arr)
+    # no shared gene / few shared genes
+    other = query.copy()
+    other.var_names = [f"X{i}" for i in range(N_VARS)]
+    with pytest.raises(ValueError, match="none of the reference's"):
+        gpt.tl.embed_cells(other, reference=ref)
+    few = query[:, 18:].copy()  # 6 of the reference's 23 embedded genes
+    with pytest.warns(UserWarning, match="only 6 of the reference's 23 genes"):
+        gpt.tl.embed_cells(few, reference=ref)
