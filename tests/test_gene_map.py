@@ -181,6 +181,12 @@ def test_s_query_through_the_reference_genes(ref_query):
     expected = gpt.tl.embed_cells(query, mask_var=HV_REF, copy=True, **kw)
     np.testing.assert_allclose(query.obsm["X_genept_s"], expected.obsm["X_genept_s"])
     assert query.uns["genept_s"]["params"]["gene_map"] == ref.uns["genept_s"]["params"]["gene_map"]
+    # sentences from other genes are not another space: no warning for GenePT-s
+    alone = gpt.tl.embed_cells(query, copy=True, **kw)
+    assert alone.uns["genept_s"]["params"]["gene_map"] != ref.uns["genept_s"]["params"]["gene_map"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpt.tl.annotate_knn(alone, ref, use_rep="X_genept_s", label_key="cell_type")
     with pytest.raises(
         ValueError, match=r"n_genes=6\.0 \(reference: 5\)|n_genes=6 \(reference: 5\)"
     ):

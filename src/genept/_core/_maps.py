@@ -1,4 +1,4 @@
-"""Gene-map identifiers of GenePT embeddings, compared wherever a query meets a reference.
+"""Gene-map identifiers of GenePT-w embeddings, compared wherever a query meets a reference.
 
 ``gpt.tl.embed_cells`` records in ``uns[...]["params"]["gene_map"]`` an identifier of
 the genes and gene vectors a cell was read through (see ``genept.tl._gene_map``); two
@@ -34,11 +34,18 @@ def check_gene_maps(
 
 
 def recorded_gene_maps(adata: AnnData, keys) -> dict[str, str | None]:
-    """``uns[...]["params"]["gene_map"]`` of each ``obsm`` key (``None`` where not recorded)."""
+    """The GenePT-w ``uns[...]["params"]["gene_map"]`` of each ``obsm`` key (else ``None``).
+
+    Only GenePT-w maps are compared: there a different map means other coordinates
+    (other whitening). GenePT-s sentences written from other genes are still texts in
+    the encoder's one space; reading the query through the reference's genes helped
+    within data sets but not across them (``benchmarks/reference_query.py``).
+    """
     out = {}
     for key in keys:
         entry = adata.uns.get(uns_key(key)) if isinstance(key, str) and key else None
         params = entry.get("params") if isinstance(entry, dict) else None
-        gm = params.get("gene_map") if isinstance(params, dict) else None
+        ok = isinstance(params, dict) and params.get("method") == "w"
+        gm = params.get("gene_map") if ok else None
         out[key] = str(gm) if gm else None
     return out

@@ -5,11 +5,12 @@ A cell's GenePT-w vector is its expression read through a *gene map*: the genes 
 those genes by default). GenePT-s reads sentences written from the genes in use. With
 the defaults both depend on the data set: a reference and a query processed on their own
 select different highly variable genes, and GenePT-w whitens over different gene sets,
-so their embeddings are not comparable (10-NN annotation of pbmc3k fell from 0.914 to
-0.866 in ``benchmarks/reference_query.py``). ``embed_cells(query, reference=ref)``
-therefore embeds the query through the reference's map, as :func:`scanpy.tl.ingest`
-maps a query onto a reference's PCA; every embedding records an identifier of its map
-(``uns[...]["params"]["gene_map"]``), which the annotators compare.
+which gives their embeddings different coordinates (10-NN annotation of pbmc3k fell from
+0.914 to 0.866 in ``benchmarks/reference_query.py``). ``embed_cells(query,
+reference=ref)`` therefore embeds the query through the reference's map, as
+:func:`scanpy.tl.ingest` maps a query onto a reference's PCA; every embedding records an
+identifier of its map (``uns[...]["params"]["gene_map"]``), which the annotators compare
+for GenePT-w (:mod:`genept._core._maps`).
 """
 
 from __future__ import annotations
