@@ -208,13 +208,16 @@ def test_reference_errors(ref_query):
     # the reference's genes changed after its embedding: refused, nothing written
     moved = ref.copy()
     moved.var["highly_variable"] = HV_QUERY
-    before = query.obsm["X_genept_w"] if "X_genept_w" in query.obsm else None
     with pytest.raises(ValueError, match="changed since"):
         gpt.tl.embed_cells(query, reference=moved)
-    assert before is None and "X_genept_w" not in query.obsm
+    assert "X_genept_w" not in query.obsm and "genept_w" not in query.uns  # nothing written
     del moved.var["highly_variable"]
     with pytest.raises(KeyError, match="no column 'highly_variable' any more"):
         gpt.tl.embed_cells(query, reference=moved)
+    # a query of a reference is not a reference itself
+    gpt.tl.embed_cells(query, reference=ref)
+    with pytest.raises(ValueError, match="itself embedded through another reference"):
+        gpt.tl.embed_cells(ref.copy(), reference=query)
     # an array mask is not recorded
     arr = a[:40].copy()
     gpt.tl.embed_cells(arr, mask_var=HV_REF)

@@ -175,6 +175,11 @@ def reference_gene_map(
             "not recorded; store the mask as a boolean column (reference.var['my_genes'] = "
             "mask), embed the reference with mask_var='my_genes', then the query"
         )
+    if mask_var.startswith("reference ("):
+        raise ValueError(
+            f"reference.obsm[{key_added!r}] was itself embedded through another "
+            "reference's genes; pass that reference instead (both then share its map)"
+        )
     use_raw = bool(params.get("use_raw"))
     if mask_var != "all genes" and mask_var not in reference.var:
         raise KeyError(
