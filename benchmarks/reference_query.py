@@ -41,14 +41,20 @@ import real_datasets
 LABEL = "label"
 
 
-def prepare(a, x_kind: str):
-    """One side on its own: log-normalised, its own highly variable genes, gene vectors."""
+def normalised(a, x_kind: str):
+    """A copy, log-normalised (counts), with its own highly variable genes."""
     a = a.copy()
     if x_kind == "counts":
         sc.pp.filter_genes(a, min_cells=3)
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
     sc.pp.highly_variable_genes(a, n_top_genes=min(2000, a.n_vars // 2))
+    return a
+
+
+def prepare(a, x_kind: str):
+    """One side on its own: :func:`normalised`, and its gene vectors."""
+    a = normalised(a, x_kind)
     gpt.tl.embed_genes(a, show_progress=False)
     return a
 
@@ -99,12 +105,7 @@ def run_pair(ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool) -> dict[s
 
 def all_cells_hvg(a, x_kind: str):
     """Highly variable genes selected on every cell (annotation_real.py's setting)."""
-    p = a.copy()
-    if x_kind == "counts":
-        sc.pp.filter_genes(p, min_cells=3)
-        sc.pp.normalize_total(p, target_sum=1e4)
-        sc.pp.log1p(p)
-    sc.pp.highly_variable_genes(p, n_top_genes=min(2000, p.n_vars // 2))
+    p = normalised(a, x_kind)
     return p.var_names[p.var["highly_variable"]]
 
 
