@@ -231,3 +231,79 @@ def test_reference_errors(ref_query):
     few = query[:, 18:].copy()  # 6 of the reference's 23 embedded genes
     with pytest.warns(UserWarning, match="only 6 of the reference's 23 genes"):
         gpt.tl.embed_cells(few, reference=ref)
+
+
+def test_notebook_scale_follows_the_reference():
+    """normalize="notebook" divides by the gene count: the reference's, for its query."""
+    a = cells()
+    a.var["highly_variable"] = HV_REF
+    joint = gpt.tl.embed_cells(a, normalize="notebook", copy=True)
+    ref = a[:40].copy()
+    gpt.tl.embed_cells(ref, normalize="notebook")
+    query = a[40:, :30].copy()  # 10 genes fewer
+    del query.var["highly_variable"]
+    gpt.tl.embed_cells(query, reference=ref, normalize="notebook")
+    full = joint.X[40:].toarray()
+    full[:, 30:] = 0  # what the query lacks is unexpressed
+    expected = full @ _whitened(a, HV_REF) / N_VARS
+    np.testing.assert_allclose(query.obsm["X_genept_w"], expected, rtol=1e-5, atol=1e-6)
+
+
+def _whitened(a, hv):
+    from genept.tl._embed_cells import whiten_gene_embeddings
+
+    return whiten_gene_embeddings(np.where(hv[:, None], a.varm["X_genept"], 0), 0.1)
+
+
+def test_reference_through_itself_stays_a_reference(ref_query):
+    _, ref, query = ref_query
+    before = ref.obsm["X_genept_w"].copy()
+    gpt.tl.embed_cells(ref, reference=ref)
+    np.testing.assert_allclose(ref.obsm["X_genept_w"], before, atol=1e-6)
+    assert ref.uns["genept_w"]["params"]["mask_var"] == "highly_variable"
+    gpt.tl.embed_cells(query, reference=ref)  # still a reference
+
+
+def test_a_column_named_like_the_markers_is_a_column(ref_query):
+    a, _, query = ref_query
+    ref = a[:40].copy()
+    ref.var["mask"] = HV_REF
+    gpt.tl.embed_cells(ref, mask_var="mask")
+    gpt.tl.embed_cells(query, reference=ref)
+    assert query.uns["genept_w"]["params"]["gene_map"] == ref.uns["genept_w"]["params"]["gene_map"]
+
+
+def test_changed_vectors_are_found_in_every_mode(ref_query):
+    a, _, query = ref_query
+    ref = a[:40].copy()
+    gpt.tl.embed_cells(ref, mask_var=False, whiten=False)  # the papers' map: no genes hashed
+    ref.varm["X_genept"] = ref.varm["X_genept"][::-1].copy()
+    with pytest.raises(ValueError, match="changed since"):
+        gpt.tl.embed_cells(query, reference=ref, whiten=False)
+
+
+def test_s_settings_and_duplicates_errors(ref_query):
+    a, ref, query = ref_query
+    enc = BagEncoder([f"G{i}" for i in range(N_VARS)])
+    ref.var["sym"] = ref.var_names
+    gpt.tl.embed_cells(ref, method="s", model=enc, prefix="", gene_symbols="sym")
+    with pytest.raises(ValueError, match=r"gene_symbols='var_names' \(reference: 'sym'\)"):
+        gpt.tl.embed_cells(query, method="s", model=enc, prefix="", reference=ref)
+    gpt.tl.embed_cells(ref, method="s", model=enc, prefix="", n_genes=None, key_added="X_all")
+    with pytest.raises(ValueError, match=r"n_genes=25 \(reference: None\)"):
+        gpt.tl.embed_cells(
+            query, method="s", model=enc, prefix="", reference=ref, key_added="X_all"
+        )
+    dup = a[:40].copy()
+    dup.var_names = ["G0", *dup.var_names[1:-1], "G0"]
+    gpt.tl.embed_cells(dup, mask_var=False)
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        gpt.tl.embed_cells(query, reference=dup)
+
+
+def test_warnings_point_at_the_callers_line(ref_query):
+    _, ref, query = ref_query
+    gpt.tl.embed_cells(query)  # on its own genes
+    with pytest.warns(UserWarning, match="different gene maps") as rec:
+        gpt.tl.annotate_knn(query, ref, use_rep="X_genept_w", label_key="cell_type")
+    assert rec[0].filename == __file__

@@ -338,8 +338,9 @@ def _embed_cells(args) -> None:
     # the reference's genes, vectors and parameters, not its expression: read backed
     ref = _read(args.reference, "--reference", backed="r") if args.reference else None
     try:
+        # with a reference the gene vectors are the reference's: none needed here
         need_genes = args.method == "w" and ref is None and "X_genept" not in adata.varm
-        if args.method == "w" and (args.embed_genes or need_genes):
+        if args.method == "w" and ref is None and (args.embed_genes or need_genes):
             if not args.embed_genes:
                 raise CLIError(
                     f"{args.input} has no varm['X_genept']: run `genept embed-genes "

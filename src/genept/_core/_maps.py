@@ -7,37 +7,56 @@ embeddings with different identifiers are not comparable cell to cell.
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 from anndata import AnnData
 
 from ._keys import uns_key
 
-__all__ = ["check_gene_maps", "recorded_gene_maps"]
+__all__ = ["MODEL_MAPS_WARNING", "check_gene_maps", "recorded_gene_maps", "user_stacklevel"]
+
+#: the start of the warning of ``ScMPTModel.predict_proba`` (a regex for filters)
+MODEL_MAPS_WARNING = r"obsm\[.*\] of `adata` and the model's reference"
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside genept."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def check_gene_maps(
-    maps_a: dict[str, str | None], maps_b: dict[str, str | None], what: str
+    maps_a: dict[str, str | None], maps_b: dict[str, str | None], what: str, fix: str | None = None
 ) -> None:
     """Warn for each representation whose two gene maps are known and differ."""
     for key, a in maps_a.items():
         b = maps_b.get(key)
         if a and b and a != b:
+            how = fix or (
+                "embed the query through the reference's map: "
+                f"gpt.tl.embed_cells(query, reference=reference, key_added={key!r})"
+            )
             warnings.warn(
                 f"obsm[{key!r}] {what} were computed through different gene maps (other "
                 "genes in use, other gene vectors or whitening), so their cells are not "
-                "comparable; embed the query through the reference's map: "
-                f"gpt.tl.embed_cells(query, reference=reference, key_added={key!r})",
+                f"comparable; {how}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
 
 def recorded_gene_maps(adata: AnnData, keys) -> dict[str, str | None]:
     """The GenePT-w ``uns[...]["params"]["gene_map"]`` of each ``obsm`` key (else ``None``).
 
-    Only GenePT-w maps are compared: there a different map means other coordinates
-    (other whitening). GenePT-s sentences written from other genes are still texts in
+    Only GenePT-w maps are compared: there a different map means other genes in every
+    cell's weighted average, or other coordinates (other whitening). GenePT-s sentences written from other genes are still texts in
     the encoder's one space; reading the query through the reference's genes helped
     within data sets but not across them (``benchmarks/reference_query.py``).
     """

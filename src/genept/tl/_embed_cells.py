@@ -35,10 +35,14 @@ from ..encoders import TextEncoder, get_encoder
 from ._gene_map import (
     align_rows,
     gene_embedding_matrix,
+    mask_kind,
     matrix_var_names,
     own_gene_map_id,
+    recorded_mask,
     reference_gene_map,
     report_overlap,
+    vectors_id,
+    w_id_settings,
 )
 
 __all__ = ["embed_cells"]
@@ -417,6 +421,7 @@ def embed_cells(
     if method == "w":
         shrink = _check_whiten(whiten)
         ids = matrix_var_names(adata, use_raw)
+        n_total = int(X.shape[1])
         if reference is not None:
             gmap = reference_gene_map(
                 reference,
@@ -425,10 +430,15 @@ def embed_cells(
                 {"gene_key": gene_key, "whiten": shrink, "normalize": normalize},
             )
             report_overlap(gmap, ids)
+            mask_name, kind = recorded_mask(gmap, reference is adata)
             rows = whiten_gene_embeddings(gmap.rows, shrink) if shrink else gmap.rows
             E = align_rows(gmap.names, rows, ids)
-            mask_name, map_id = f"reference ({gmap.mask_var})", gmap.id
-            gparams = dict(reference.uns.get(uns_key(gene_key), {}).get("params", {}))
+            n_total = gmap.n_total  # "notebook": the reference's scale
+            map_id, vec_id = gmap.id, gmap.params.get("gene_vectors")
+            gparams = {
+                "source": gmap.params.get("gene_source"),
+                "model": gmap.params.get("gene_model"),
+            }
         else:
             E = gene_embedding_matrix(adata, gene_key, use_raw)
             if X.shape[1] != E.shape[0]:
@@ -441,16 +451,12 @@ def embed_cells(
             used = np.abs(E).sum(1) > 0
             map_id = own_gene_map_id(
                 "w",
-                {
-                    "whiten": shrink,
-                    "normalize": normalize,
-                    "gene_source": str(gparams.get("source", "unknown")),
-                    "gene_model": str(gparams.get("model", "unknown")),
-                },
+                w_id_settings(shrink, normalize, n_total, gparams),
                 mask is None,
                 ids[used],
                 E[used],
             )
+            vec_id, kind = vectors_id(ids[used], E[used]), mask_kind(mask_var, mask)
             if shrink:
                 E = whiten_gene_embeddings(E, shrink)
         plan = _make_plan(E, checked=True)
@@ -458,7 +464,7 @@ def embed_cells(
             X,
             plan,
             normalize=normalize,
-            n_total=int(X.shape[1]),
+            n_total=n_total,
             device=dev,
             precision=precision,
             block_rows=block_rows,
@@ -473,6 +479,7 @@ def embed_cells(
         params.update(
             gene_key=gene_key,
             mask_var=mask_name,
+            mask_kind=kind,
             whiten=shrink,
             normalize=normalize,
             device=dev,
@@ -482,11 +489,13 @@ def embed_cells(
             gene_source=str(gparams.get("source", "unknown")),
             gene_model=str(gparams.get("model", "unknown")),
             gene_map=map_id,
+            gene_vectors=vec_id,
         )
     else:
         encoder = get_encoder(model)
         s_settings = {
             "model": str(getattr(encoder, "model_name", None) or encoder.cache_id),
+            "gene_symbols": gene_symbols or "var_names",
             "n_genes": int(n_genes) if n_genes else 0,
             "prefix": prefix,
             "hash_names": hash_names,
@@ -498,9 +507,11 @@ def embed_cells(
         if reference is not None:
             gmap = reference_gene_map(reference, key_added, "s", s_settings)
             report_overlap(gmap, ids)
-            mask, mask_name, map_id = ids.isin(gmap.names), f"reference ({gmap.mask_var})", gmap.id
+            mask, map_id = ids.isin(gmap.names), gmap.id
+            mask_name, kind = recorded_mask(gmap, reference is adata)
         else:
             mask, mask_name = gene_mask(adata, mask_var, use_raw)
+            kind = mask_kind(mask_var, mask)
             map_id = own_gene_map_id(
                 "s", s_settings, mask is None, ids if mask is None else ids[mask], None
             )
@@ -561,6 +572,7 @@ def embed_cells(
             dim=int(emb.shape[1]),
             max_tokens=int(encoder.max_tokens) if encoder.max_tokens else 0,
             mask_var=mask_name,
+            mask_kind=kind,
             random_state=random_state,
             gene_map=map_id,
             mean_genes_per_sentence=float(n_words[first].mean()) if first.any() else 0.0,

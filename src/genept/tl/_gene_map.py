@@ -41,7 +41,16 @@ __all__ = [
 #: the settings of each method that must be the same in a query and its reference
 MAP_SETTINGS = {
     "w": ("gene_key", "whiten", "normalize"),
-    "s": ("model", "n_genes", "prefix", "hash_names", "shuffle", "windows", "window_decay"),
+    "s": (
+        "model",
+        "gene_symbols",
+        "n_genes",
+        "prefix",
+        "hash_names",
+        "shuffle",
+        "windows",
+        "window_decay",
+    ),
 }
 
 
@@ -121,12 +130,63 @@ class GeneMap:
     rows: np.ndarray | None
     id: str
     mask_var: str
+    mask_kind: str
+    n_total: int
+    params: dict
+
+
+#: the parameters of ``uns[gene_key]`` that identify where gene vectors came from
+GENE_SOURCE_KEYS = ("source", "model", "text_level", "table", "mouse_names", "context")
+
+
+def w_id_settings(whiten: float, normalize: str, n_total: int, gene_params: dict) -> dict:
+    """What identifies a GenePT-w map besides its genes and vectors.
+
+    ``n_total`` (the matrix's gene count) scales ``normalize="notebook"`` embeddings;
+    the gene-vector source names the vectors where they are not hashed (every gene, no
+    whitening).
+    """
+    out = {"whiten": whiten, "normalize": normalize}
+    if normalize == "notebook":
+        out["n_total"] = int(n_total)
+    out.update({f"genes_{k}": gene_params.get(k) for k in GENE_SOURCE_KEYS})
+    return out
+
+
+def own_gene_map_id(
+    method: str, settings: dict[str, Any], all_genes: bool, names: pd.Index, rows
+) -> str:
+    """:func:`gene_map_id` of an embedding.
+
+    Every gene without whitening (the papers' GenePT-w; GenePT-s over every gene) is the
+    same map in every data set, identified by its settings (and the gene-vector source)
+    alone; otherwise the genes in use (and their vectors) are part of it.
+    """
+    if all_genes and (method == "s" or not float(settings.get("whiten") or 0)):
+        return gene_map_id(method, {**settings, "all_genes": True})
+    return gene_map_id(method, settings, names, rows)
+
+
+def vectors_id(names: pd.Index, rows: np.ndarray) -> str:
+    """An identifier of the gene vectors in use (GenePT-w), whatever the map's mode."""
+    return gene_map_id("vectors", {}, names, rows)
+
+
+def mask_kind(mask_var: Any, mask: np.ndarray | None) -> str:
+    """How the genes in use were chosen: ``"all"``, ``"column"`` or ``"array"``."""
+    if mask is None:
+        return "all"
+    return "column" if mask_var is None or isinstance(mask_var, str) else "array"
 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
         return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
     return str(a) == str(b)
+
+
+def _shown(key: str, value: Any) -> Any:
+    return None if key == "n_genes" and not value else value  # 0 is recorded for None
 
 
 def reference_gene_map(
@@ -136,29 +196,28 @@ def reference_gene_map(
 
     Raises a clear error when the reference has no such embedding, was made by the other
     method or with other settings, chose its genes with an array ``mask_var`` (which is
-    not recorded), or when its genes or gene vectors changed since.
+    not recorded) or through another reference, or when its genes or gene vectors
+    changed since.
     """
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}")
     key = uns_key(key_added)
-    params = (
-        reference.uns.get(key, {}).get("params")
-        if isinstance(reference.uns.get(key), dict)
-        else None
-    )
+    entry = reference.uns.get(key)
+    params = entry.get("params") if isinstance(entry, dict) else None
     if key_added not in reference.obsm or not isinstance(params, dict):
         raise KeyError(
             f"reference has no GenePT embedding {key_added!r} (obsm[{key_added!r}] with "
             f"uns[{key!r}]['params']); run gpt.tl.embed_cells(reference, method={method!r}, "
             f"key_added={key_added!r}) first"
         )
+    params = dict(params)
     if params.get("method") != method:
         raise ValueError(
             f"reference.obsm[{key_added!r}] is GenePT-{params.get('method')}, not "
             f"GenePT-{method}; pass method={params.get('method')!r}"
         )
     differ = [
-        f"{k}={settings[k]!r} (reference: {params.get(k)!r})"
+        f"{k}={_shown(k, settings[k])!r} (reference: {_shown(k, params.get(k))!r})"
         for k in MAP_SETTINGS[method]
         if k in params and not _same(settings[k], params[k])
     ]
@@ -169,64 +228,84 @@ def reference_gene_map(
             + f"; pass the values the reference was embedded with (reference.uns[{key!r}]['params'])"
         )
     mask_var = str(params.get("mask_var", "all genes"))
-    if mask_var == "mask":
+    kind = str(params.get("mask_kind", "")) or (  # not recorded by the first 0.1 builds
+        "all" if mask_var == "all genes" else "array" if mask_var == "mask" else "column"
+    )
+    if kind == "array":
         raise ValueError(
             f"reference.obsm[{key_added!r}] chose its genes with an array mask_var, which is "
             "not recorded; store the mask as a boolean column (reference.var['my_genes'] = "
             "mask), embed the reference with mask_var='my_genes', then the query"
         )
-    if mask_var.startswith("reference ("):
+    if kind == "reference":
         raise ValueError(
             f"reference.obsm[{key_added!r}] was itself embedded through another "
             "reference's genes; pass that reference instead (both then share its map)"
         )
     use_raw = bool(params.get("use_raw"))
-    if mask_var != "all genes" and mask_var not in reference.var:
+    if kind == "column" and mask_var not in reference.var:
         raise KeyError(
             f"reference.var has no column {mask_var!r} any more (it chose the genes of "
             f"reference.obsm[{key_added!r}]); re-embed the reference"
         )
-    mask, _ = gene_mask(reference, False if mask_var == "all genes" else mask_var, use_raw)
+    mask, _ = gene_mask(reference, False if kind == "all" else mask_var, use_raw)
     names = matrix_var_names(reference, use_raw)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"the reference's gene names have duplicates (e.g. {dup}), so its genes cannot "
+            "be matched to the query's; run reference.var_names_make_unique() and re-embed it"
+        )
+    n_total = len(names)
     rows = None
     if method == "w":
-        E = gene_embedding_matrix(reference, str(params.get("gene_key", "X_genept")), use_raw)
+        gene_key = str(params.get("gene_key", "X_genept"))
+        E = gene_embedding_matrix(reference, gene_key, use_raw)
         if mask is not None:
             E = np.where(mask[:, None], E, np.float32(0))
         used = np.abs(E).sum(1) > 0
         names, rows = names[used], E[used]
-    elif mask is not None:
-        names = names[mask]
-    map_id = own_gene_map_id(method, params, mask is None, names, rows)
-    if "gene_map" in params and params["gene_map"] != map_id:
+        gentry = reference.uns.get(uns_key(gene_key))
+        gparams = gentry.get("params", {}) if isinstance(gentry, dict) else {}
+        id_settings = w_id_settings(
+            float(params.get("whiten") or 0), str(params.get("normalize")), n_total, gparams
+        )
+        changed = "gene_vectors" in params and params["gene_vectors"] != vectors_id(names, rows)
+    else:
+        if mask is not None:
+            names = names[mask]
+        id_settings = {k: params.get(k) for k in MAP_SETTINGS["s"]}
+        changed = False
+    map_id = own_gene_map_id(method, id_settings, mask is None, names, rows)
+    if changed or ("gene_map" in params and params["gene_map"] != map_id):
+        what = "the genes in use" if kind == "all" else f"var[{mask_var!r}]"
         raise ValueError(
             f"the genes or gene vectors of the reference changed since reference.obsm"
-            f"[{key_added!r}] was computed (its gene map was {params['gene_map']}, it is now "
-            f"{map_id}: var[{mask_var!r}] or varm re-computed?); re-embed the reference first"
+            f"[{key_added!r}] was computed ({what} or varm re-computed?); re-embed the "
+            "reference first"
         )
     if not len(names):
         raise ValueError(f"reference.obsm[{key_added!r}] was computed from no gene")
-    return GeneMap(names=names, rows=rows, id=map_id, mask_var=mask_var)
+    return GeneMap(
+        names=names,
+        rows=rows,
+        id=map_id,
+        mask_var=mask_var,
+        mask_kind=kind,
+        n_total=n_total,
+        params=params,
+    )
 
 
-def own_gene_map_id(
-    method: str, params: dict[str, Any], all_genes: bool, names: pd.Index, rows
-) -> str:
-    """:func:`gene_map_id` of an embedding from its recorded ``params``.
+def recorded_mask(gmap: GeneMap, itself: bool) -> tuple[str, str]:
+    """``(mask_var, mask_kind)`` recorded for a query read through ``gmap``.
 
-    Every gene without whitening (the papers' GenePT-w; GenePT-s over every gene) is the
-    same map in every data set, identified by its settings and the gene-vector source.
+    A reference embedded through its own map (``itself``) keeps its own record, so that
+    it stays usable as a reference.
     """
-    settings = {k: params.get(k) for k in MAP_SETTINGS[method]}
-    settings.pop("gene_key", None)  # the vectors themselves are hashed (or named below)
-    if all_genes and (method == "s" or not float(params.get("whiten") or 0)):
-        settings.update(
-            all_genes=True,
-            gene_source=params.get("gene_source"),
-            gene_model=params.get("gene_model"),
-        )
-        return gene_map_id(method, settings)
-    return gene_map_id(method, settings, names, rows)
+    if itself:
+        return gmap.mask_var, gmap.mask_kind
+    return f"reference ({gmap.mask_var})", "reference"
 
 
 def align_rows(gmap_names: pd.Index, rows: np.ndarray, names: pd.Index) -> np.ndarray:

@@ -8,6 +8,7 @@ save/load live in :mod:`genept.models.scmpt`) and write its predictions in the l
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from anndata import AnnData
 
 from ..._core._docs import doc_adata, doc_copy, doc_device, doc_params
 from ..._core._labels import as_key_list, check_key_added, check_query, paired_reps
+from ..._core._maps import MODEL_MAPS_WARNING
 from ..._utils import check_adata, write_results
 from ...models.scmpt import ScMPTModel, ScMPTParams
 from ._common import annotation_writes, query_metrics
@@ -34,8 +36,12 @@ def _write_model_results(
     device: str,
     n_jobs: int | None,
     copy: bool,
+    maps_checked: bool = False,
 ) -> AnnData | None:
-    p = model.predict_proba(adata, device=device, n_jobs=n_jobs).to_numpy()
+    with warnings.catch_warnings():
+        if maps_checked:  # warned before training against the reference itself
+            warnings.filterwarnings("ignore", message=MODEL_MAPS_WARNING)
+        p = model.predict_proba(adata, device=device, n_jobs=n_jobs).to_numpy()
     empty = np.isnan(p).all(axis=1)
     pred = np.asarray(model.classes, dtype=object)[np.nan_to_num(p, nan=-1).argmax(1)]
     pred[empty] = None
@@ -161,7 +167,7 @@ def annotate_mlp(
         device=device,
         n_jobs=n_jobs,
     )
-    paired_reps(adata, reference, [use_rep], gene_maps=False)  # widths; predict warns
+    paired_reps(adata, reference, [use_rep])  # widths and gene maps, before training
     if save is not None:
         ScMPTModel.check_save_path(save)  # fail before training, not after
     model = ScMPTModel.fit(reference, label_key=label_key, reps=[use_rep], params=p)
@@ -195,6 +201,7 @@ def annotate_mlp(
         device=device,
         n_jobs=n_jobs,
         copy=copy,
+        maps_checked=True,
     )
 
 
@@ -348,7 +355,7 @@ def annotate_scmpt(
         if reference is None:
             raise TypeError("annotate_scmpt needs a labelled `reference` or a trained `model`")
         keys = as_key_list(reps if reps is not None else [expr_rep, text_rep], "reps")
-        paired_reps(adata, reference, keys, gene_maps=False)  # fail before training (predict warns)
+        paired_reps(adata, reference, keys)  # widths and gene maps, before training
         if save is not None:
             ScMPTModel.check_save_path(save)  # fail before training, not after
         fitted = ScMPTModel.fit(reference, label_key=label_key, reps=keys, params=p)
@@ -372,4 +379,5 @@ def annotate_scmpt(
         device=p.device,
         n_jobs=p.n_jobs,
         copy=copy,
+        maps_checked=reference is not None,
     )
