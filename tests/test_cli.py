@@ -224,3 +224,23 @@ def test_embed_cells_reference_reads_the_query_through_the_reference(
         )
         == 2
     )
+
+
+def test_embed_cells_s_defaults_are_the_functions(workdir, monkeypatch, tmp_path, capsys):
+    """`embed-cells --method s` writes the sentences gpt.tl.embed_cells writes by default."""
+    from genept.pp import PAPER_PREFIX
+
+    cache = tmp_path / "cache"
+    cmd = "genept embed-cells {} {} --method s --model all-MiniLM-L6-v2"
+    assert _run(cmd.format(workdir / "in.h5ad", "s.h5ad"), tmp_path, monkeypatch, cache) == 0
+    p = ad.read_h5ad(tmp_path / "s.h5ad").uns["genept_s"]["params"]
+    assert p["n_genes"] == 25 and p["prefix"] == PAPER_PREFIX
+    paper = cmd + " --n-genes all --prefix ''"
+    assert _run(paper.format(workdir / "in.h5ad", "p.h5ad"), tmp_path, monkeypatch, cache) == 0
+    p = ad.read_h5ad(tmp_path / "p.h5ad").uns["genept_s"]["params"]
+    assert p["n_genes"] == 0 and p["prefix"] == ""
+    assert _run(cmd.format("in.h5ad", "x.h5ad") + " --n-genes 0", workdir, monkeypatch, cache) == 2
+    assert "--n-genes must be a positive number, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(cmd.format("in.h5ad", "x.h5ad") + " --n-genes many", workdir, monkeypatch, cache)
+    assert "expected a positive integer, 'auto' or 'all', got 'many'" in capsys.readouterr().err

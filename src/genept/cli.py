@@ -100,8 +100,19 @@ def _parser() -> argparse.ArgumentParser:
         help="(w) read the input backed (out of core); the result is still written",
     )
     c.add_argument("--model", default=None, help="(s) text encoder")
-    c.add_argument("--n-genes", type=int, default=None, help="(s) top genes per sentence")
-    c.add_argument("--prefix", default="", help="(s) text before the genes")
+    c.add_argument(
+        "--n-genes",
+        type=_n_genes_arg,
+        default="auto",
+        help="(s) top genes per sentence: a number, 'auto' (default, as gpt.tl.embed_cells: "
+        "25) or 'all' (every gene that fits, GenePT's sentences)",
+    )
+    c.add_argument(
+        "--prefix",
+        default=None,
+        help="(s) text before the genes (default, as gpt.tl.embed_cells: scMPT's "
+        "'A cell with genes ranked by expression: '; '' for none, GenePT's sentences)",
+    )
     c.add_argument("--gene-symbols", default=None, help="(s) var column with symbols")
     c.add_argument("--hash-names", action="store_true", help="(s) ablation: hashed gene names")
     c.add_argument("--shuffle", action="store_true", help="(s) ablation: shuffled order")
@@ -208,7 +219,7 @@ def _check_args(args) -> None:
     _check_output(args.output)
     for n in ("batch_size", "n_genes", "n_seeds"):
         v = getattr(args, n, None)
-        if v is not None and v <= 0:
+        if isinstance(v, int) and v <= 0:
             raise CLIError(f"--{n.replace('_', '-')} must be a positive number, got {v}")
     device = getattr(args, "device", "auto")
     if device not in ("auto", "cpu"):
@@ -311,6 +322,18 @@ EMBED_CELLS_OPTIONS = (
 )  # fmt: skip
 
 
+def _n_genes_arg(value: str):
+    """``--n-genes``: an integer, ``auto`` or ``all`` (``None``: every gene that fits)."""
+    if value in ("auto", "all"):
+        return None if value == "all" else value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, 'auto' or 'all', got {value!r}"
+        ) from None
+
+
 def _options(args, names: Sequence[str]) -> dict:
     """``{name: args.name}``: the options a command passes on unchanged."""
     return {name: getattr(args, name) for name in names}
@@ -347,12 +370,10 @@ def _embed_cells(args) -> None:
                     f"{args.input} {args.input}` first or add --embed-genes"
                 )
             embed_genes(adata, source=args.gene_source)
-        embed_cells(
-            adata,
-            use_raw=args.use_raw or None,
-            reference=ref,
-            **_options(args, EMBED_CELLS_OPTIONS),
-        )
+        options = _options(args, EMBED_CELLS_OPTIONS)
+        if options["prefix"] is None:  # the function's default
+            del options["prefix"]
+        embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched
