@@ -343,8 +343,9 @@ def embed_cells(
         (``benchmarks/reference_query.py``); the annotators warn when a GenePT-w query
         and its reference were embedded through different maps. GenePT-s sentences
         from other genes are still texts in the one encoder space: the reference's genes
-        helped within those sets (0.775 / 0.868 / 0.687 -> 0.789 / 0.884 / 0.715) but
-        not from one PBMC data set to another (-0.016 and -0.043), so it is an option.
+        helped within those sets (0.775 / 0.868 / 0.687 -> 0.789 / 0.884 / 0.715) and
+        from healthy to severe COVID-19 PBMCs and back (+0.012 / +0.009), but not from
+        one PBMC data set to another (-0.016 and -0.043), so it is an option.
     allow_counts
         Do not warn when the matrix looks like raw counts.
     show_progress
