@@ -329,23 +329,17 @@ def embed_cells(
     reference
         (w, s) Embed ``adata`` (a query) through the *gene map* of
         ``reference.obsm[key_added]``, as :func:`scanpy.tl.ingest` maps a query onto a
-        reference's PCA: the reference's genes in use (its ``mask_var``, e.g. its highly
-        variable genes) and, for GenePT-w, its gene vectors whitened over those genes.
-        Matched to the query by gene identifier (``var_names``); reference genes the
-        query lacks count as unexpressed. The other settings (``whiten``,
-        ``normalize``, ``gene_key``; ``model``, ``n_genes``, ``prefix``, ...) must be
-        the ones the reference was embedded with (an error names any difference), and
-        ``mask_var`` must not be given. A GenePT-w query and reference processed on
-        their own (each with its own highly variable genes) are whitened over different
-        genes, i.e. given other coordinates: 10-NN annotation (3 splits) scored 0.794 /
-        0.866 / 0.754 on pbmc68k_reduced / pbmc3k / a breast-tumour immune set, and
-        0.799 / 0.914 / 0.782 through the reference's map
-        (``benchmarks/reference_query.py``); the annotators warn when a GenePT-w query
-        and its reference were embedded through different maps. GenePT-s sentences
-        from other genes are still texts in the one encoder space: the reference's genes
-        helped within those sets (0.775 / 0.868 / 0.687 -> 0.789 / 0.884 / 0.715) and
-        from healthy to severe COVID-19 PBMCs and back (+0.012 / +0.009), but not from
-        one PBMC data set to another (-0.016 and -0.043), so it is an option.
+        reference's PCA: the reference's genes in use (its ``mask_var``) and, for
+        GenePT-w, its gene vectors whitened over them, matched by ``var_names`` (genes
+        the query lacks count as unexpressed). The other settings must be the
+        reference's (an error names any difference); ``mask_var`` must not be given.
+        GenePT-w sides processed apart (each with its own highly variable genes) get
+        other coordinates: 10-NN (3 splits) 0.794 / 0.866 / 0.754 on pbmc68k_reduced /
+        pbmc3k / a breast-tumour immune set, 0.799 / 0.914 / 0.782 through the
+        reference's map (``benchmarks/reference_query.py``), and the annotators warn
+        on such pairs. For GenePT-s it is an option: sentences from other genes are
+        still texts in one encoder space (within those sets +0.014 to +0.028, across
+        two PBMC data sets -0.016 / -0.043).
     allow_counts
         Do not warn when the matrix looks like raw counts.
     show_progress
