@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EMPTY_FLAG", "ResultKeys", "flag_key", "sanitize_params", "uns_key"]
+__all__ = ["EMPTY_FLAG", "ResultKeys", "flag_key", "recorded_params", "sanitize_params", "uns_key"]
 
 #: suffix of the boolean ``obs``/``var`` column flagging rows without a result
 EMPTY_FLAG = "empty"
@@ -44,6 +44,23 @@ def uns_key(key_added: str) -> str:
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     return key_added.removeprefix("X_") or key_added
+
+
+def recorded_params(adata, key: str) -> dict[str, Any]:
+    """The ``params`` a call recorded for ``key``: ``adata.uns[uns_key(key)]["params"]``.
+
+    A copy; ``{}`` when there is none (no entry, or not a mapping).
+
+    Examples
+    --------
+    >>> from anndata import AnnData
+    >>> a = AnnData(uns={"genept_w": {"params": {"method": "w"}}})
+    >>> recorded_params(a, "X_genept_w"), recorded_params(a, "X_pca")
+    ({'method': 'w'}, {})
+    """
+    entry = adata.uns.get(uns_key(key))
+    params = entry.get("params") if isinstance(entry, Mapping) else None
+    return dict(params) if isinstance(params, Mapping) else {}
 
 
 def flag_key(key_added: str, flag: str = EMPTY_FLAG) -> str:

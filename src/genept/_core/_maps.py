@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anndata import AnnData
 
-from ._keys import uns_key
+from ._keys import recorded_params
 
 __all__ = ["MODEL_MAPS_WARNING", "check_gene_maps", "recorded_gene_maps", "user_stacklevel"]
 
@@ -62,9 +62,7 @@ def recorded_gene_maps(adata: AnnData, keys) -> dict[str, str | None]:
     """
     out = {}
     for key in keys:
-        entry = adata.uns.get(uns_key(key)) if isinstance(key, str) and key else None
-        params = entry.get("params") if isinstance(entry, dict) else None
-        ok = isinstance(params, dict) and params.get("method") == "w"
-        gm = params.get("gene_map") if ok else None
+        params = recorded_params(adata, key) if isinstance(key, str) and key else {}
+        gm = params.get("gene_map") if params.get("method") == "w" else None
         out[key] = str(gm) if gm else None
     return out

@@ -14,7 +14,7 @@ from scipy import sparse
 from .._core._blocks import check_block_rows
 from .._core._device import resolve_device
 from .._core._docs import doc_common, doc_params
-from .._core._keys import flag_key, sanitize_params, uns_key
+from .._core._keys import flag_key, recorded_params, sanitize_params, uns_key
 from .._kernels.sentences._build import _ragged_sentence_windows, sentence_plan
 from .._kernels.sentences._rank import _check_n_genes
 from .._kernels.sentences._text import PAPER_PREFIX, _Names
@@ -412,7 +412,7 @@ def embed_cells(
         "layer": layer or "X",
         "use_raw": bool(use_raw),
     }
-    gparams = dict(adata.uns.get(uns_key(gene_key), {}).get("params", {}))
+    gparams = recorded_params(adata, gene_key)
     if method == "w":
         shrink = _check_whiten(whiten)
         ids = matrix_var_names(adata, use_raw)

@@ -26,7 +26,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core._keys import uns_key
+from .._core._keys import recorded_params, uns_key
 from .._kernels.weighted._plan import check_gene_embeddings
 from .._utils import gene_mask
 
@@ -179,12 +179,6 @@ def mask_kind(mask_var: Any, mask: np.ndarray | None) -> str:
     return "column" if mask_var is None or isinstance(mask_var, str) else "array"
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
-        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0))
-    return str(a) == str(b)
-
-
 def _shown(key: str, value: Any) -> Any:
     return None if key == "n_genes" and not value else value  # 0 is recorded for None
 
@@ -202,15 +196,13 @@ def reference_gene_map(
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}")
     key = uns_key(key_added)
-    entry = reference.uns.get(key)
-    params = entry.get("params") if isinstance(entry, dict) else None
-    if key_added not in reference.obsm or not isinstance(params, dict):
+    params = recorded_params(reference, key_added)
+    if key_added not in reference.obsm or not params:
         raise KeyError(
             f"reference has no GenePT embedding {key_added!r} (obsm[{key_added!r}] with "
             f"uns[{key!r}]['params']); run gpt.tl.embed_cells(reference, method={method!r}, "
             f"key_added={key_added!r}) first"
         )
-    params = dict(params)
     if params.get("method") != method:
         raise ValueError(
             f"reference.obsm[{key_added!r}] is GenePT-{params.get('method')}, not "
@@ -219,7 +211,7 @@ def reference_gene_map(
     differ = [
         f"{k}={_shown(k, settings[k])!r} (reference: {_shown(k, params.get(k))!r})"
         for k in MAP_SETTINGS[method]
-        if k in params and not _same(settings[k], params[k])
+        if k in params and _canon(settings[k]) != _canon(params[k])
     ]
     if differ:
         raise ValueError(
@@ -265,10 +257,11 @@ def reference_gene_map(
             E = np.where(mask[:, None], E, np.float32(0))
         used = np.abs(E).sum(1) > 0
         names, rows = names[used], E[used]
-        gentry = reference.uns.get(uns_key(gene_key))
-        gparams = gentry.get("params", {}) if isinstance(gentry, dict) else {}
         id_settings = w_id_settings(
-            float(params.get("whiten") or 0), str(params.get("normalize")), n_total, gparams
+            float(params.get("whiten") or 0),
+            str(params.get("normalize")),
+            n_total,
+            recorded_params(reference, gene_key),
         )
         changed = "gene_vectors" in params and params["gene_vectors"] != vectors_id(names, rows)
     else:
