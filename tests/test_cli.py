@@ -244,3 +244,61 @@ def test_embed_cells_s_defaults_are_the_functions(workdir, monkeypatch, tmp_path
     with pytest.raises(SystemExit):
         _run(cmd.format("in.h5ad", "x.h5ad") + " --n-genes many", workdir, monkeypatch, cache)
     assert "expected a positive integer, 'auto' or 'all', got 'many'" in capsys.readouterr().err
+
+
+def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_path, capsys):
+    """`--all-genes/--mask-var/--whiten/--gene-key/--windows/--window-decay` reach
+    gpt.tl.embed_cells under the same meaning: the CLI result equals the Python call's."""
+    import scanpy as sc
+
+    import genept as gpt
+
+    a = ad.read_h5ad(workdir / "in.h5ad")
+    sc.pp.highly_variable_genes(a, n_top_genes=20)
+    a.var["first30"] = np.arange(a.n_vars) < 30
+    a.write_h5ad(tmp_path / "in.h5ad")
+    cache = tmp_path / "cache"
+    cmd = "genept embed-cells in.h5ad {} --embed-genes --gene-key X_mine --model all-MiniLM-L6-v2"
+    cases = {
+        "paper.h5ad": ("--all-genes --whiten 0", dict(mask_var=False, whiten=False)),
+        "col.h5ad": ("--mask-var first30 --whiten 1", dict(mask_var="first30", whiten=1.0)),
+    }
+    b = a.copy()
+    gpt.tl.embed_genes(b, key_added="X_mine")
+    for out, (flags, kwargs) in cases.items():
+        assert _run(f"{cmd.format(out)} {flags}", tmp_path, monkeypatch, cache) == 0
+        got = ad.read_h5ad(tmp_path / out)
+        assert "X_mine" in got.varm and "X_genept" not in got.varm
+        p = got.uns["genept_w"]["params"]
+        assert p["gene_key"] == "X_mine" and p["whiten"] == float(kwargs["whiten"])
+        assert p["mask_var"] == ("all genes" if kwargs["mask_var"] is False else "first30")
+        want = gpt.tl.embed_cells(b, gene_key="X_mine", copy=True, **kwargs).obsm["X_genept_w"]
+        np.testing.assert_allclose(got.obsm["X_genept_w"], want, atol=1e-6)
+    # the default (no flag): highly_variable, whitening 0.1
+    assert _run(cmd.format("default.h5ad"), tmp_path, monkeypatch, cache) == 0
+    p = ad.read_h5ad(tmp_path / "default.h5ad").uns["genept_w"]["params"]
+    assert p["mask_var"] == "highly_variable" and p["whiten"] == 0.1
+    # GenePT-s windows: two windows of every gene that fits, decay 0.25
+    s = "genept embed-cells in.h5ad s.h5ad --method s --model all-MiniLM-L6-v2 --all-genes"
+    assert _run(s + " --windows 2 --window-decay 0.25", tmp_path, monkeypatch, cache) == 0
+    p = ad.read_h5ad(tmp_path / "s.h5ad").uns["genept_s"]["params"]
+    assert (p["windows"], p["window_decay"], p["mask_var"]) == (2, 0.25, "all genes")
+    capsys.readouterr()
+    bad = {
+        " --windows 0": "--windows must be a positive number, got 0",
+        " --window-decay 2": "--window-decay must be in (0, 1], got 2.0",
+        " --mask-var nope": "nope",
+    }
+    for flags, message in bad.items():
+        assert _run(s.replace(" --all-genes", "") + flags, tmp_path, monkeypatch, cache) == 2
+        assert message in capsys.readouterr().err
+    assert _run(cmd.format("x.h5ad") + " --whiten -1", tmp_path, monkeypatch, cache) == 2
+    assert (
+        "--whiten must be a shrinkage >= 0 (0: no whitening), got -1.0" in capsys.readouterr().err
+    )
+    ref = "genept embed-cells in.h5ad x.h5ad --reference in.h5ad --all-genes"
+    assert _run(ref, tmp_path, monkeypatch, cache) == 2
+    assert "--mask-var/--all-genes and --reference exclude each other" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        _run(cmd.format("x.h5ad") + " --all-genes --mask-var first30", tmp_path, monkeypatch, cache)
+    assert not (tmp_path / "x.h5ad").exists()

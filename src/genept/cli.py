@@ -91,6 +91,32 @@ def _parser() -> argparse.ArgumentParser:
         "--embed-genes", action="store_true", help="(w) run embed-genes first with --gene-source"
     )
     c.add_argument("--gene-source", default="cards", help="(w) source for --embed-genes")
+    genes = c.add_mutually_exclusive_group()
+    genes.add_argument(
+        "--mask-var",
+        default=None,
+        metavar="COLUMN",
+        help="(w, s) boolean var column of the genes to use (default: highly_variable when "
+        "present, else every gene)",
+    )
+    genes.add_argument(
+        "--all-genes",
+        action="store_true",
+        help="(w, s) every gene, even when var has highly_variable (the papers)",
+    )
+    c.add_argument(
+        "--gene-key",
+        default="X_genept",
+        help="(w) varm key of the gene embeddings (default: X_genept; --embed-genes writes it)",
+    )
+    c.add_argument(
+        "--whiten",
+        type=float,
+        default=None,
+        metavar="SHRINK",
+        help="(w) whitening shrinkage of the gene vectors (default, as gpt.tl.embed_cells: "
+        "0.1); 0: the vectors as they are (the paper)",
+    )
     c.add_argument("--normalize", choices=["l2", "notebook"], default="l2")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     c.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
@@ -114,6 +140,19 @@ def _parser() -> argparse.ArgumentParser:
         "'A cell with genes ranked by expression: '; '' for none, GenePT's sentences)",
     )
     c.add_argument("--gene-symbols", default=None, help="(s) var column with symbols")
+    c.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        help="(s) sentences per cell: the ranked genes cut into up to this many sentences, "
+        "pooled with weights --window-decay ** rank (default: 1)",
+    )
+    c.add_argument(
+        "--window-decay",
+        type=float,
+        default=0.5,
+        help="(s) weight ratio of consecutive windows, in (0, 1] (default: 0.5)",
+    )
     c.add_argument("--hash-names", action="store_true", help="(s) ablation: hashed gene names")
     c.add_argument("--shuffle", action="store_true", help="(s) ablation: shuffled order")
     c.add_argument("--batch-size", type=int, default=None)
@@ -216,11 +255,22 @@ def _check_args(args) -> None:
         _check_h5ad(args.input, "input")
         if getattr(args, "reference", None):
             _check_h5ad(args.reference, "--reference")
+            if getattr(args, "mask_var", None) is not None or getattr(args, "all_genes", False):
+                raise CLIError(
+                    "--mask-var/--all-genes and --reference exclude each other: with "
+                    "--reference the query is read through the reference's genes"
+                )
     _check_output(args.output)
-    for n in ("batch_size", "n_genes", "n_seeds"):
+    for n in ("batch_size", "n_genes", "n_seeds", "windows"):
         v = getattr(args, n, None)
         if isinstance(v, int) and v <= 0:
             raise CLIError(f"--{n.replace('_', '-')} must be a positive number, got {v}")
+    whiten = getattr(args, "whiten", None)
+    if whiten is not None and not whiten >= 0:  # before --embed-genes does any work
+        raise CLIError(f"--whiten must be a shrinkage >= 0 (0: no whitening), got {whiten}")
+    decay = getattr(args, "window_decay", None)
+    if decay is not None and not 0 < decay <= 1:
+        raise CLIError(f"--window-decay must be in (0, 1], got {decay}")
     device = getattr(args, "device", "auto")
     if device not in ("auto", "cpu"):
         from ._core._device import resolve_device
@@ -319,6 +369,7 @@ EMBED_GENES_OPTIONS = (
 EMBED_CELLS_OPTIONS = (
     "method", "layer", "key_added", "normalize", "device", "precision", "model", "n_genes",
     "prefix", "gene_symbols", "hash_names", "shuffle", "batch_size", "allow_counts",
+    "gene_key", "windows", "window_decay",
 )  # fmt: skip
 
 
@@ -362,17 +413,23 @@ def _embed_cells(args) -> None:
     ref = _read(args.reference, "--reference", backed="r") if args.reference else None
     try:
         # with a reference the gene vectors are the reference's: none needed here
-        need_genes = args.method == "w" and ref is None and "X_genept" not in adata.varm
+        need_genes = args.method == "w" and ref is None and args.gene_key not in adata.varm
         if args.method == "w" and ref is None and (args.embed_genes or need_genes):
             if not args.embed_genes:
                 raise CLIError(
-                    f"{args.input} has no varm['X_genept']: run `genept embed-genes "
-                    f"{args.input} {args.input}` first or add --embed-genes"
+                    f"{args.input} has no varm[{args.gene_key!r}]: run `genept embed-genes "
+                    f"{args.input} {args.input} --key-added {args.gene_key}` first or add "
+                    "--embed-genes"
                 )
-            embed_genes(adata, source=args.gene_source)
+            embed_genes(adata, source=args.gene_source, key_added=args.gene_key)
         options = _options(args, EMBED_CELLS_OPTIONS)
-        if options["prefix"] is None:  # the function's default
-            del options["prefix"]
+        for name in ("prefix", "whiten"):  # not given: the function's default
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+            else:
+                options.pop(name, None)
+        if args.mask_var is not None or args.all_genes:
+            options["mask_var"] = False if args.all_genes else args.mask_var
         embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
