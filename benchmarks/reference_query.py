@@ -19,6 +19,7 @@ test accuracy of four ways, per dataset and split:
 
     python benchmarks/reference_query.py                       # 3 datasets x 3 splits + pbmc_cross
     python benchmarks/reference_query.py --datasets pbmc3k --splits 5 --no-s
+    python benchmarks/reference_query.py --no-s --whiten 0     # the gene vectors as they are
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def knn(ref, query, key: str) -> float:
     return float(np.mean(query.obs["pred"].astype(str).to_numpy() == truth))
 
 
-def run_pair(ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool) -> dict[str, float]:
+def run_pair(
+    ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool, whiten=None
+) -> dict[str, float]:
     ref, query = prepare(ref_raw, x_kind), prepare(query_raw, x_kind)
     out = {}
     pca_projected(ref, query)
@@ -85,20 +88,21 @@ def run_pair(ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool) -> dict[s
     methods = ["w", "s"] if with_s else ["w"]
     for m in methods:
         key = f"X_genept_{m}"
-        gpt.tl.embed_cells(ref, method=m, show_progress=False)
-        gpt.tl.embed_cells(query, method=m, show_progress=False)
+        kw = {"show_progress": False}
+        if m == "w" and whiten is not None:
+            kw["whiten"] = whiten
+        gpt.tl.embed_cells(ref, method=m, **kw)
+        gpt.tl.embed_cells(query, method=m, **kw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the warning this script measures the cost of
             out[f"GenePT-{m}, own genes"] = knn(ref, query, key)
-        gpt.tl.embed_cells(query, method=m, reference=ref, show_progress=False)
+        gpt.tl.embed_cells(query, method=m, reference=ref, **kw)
         out[f"GenePT-{m}, reference="] = knn(ref, query, key)
         # genes selected on all cells (annotation_real.py): both sides on the same mask
         for side in (ref, query):
             side.var["joint_hvg"] = side.var_names.isin(joint_hvg)
-        gpt.tl.embed_cells(
-            ref, method=m, mask_var="joint_hvg", key_added="X_j", show_progress=False
-        )
-        gpt.tl.embed_cells(query, method=m, reference=ref, key_added="X_j", show_progress=False)
+        gpt.tl.embed_cells(ref, method=m, mask_var="joint_hvg", key_added="X_j", **kw)
+        gpt.tl.embed_cells(query, method=m, reference=ref, key_added="X_j", **kw)
         out[f"GenePT-{m}, joint genes"] = knn(ref, query, "X_j")
     return out
 
@@ -114,6 +118,9 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=None, help="default: 3 sets + pbmc_cross")
     p.add_argument("--splits", type=int, default=3, help="stratified 80/20 splits (default 3)")
     p.add_argument("--no-s", action="store_true", help="GenePT-w only (no text encoder)")
+    p.add_argument(
+        "--whiten", type=float, default=None, help="GenePT-w whitening (default: the function's)"
+    )
     args = p.parse_args()
     names = args.datasets or ["pbmc68k_reduced", "pbmc3k", "bassez_tumor_immune", "pbmc_cross"]
     gpt.settings.progress = False
@@ -137,7 +144,7 @@ def main() -> None:
                 )
                 pairs.append((f"{args.splits} stratified splits", a.obs_names.isin(tr)))
         for how, is_ref in pairs:
-            res = run_pair(a[is_ref], a[~is_ref], info["x_kind"], hvg, not args.no_s)
+            res = run_pair(a[is_ref], a[~is_ref], info["x_kind"], hvg, not args.no_s, args.whiten)
             for k, v in res.items():
                 rows.setdefault(f"{name} | {how}", {}).setdefault(k, []).append(v)
             print(

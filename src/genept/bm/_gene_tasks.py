@@ -22,7 +22,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core._keys import uns_key
+from .._core._keys import recorded_params
 from .._utils import renamed_arg
 from ._common import as_embedding_frame, random_like
 
@@ -55,7 +55,7 @@ def _embeddings(
     frame = as_embedding_frame(emb, gene_key=gene_key)
     if name is None and isinstance(emb, AnnData):
         # a tissue-context embedding (embed_genes(context=...)) is named by its context
-        ctx = (emb.uns.get(uns_key(gene_key)) or {}).get("params", {}).get("context")
+        ctx = recorded_params(emb, gene_key).get("context")
         name = f"genept ({ctx})" if ctx else None
     embs = {name or "genept": frame}
     if include_random:

@@ -27,7 +27,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._core._device import openmp_unnested
-from .._core._keys import sanitize_params, uns_key
+from .._core._keys import recorded_params, sanitize_params
 from .._core._progress import progress_bar
 from .._settings import settings
 from .._utils import (
@@ -90,18 +90,14 @@ def _text_branch(adata: AnnData, model: ScMPTModel, rep: str | None) -> int:
     if rep is not None:
         if rep not in model.reps:
             raise ValueError(f"rep={rep!r} is not a branch of the model (branches: {model.reps})")
-        method = (adata.uns.get(uns_key(rep)) or {}).get("params", {}).get("method")
+        method = recorded_params(adata, rep).get("method")
         if method not in (None, "s"):
             raise ValueError(
                 f"obsm[{rep!r}] is a GenePT-{method} embedding, which has no cell sentence "
                 f"to attribute; {_explainable_hint()}"
             )
         return model.reps.index(rep)
-    found = [
-        i
-        for i, r in enumerate(model.reps)
-        if (adata.uns.get(uns_key(r)) or {}).get("params", {}).get("method") == "s"
-    ]
+    found = [i for i, r in enumerate(model.reps) if recorded_params(adata, r).get("method") == "s"]
     if not found:
         raise ValueError(
             f"the model's branches {model.reps} hold no GenePT-s embedding (uns[...]['params']"
@@ -314,7 +310,7 @@ def explain_annotation(
     fitted = _load_model(model, ann)
     branch = _text_branch(adata, fitted, rep)
     rep = fitted.reps[branch]
-    sp = dict((adata.uns.get(uns_key(rep)) or {}).get("params", {}))
+    sp = recorded_params(adata, rep)
     if sp.get("hash_names") or sp.get("shuffle"):
         raise ValueError(
             f"obsm[{rep!r}] was built with hashed or shuffled gene names (an ablation); "

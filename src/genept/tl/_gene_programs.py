@@ -25,7 +25,7 @@ from scipy import sparse
 
 from .._core._blocks import check_block_rows, iter_row_blocks
 from .._core._docs import doc_adata, doc_copy, doc_params, doc_random_state
-from .._core._keys import sanitize_params, uns_key
+from .._core._keys import recorded_params, sanitize_params, uns_key
 from .._gene_embeddings import checked_varm
 from .._utils import check_adata, get_matrix, get_var_names, renamed_arg, write_results
 
@@ -324,10 +324,8 @@ def _check_unique(names: pd.Index, where: str) -> None:
 
 
 def _model_of(adata: AnnData, key: str) -> str | None:
-    prefix = uns_key(key)
-    p = adata.uns.get(prefix, {})
-    p = p.get("params", {}) if isinstance(p, dict) else {}
-    return str(p["model"]) if isinstance(p, dict) and "model" in p else None
+    p = recorded_params(adata, key)
+    return str(p["model"]) if "model" in p else None
 
 
 @doc_params(doc_adata=doc_adata, doc_copy=doc_copy, doc_random_state=doc_random_state)
