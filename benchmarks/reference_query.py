@@ -13,13 +13,17 @@ test accuracy of four ways, per dataset and split:
 * ``joint``: genes selected on all cells before the split (``annotation_real.py``'s
   setting, which a user with new data cannot use);
 * for comparison, PCA of the reference's highly variable genes with the query projected
-  on its loadings (what :func:`scanpy.tl.ingest` does).
+  on its loadings (what :func:`scanpy.tl.ingest` does);
+* with ``--control-seeds N``, GenePT-w's random-vector control through ``reference=``:
+  Gaussian gene vectors (one per gene name, the same on both sides; genes without a text
+  vector keep none), mean over N draws, with the same whitening as the text.
 
 ::
 
     python benchmarks/reference_query.py                       # 3 datasets x 3 splits + pbmc_cross
     python benchmarks/reference_query.py --datasets pbmc3k --splits 5 --no-s
     python benchmarks/reference_query.py --no-s --whiten 0     # the gene vectors as they are
+    python benchmarks/reference_query.py --no-s --control-seeds 5 --datasets pbmc_cross
 """
 
 from __future__ import annotations
@@ -78,8 +82,21 @@ def knn(ref, query, key: str) -> float:
     return float(np.mean(query.obs["pred"].astype(str).to_numpy() == truth))
 
 
+def random_vectors(sides, seed: int, key: str = "X_random") -> None:
+    """Gaussian gene vectors in ``varm[key]`` of each side: one per gene name, the same on
+    every side; zero where the side's text vector is zero (no text, no vector)."""
+    genes = sorted(set().union(*(s.var_names for s in sides)))
+    dim = sides[0].varm["X_genept"].shape[1]
+    draw = np.random.default_rng(seed).standard_normal((len(genes), dim)).astype(np.float32)
+    pos = {g: i for i, g in enumerate(genes)}
+    for side in sides:
+        R = draw[[pos[g] for g in side.var_names]]
+        R[np.abs(np.asarray(side.varm["X_genept"])).sum(1) == 0] = 0
+        side.varm[key] = R
+
+
 def run_pair(
-    ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool, whiten=None
+    ref_raw, query_raw, x_kind: str, joint_hvg, with_s: bool, whiten=None, control_seeds=0
 ) -> dict[str, float]:
     ref, query = prepare(ref_raw, x_kind), prepare(query_raw, x_kind)
     out = {}
@@ -98,6 +115,15 @@ def run_pair(
             out[f"GenePT-{m}, own genes"] = knn(ref, query, key)
         gpt.tl.embed_cells(query, method=m, reference=ref, **kw)
         out[f"GenePT-{m}, reference="] = knn(ref, query, key)
+        if m == "w" and control_seeds:
+            control = []
+            for seed in range(control_seeds):
+                random_vectors([ref, query], seed)
+                gpt.tl.embed_cells(ref, gene_key="X_random", key_added="X_r", **kw)
+                gpt.tl.embed_cells(query, reference=ref, gene_key="X_random", key_added="X_r", **kw)
+                control.append(knn(ref, query, "X_r"))
+            out["GenePT-w control, reference="] = float(np.mean(control))
+            out["(control SD)"] = float(np.std(control, ddof=1)) if control_seeds > 1 else 0.0
         # genes selected on all cells (annotation_real.py): both sides on the same mask
         for side in (ref, query):
             side.var["joint_hvg"] = side.var_names.isin(joint_hvg)
@@ -120,6 +146,12 @@ def main() -> None:
     p.add_argument("--no-s", action="store_true", help="GenePT-w only (no text encoder)")
     p.add_argument(
         "--whiten", type=float, default=None, help="GenePT-w whitening (default: the function's)"
+    )
+    p.add_argument(
+        "--control-seeds",
+        type=int,
+        default=0,
+        help="GenePT-w random-vector control through reference=, mean over N draws",
     )
     args = p.parse_args()
     names = args.datasets or ["pbmc68k_reduced", "pbmc3k", "bassez_tumor_immune", "pbmc_cross"]
@@ -144,7 +176,15 @@ def main() -> None:
                 )
                 pairs.append((f"{args.splits} stratified splits", a.obs_names.isin(tr)))
         for how, is_ref in pairs:
-            res = run_pair(a[is_ref], a[~is_ref], info["x_kind"], hvg, not args.no_s, args.whiten)
+            res = run_pair(
+                a[is_ref],
+                a[~is_ref],
+                info["x_kind"],
+                hvg,
+                not args.no_s,
+                args.whiten,
+                args.control_seeds,
+            )
             for k, v in res.items():
                 rows.setdefault(f"{name} | {how}", {}).setdefault(k, []).append(v)
             print(
