@@ -287,7 +287,9 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
     bad = {
         " --windows 0": "--windows must be a positive number, got 0",
         " --window-decay 2": "--window-decay must be in (0, 1], got 2.0",
-        " --mask-var nope": "nope",
+        # the function's message, with its arguments written as the command's flags
+        " --mask-var nope": "--mask-var 'nope' is not a column of adata.var; run "
+        "sc.pp.highly_variable_genes(adata) or pass --all-genes for all genes",
     }
     for flags, message in bad.items():
         assert _run(s.replace(" --all-genes", "") + flags, tmp_path, monkeypatch, cache) == 2
@@ -299,6 +301,10 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
     ref = "genept embed-cells in.h5ad x.h5ad --reference in.h5ad --all-genes"
     assert _run(ref, tmp_path, monkeypatch, cache) == 2
     assert "--mask-var/--all-genes and --reference exclude each other" in capsys.readouterr().err
+    # a setting other than the reference's is named as its flag
+    ref = "genept embed-cells in.h5ad x.h5ad --reference default.h5ad --whiten 0 --gene-key X_mine"
+    assert _run(ref, tmp_path, monkeypatch, cache) == 2
+    assert "settings, but --whiten 0.0 (reference: 0.1);" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one or the other
         _run(cmd.format("x.h5ad") + " --all-genes --mask-var first30", tmp_path, monkeypatch, cache)
     assert not (tmp_path / "x.h5ad").exists()

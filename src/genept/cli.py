@@ -296,6 +296,35 @@ def _write(adata, path: str) -> None:
     atomic_write_h5ad(adata, path)
 
 
+#: embed_cells arguments that embed-cells takes as flags: their names in an error
+#: message are given as the flags (``mask_var=False`` is ``--all-genes``)
+_FLAG_ARGS = (
+    "mask_var", "whiten", "gene_key", "normalize", "model", "n_genes", "prefix",
+    "gene_symbols", "hash_names", "shuffle", "windows", "window_decay",
+)  # fmt: skip
+
+
+def _as_flags(message: str) -> str:
+    """An ``embed_cells`` error message with its arguments written as ``embed-cells`` flags.
+
+    Examples
+    --------
+    >>> _as_flags("pass mask_var=False for all genes")
+    'pass --all-genes for all genes'
+    >>> _as_flags("but n_genes=10 (reference: 25), whiten=0.0 (reference: 0.1)")
+    'but --n-genes 10 (reference: 25), --whiten 0.0 (reference: 0.1)'
+    >>> _as_flags("(or pass gene_key=; varm keys: [])")
+    '(or pass --gene-key; varm keys: [])'
+    """
+    import re
+
+    message = message.replace("mask_var=False", "--all-genes")
+    names = "|".join(_FLAG_ARGS)
+    flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
+    message = re.sub(rf"\b({names})=(?=[;,)\s]|$)", flag, message)  # "pass gene_key=;"
+    return re.sub(rf"\b({names})=", lambda m: flag(m) + " ", message)
+
+
 def _one_line(e: BaseException, limit: int = 400) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
@@ -430,7 +459,10 @@ def _embed_cells(args) -> None:
                 options.pop(name, None)
         if args.mask_var is not None or args.all_genes:
             options["mask_var"] = False if args.all_genes else args.mask_var
-        embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
+        try:
+            embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
+        except (ValueError, KeyError) as e:  # name the flags, not the Python arguments
+            raise CLIError(_as_flags(_one_line(e))) from e
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched
