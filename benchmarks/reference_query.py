@@ -154,6 +154,8 @@ def main() -> None:
         help="GenePT-w random-vector control through reference=, mean over N draws",
     )
     args = p.parse_args()
+    if args.control_seeds < 0:
+        p.error(f"--control-seeds must be >= 0, got {args.control_seeds}")
     names = args.datasets or ["pbmc68k_reduced", "pbmc3k", "bassez_tumor_immune", "pbmc_cross"]
     gpt.settings.progress = False
     rows: dict[str, dict[str, list[float]]] = {}

@@ -301,10 +301,37 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
     ref = "genept embed-cells in.h5ad x.h5ad --reference in.h5ad --all-genes"
     assert _run(ref, tmp_path, monkeypatch, cache) == 2
     assert "--mask-var/--all-genes and --reference exclude each other" in capsys.readouterr().err
-    # a setting other than the reference's is named as its flag
+    # settings other than the reference's are named as the flags, with the flags' values
+    q = "genept embed-cells in.h5ad x.h5ad --method s --model all-MiniLM-L6-v2 --reference s.h5ad"
+    assert _run(q, tmp_path, monkeypatch, cache) == 2
+    assert "but --n-genes 25 (reference: all), --windows 1 (reference: 2)" in (
+        capsys.readouterr().err
+    )
     ref = "genept embed-cells in.h5ad x.h5ad --reference default.h5ad --whiten 0 --gene-key X_mine"
     assert _run(ref, tmp_path, monkeypatch, cache) == 2
     assert "settings, but --whiten 0.0 (reference: 0.1);" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: one or the other
         _run(cmd.format("x.h5ad") + " --all-genes --mask-var first30", tmp_path, monkeypatch, cache)
     assert not (tmp_path / "x.h5ad").exists()
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("pass mask_var=False for all genes", "pass --all-genes for all genes"),
+        ("n_genes=10 (reference: None), whiten=0.0", "--n-genes 10 (reference: all), --whiten 0.0"),
+        ("n_genes=None (reference: 25)", "--n-genes all (reference: 25)"),
+        ("shuffle=False (reference: True)", "--shuffle off (reference: on)"),
+        ("or pass use_raw=True; hash_names=False", "or pass --use-raw; no --hash-names"),
+        ("(or pass gene_key=; varm keys: [])", "(or pass --gene-key; varm keys: [])"),
+        (
+            "gene_model='x', prefix_key, normalize_total",
+            "gene_model='x', prefix_key, normalize_total",
+        ),
+    ],
+)
+def test_errors_name_the_flags(message, expected):
+    """`embed-cells` errors: the function's argument names become the command's flags."""
+    from genept.cli import _as_flags
+
+    assert _as_flags(message) == expected

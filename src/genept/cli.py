@@ -10,6 +10,7 @@ it is also the output) is never destroyed by an interrupted write.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -266,7 +267,7 @@ def _check_args(args) -> None:
         if isinstance(v, int) and v <= 0:
             raise CLIError(f"--{n.replace('_', '-')} must be a positive number, got {v}")
     whiten = getattr(args, "whiten", None)
-    if whiten is not None and not whiten >= 0:  # before --embed-genes does any work
+    if whiten is not None and not (math.isfinite(whiten) and whiten >= 0):  # before any work
         raise CLIError(f"--whiten must be a shrinkage >= 0 (0: no whitening), got {whiten}")
     decay = getattr(args, "window_decay", None)
     if decay is not None and not 0 < decay <= 1:
@@ -299,20 +300,28 @@ def _write(adata, path: str) -> None:
 #: embed_cells arguments that embed-cells takes as flags: their names in an error
 #: message are given as the flags (``mask_var=False`` is ``--all-genes``)
 _FLAG_ARGS = (
-    "mask_var", "whiten", "gene_key", "normalize", "model", "n_genes", "prefix",
-    "gene_symbols", "hash_names", "shuffle", "windows", "window_decay",
+    "method", "layer", "use_raw", "mask_var", "whiten", "gene_key", "normalize", "model",
+    "n_genes", "prefix", "gene_symbols", "hash_names", "shuffle", "windows", "window_decay",
 )  # fmt: skip
+#: the flags among them that take no value
+_SWITCHES = ("use-raw", "hash-names", "shuffle")
 
 
 def _as_flags(message: str) -> str:
     """An ``embed_cells`` error message with its arguments written as ``embed-cells`` flags.
 
+    Values are written as the command takes them: ``--n-genes all`` for ``None``, a
+    switch as ``--shuffle`` / ``no --shuffle``, or ``on`` / ``off`` where a setting is
+    compared with the reference's.
+
     Examples
     --------
     >>> _as_flags("pass mask_var=False for all genes")
     'pass --all-genes for all genes'
-    >>> _as_flags("but n_genes=10 (reference: 25), whiten=0.0 (reference: 0.1)")
-    'but --n-genes 10 (reference: 25), --whiten 0.0 (reference: 0.1)'
+    >>> _as_flags("but n_genes=10 (reference: None), whiten=0.0 (reference: 0.1)")
+    'but --n-genes 10 (reference: all), --whiten 0.0 (reference: 0.1)'
+    >>> _as_flags("hash_names=False (reference: True); or pass use_raw=True")
+    '--hash-names off (reference: on); or pass --use-raw'
     >>> _as_flags("(or pass gene_key=; varm keys: [])")
     '(or pass --gene-key; varm keys: [])'
     """
@@ -322,7 +331,22 @@ def _as_flags(message: str) -> str:
     names = "|".join(_FLAG_ARGS)
     flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
     message = re.sub(rf"\b({names})=(?=[;,)\s]|$)", flag, message)  # "pass gene_key=;"
-    return re.sub(rf"\b({names})=", lambda m: flag(m) + " ", message)
+    message = re.sub(rf"\b({names})=", lambda m: flag(m) + " ", message)
+    # values as the command takes them
+    on = {"True": "on", "False": "off"}
+    switches = "|".join(_SWITCHES)
+    message = re.sub(
+        rf"--({switches}) (True|False) \(reference: (True|False)\)",
+        lambda m: f"--{m.group(1)} {on[m.group(2)]} (reference: {on[m.group(3)]})",
+        message,
+    )
+    message = re.sub(
+        rf"--({switches}) (True|False)\b",
+        lambda m: f"--{m.group(1)}" if m.group(2) == "True" else f"no --{m.group(1)}",
+        message,
+    )
+    message = re.sub(r"--n-genes None\b", "--n-genes all", message)
+    return re.sub(r"(--n-genes \S+ \(reference: )None\)", r"\1all)", message)
 
 
 def _one_line(e: BaseException, limit: int = 400) -> str:

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._core._keys import recorded_params
 from .._utils import check_adata
 from ._utils import savefig_or_show
 
@@ -163,7 +162,10 @@ def confusion_matrix(
             f"first (annotation columns present: {[c for c in adata.obs.columns if c + '_confidence' in adata.obs]})"
         )
     if label_key is None:
-        label_key = recorded_params(adata, key).get("label_key")
+        params = (
+            adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+        )
+        label_key = params.get("label_key")
         if label_key is None:
             raise ValueError(f"uns[{key!r}] records no label_key; pass label_key=...")
     if label_key not in adata.obs:
