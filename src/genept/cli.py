@@ -422,7 +422,7 @@ EMBED_GENES_OPTIONS = (
 EMBED_CELLS_OPTIONS = (
     "method", "layer", "key_added", "normalize", "device", "precision", "model", "n_genes",
     "prefix", "gene_symbols", "hash_names", "shuffle", "batch_size", "allow_counts",
-    "gene_key", "windows", "window_decay",
+    "gene_key", "windows", "window_decay", "whiten",
 )  # fmt: skip
 
 
@@ -477,10 +477,8 @@ def _embed_cells(args) -> None:
             embed_genes(adata, source=args.gene_source, key_added=args.gene_key)
         options = _options(args, EMBED_CELLS_OPTIONS)
         for name in ("prefix", "whiten"):  # not given: the function's default
-            if getattr(args, name) is not None:
-                options[name] = getattr(args, name)
-            else:
-                options.pop(name, None)
+            if options[name] is None:
+                del options[name]
         if args.mask_var is not None or args.all_genes:
             options["mask_var"] = False if args.all_genes else args.mask_var
         try:

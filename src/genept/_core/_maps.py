@@ -33,20 +33,17 @@ def user_stacklevel() -> int:
 
 
 def check_gene_maps(
-    maps_a: dict[str, str | None], maps_b: dict[str, str | None], what: str, fix: str | None = None
+    maps_a: dict[str, str | None], maps_b: dict[str, str | None], what: str
 ) -> None:
     """Warn for each representation whose two gene maps are known and differ."""
     for key, a in maps_a.items():
         b = maps_b.get(key)
         if a and b and a != b:
-            how = fix or (
-                "embed the query through the reference's map: "
-                f"gpt.tl.embed_cells(query, reference=reference, key_added={key!r})"
-            )
             warnings.warn(
                 f"obsm[{key!r}] {what} were computed through different gene maps (other "
                 "genes in use, other gene vectors or whitening), so their cells are not "
-                f"comparable; {how}",
+                "comparable; embed the query through the reference's map: "
+                f"gpt.tl.embed_cells(query, reference=reference, key_added={key!r})",
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
@@ -56,9 +53,10 @@ def recorded_gene_maps(adata: AnnData, keys) -> dict[str, str | None]:
     """The GenePT-w ``uns[...]["params"]["gene_map"]`` of each ``obsm`` key (else ``None``).
 
     Only GenePT-w maps are compared: there a different map means other genes in every
-    cell's weighted average, or other coordinates (other whitening). GenePT-s sentences written from other genes are still texts in
-    the encoder's one space; reading the query through the reference's genes helped
-    within data sets but not across them (``benchmarks/reference_query.py``).
+    cell's weighted average, or other coordinates (other whitening). GenePT-s sentences
+    written from other genes are still texts in the encoder's one space; reading the
+    query through the reference's genes helped within data sets but not across them
+    (``benchmarks/reference_query.py``).
     """
     out = {}
     for key in keys:

@@ -412,7 +412,6 @@ def embed_cells(
         "layer": layer or "X",
         "use_raw": bool(use_raw),
     }
-    gparams = recorded_params(adata, gene_key)
     if method == "w":
         shrink = _check_whiten(whiten)
         ids = matrix_var_names(adata, use_raw)
@@ -444,6 +443,7 @@ def embed_cells(
             if mask is not None:
                 E = np.where(mask[:, None], E, np.float32(0)).astype(np.float32, copy=False)
             used = np.abs(E).sum(1) > 0
+            gparams = recorded_params(adata, gene_key)
             map_id = own_gene_map_id(
                 "w",
                 w_id_settings(shrink, normalize, n_total, gparams),
