@@ -20,7 +20,7 @@ test accuracy of four ways, per dataset and split:
 
 ::
 
-    python benchmarks/reference_query.py                       # 3 datasets x 3 splits + pbmc_cross
+    python benchmarks/reference_query.py     # 3 datasets x 3 splits, pbmc_cross, liu_covid
     python benchmarks/reference_query.py --datasets pbmc3k --splits 5 --no-s
     python benchmarks/reference_query.py --no-s --whiten 0     # the gene vectors as they are
     python benchmarks/reference_query.py --no-s --control-seeds 5 --datasets pbmc_cross
@@ -141,7 +141,9 @@ def all_cells_hvg(a, x_kind: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=None, help="default: 3 sets + pbmc_cross")
+    p.add_argument(
+        "--datasets", nargs="+", default=None, help="default: 3 sets, pbmc_cross, liu_covid"
+    )
     p.add_argument("--splits", type=int, default=3, help="stratified 80/20 splits (default 3)")
     p.add_argument("--no-s", action="store_true", help="GenePT-w only (no text encoder)")
     p.add_argument(
@@ -156,7 +158,9 @@ def main() -> None:
     args = p.parse_args()
     if args.control_seeds < 0:
         p.error(f"--control-seeds must be >= 0, got {args.control_seeds}")
-    names = args.datasets or ["pbmc68k_reduced", "pbmc3k", "bassez_tumor_immune", "pbmc_cross"]
+    names = args.datasets or [
+        *("pbmc68k_reduced", "pbmc3k", "bassez_tumor_immune", "pbmc_cross", "liu_covid")
+    ]
     gpt.settings.progress = False
     rows: dict[str, dict[str, list[float]]] = {}
     for name in names:

@@ -14,7 +14,13 @@ stratified 80/20 splits) on the highly variable genes of each real labelled data
   genes' text cosines (``X @ (I + b S_k)``), for k in {5, 20} and b in {0.5, 1, 2};
 
 and each text kernel again with its rows shuffled among the genes that have a card
-(the same spectrum, no gene identity).
+(the same spectrum, no gene identity). Then text kept only where the data agree:
+
+* ``I + b C_5``: the 5-nearest-neighbour graph of the genes' positive expression
+  correlations over the cells (co-expression smoothing, no text);
+* ``I + b (S ⊙ C)_5``: the same graph of the product of the default gene vectors' cosine
+  (clipped at 0) and that correlation: two genes are smoothed together only where their
+  texts and their expression agree; and the control, with Gaussian random gene vectors.
 
 ::
 
@@ -95,6 +101,15 @@ def kernels(a, vectorizer, seed: int = 0) -> dict[str, np.ndarray]:
         for b in (0.5, 1, 2):
             out[f"I + {b} S_{k}"] = X @ (eye + b * S)
             out[f"I + {b} S_{k}, shuffled"] = X @ (eye + b * Ss)
+    # text gated by co-expression (correlations over every cell: unsupervised)
+    C = np.clip(np.nan_to_num(np.corrcoef(X.T)), 0, None)
+    np.fill_diagonal(C, 0)
+    for b in (0.5, 1):
+        out[f"I + {b} C_5 (co-expression)"] = X @ (eye + b * knn_graph(C, 5, np.ones_like(has)))
+        for lab, V in (("", E[hv]), (", random vectors", R[hv])):
+            V = normalize(V)
+            G = knn_graph(np.clip(V @ V.T, 0, None) * C, 5, np.abs(V).sum(1) > 0)
+            out[f"I + {b} (S * C)_5{lab}"] = X @ (eye + b * G)
     return out
 
 

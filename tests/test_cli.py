@@ -190,7 +190,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 
 def test_embed_cells_reference_reads_the_query_through_the_reference(
-    workdir, monkeypatch, tmp_path
+    workdir, monkeypatch, tmp_path, capsys
 ):
     """`embed-cells --reference`: the query gets the reference's gene map (own HVGs differ)."""
     import scanpy as sc
@@ -200,8 +200,15 @@ def test_embed_cells_reference_reads_the_query_through_the_reference(
         sc.pp.highly_variable_genes(a, n_top_genes=20)  # each side on its own
         a.write_h5ad(tmp_path / f"{name}.h5ad")
     cache = tmp_path / "cache"
+    # a reference not embedded yet: the error gives the command that embeds it
+    q = "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad"
+    assert _run(q, tmp_path, monkeypatch, cache) == 2
+    err = capsys.readouterr().err
+    fix = "genept embed-cells ref.h5ad ref.h5ad --method w --key-added X_genept_w"
+    assert f"run `{fix}` first" in err and "gpt.tl" not in err
+    assert not any(k in ad.read_h5ad(tmp_path / "query.h5ad").obsm for k in ("X_genept_w",))
     cmds = [
-        "genept embed-cells ref.h5ad ref.h5ad --method w --embed-genes",
+        fix + " --embed-genes",
         "genept embed-cells query.h5ad alone.h5ad --method w --embed-genes",
         "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad",
     ]
@@ -288,8 +295,8 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
         " --windows 0": "--windows must be a positive number, got 0",
         " --window-decay 2": "--window-decay must be in (0, 1], got 2.0",
         # the function's message, with its arguments written as the command's flags
-        " --mask-var nope": "--mask-var 'nope' is not a column of adata.var; run "
-        "sc.pp.highly_variable_genes(adata) or pass --all-genes for all genes",
+        " --mask-var nope": "--mask-var nope is not a column of adata.var; add that column "
+        "first (sc.pp.highly_variable_genes writes highly_variable) or pass --all-genes",
     }
     for flags, message in bad.items():
         assert _run(s.replace(" --all-genes", "") + flags, tmp_path, monkeypatch, cache) == 2
@@ -328,10 +335,25 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
             "gene_model='x', prefix_key, normalize_total",
             "gene_model='x', prefix_key, normalize_total",
         ),
+        ("pass method='s'; gene_key='a b'", "pass --method s; --gene-key 'a b'"),
+        # Python steps that have a command are given as the command
+        (
+            "run gpt.tl.embed_cells(reference, method='s', key_added='X_s') first",
+            "run `genept embed-cells 'my ref.h5ad' 'my ref.h5ad' --method s --key-added X_s` first",
+        ),
+        (
+            "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
+            "re-run `genept embed-genes` (or add --embed-genes) or pass another --gene-key",
+        ),
+        (
+            "Run gpt.tl.embed_genes(reference, key_added='X') and re-embed the reference",
+            "Run `genept embed-genes 'my ref.h5ad' 'my ref.h5ad' --key-added X` and re-embed "
+            "the reference",
+        ),
     ],
 )
 def test_errors_name_the_flags(message, expected):
     """`embed-cells` errors: the function's argument names become the command's flags."""
     from genept.cli import _as_flags
 
-    assert _as_flags(message) == expected
+    assert _as_flags(message, "my ref.h5ad") == expected

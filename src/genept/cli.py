@@ -307,12 +307,14 @@ _FLAG_ARGS = (
 _SWITCHES = ("use-raw", "hash-names", "shuffle")
 
 
-def _as_flags(message: str) -> str:
+def _as_flags(message: str, reference: str | None = None) -> str:
     """An ``embed_cells`` error message with its arguments written as ``embed-cells`` flags.
 
     Values are written as the command takes them: ``--n-genes all`` for ``None``, a
     switch as ``--shuffle`` / ``no --shuffle``, or ``on`` / ``off`` where a setting is
-    compared with the reference's.
+    compared with the reference's; a string without spaces unquoted. Python steps that
+    have a command (``gpt.tl.embed_genes``, embedding the ``reference`` file) are given
+    as that command.
 
     Examples
     --------
@@ -326,7 +328,32 @@ def _as_flags(message: str) -> str:
     '(or pass --gene-key; varm keys: [])'
     """
     import re
+    import shlex
 
+    reference = shlex.quote(reference) if reference else "REFERENCE.h5ad"
+    # the steps a message gives in Python, as commands where the command line has them
+    message = re.sub(
+        r"run gpt\.tl\.embed_cells\(reference, method='(\w)', key_added='([^']+)'\) first",
+        rf"run `genept embed-cells {reference} {reference} --method \1 --key-added \2` first",
+        message,
+    )
+    message = re.sub(
+        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\(adata\)",
+        r"\1 `genept embed-genes` (or add --embed-genes)",
+        message,
+    )
+    message = re.sub(
+        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\(reference(?:, key_added='([^']+)')?\)",
+        lambda m: (
+            f"{m.group(1)} `genept embed-genes {reference} {reference}"
+            + (f" --key-added {m.group(2)}`" if m.group(2) else "`")
+        ),
+        message,
+    )
+    message = message.replace(
+        "run sc.pp.highly_variable_genes(adata)",
+        "add that column first (sc.pp.highly_variable_genes writes highly_variable)",
+    )
     message = message.replace("mask_var=False", "--all-genes")
     names = "|".join(_FLAG_ARGS)
     flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
@@ -345,6 +372,7 @@ def _as_flags(message: str) -> str:
         lambda m: f"--{m.group(1)}" if m.group(2) == "True" else f"no --{m.group(1)}",
         message,
     )
+    message = re.sub(rf"(--(?:{names.replace('_', '-')})) '([^'\s]+)'", r"\1 \2", message)
     message = re.sub(r"--n-genes None\b", "--n-genes all", message)
     return re.sub(r"(--n-genes \S+ \(reference: )None\)", r"\1all)", message)
 
@@ -484,7 +512,7 @@ def _embed_cells(args) -> None:
         try:
             embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
         except (ValueError, KeyError) as e:  # name the flags, not the Python arguments
-            raise CLIError(_as_flags(_one_line(e))) from e
+            raise CLIError(_as_flags(_one_line(e), args.reference)) from e
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched

@@ -59,18 +59,29 @@ def matrix_var_names(adata: AnnData, use_raw: bool | None) -> pd.Index:
     return pd.Index((adata.raw.var_names if use_raw else adata.var_names).astype(str))
 
 
-def gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -> np.ndarray:
-    """``varm[gene_key]`` aligned to the genes of the matrix in use (``raw`` or ``X``)."""
+def gene_embedding_matrix(
+    adata: AnnData, gene_key: str, use_raw: bool | None, name: str = "adata"
+) -> np.ndarray:
+    """``varm[gene_key]`` aligned to the genes of the matrix in use (``raw`` or ``X``).
+
+    ``name`` is how errors call ``adata``: ``"reference"`` for the vectors a reference
+    was embedded with, whose key is the recorded one (no ``gene_key=`` to pass).
+    """
+    fix = (
+        f"gpt.tl.embed_genes({name}) first (or pass gene_key=; varm keys: "
+        f"{list(adata.varm.keys())})"
+        if name == "adata"
+        else f"gpt.tl.embed_genes({name}, key_added={gene_key!r}) and re-embed the {name}"
+    )
     if gene_key not in adata.varm:
         raise KeyError(
-            f"adata.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run "
-            f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
-            f"{list(adata.varm.keys())})"
+            f"{name}.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run {fix}"
         )
     E = check_gene_embeddings(
         adata.varm[gene_key],
-        f"adata.varm[{gene_key!r}]",
-        "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
+        f"{name}.varm[{gene_key!r}]",
+        f"re-run gpt.tl.embed_genes({name})"
+        + (" or pass another gene_key=" if name == "adata" else f" and re-embed the {name}"),
     )
     if not use_raw:
         return E
@@ -78,8 +89,8 @@ def gene_embedding_matrix(adata: AnnData, gene_key: str, use_raw: bool | None) -
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ValueError(
-            f"adata.var_names has duplicates (e.g. {dup}), so varm[{gene_key!r}] cannot be "
-            "matched to adata.raw's genes; run adata.var_names_make_unique() first"
+            f"{name}.var_names has duplicates (e.g. {dup}), so varm[{gene_key!r}] cannot be "
+            f"matched to {name}.raw's genes; run {name}.var_names_make_unique() first"
         )
     pos = adata.var_names.get_indexer(adata.raw.var_names)
     out = np.zeros((adata.raw.n_vars, E.shape[1]), dtype=np.float32)
@@ -252,7 +263,7 @@ def reference_gene_map(
     rows = None
     if method == "w":
         gene_key = str(params.get("gene_key", "X_genept"))
-        E = gene_embedding_matrix(reference, gene_key, use_raw)
+        E = gene_embedding_matrix(reference, gene_key, use_raw, "reference")
         if mask is not None:
             E = np.where(mask[:, None], E, np.float32(0))
         used = np.abs(E).sum(1) > 0
