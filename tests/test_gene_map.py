@@ -205,6 +205,18 @@ def test_reference_errors(ref_query):
         gpt.tl.embed_cells(query, reference=ref, mask_var=False)
     with pytest.raises(TypeError, match="reference must be an AnnData"):
         gpt.tl.embed_cells(query, reference="ref.h5ad")
+    # the reference lost its gene vectors: named as the reference's, with its recorded key
+    bare = ref.copy()
+    del bare.varm["X_genept"]
+    with pytest.raises(
+        KeyError,
+        match=r"^\"reference.varm has no 'X_genept'.*Run gpt.tl.embed_"
+        r"genes\(reference, key_added='X_genept'\) and re-embed the reference",
+    ):
+        gpt.tl.embed_cells(query, reference=bare)
+    bare.varm["X_genept"] = np.full_like(ref.varm["X_genept"], np.nan)
+    with pytest.raises(ValueError, match=r"reference.varm\['X_genept'\].*re-embed the reference"):
+        gpt.tl.embed_cells(query, reference=bare)
     # the reference's genes changed after its embedding: refused, nothing written
     moved = ref.copy()
     moved.var["highly_variable"] = HV_QUERY
