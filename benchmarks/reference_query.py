@@ -23,6 +23,7 @@ test accuracy of four ways, per dataset and split:
     python benchmarks/reference_query.py     # 3 datasets x 3 splits, pbmc_cross, liu_covid
     python benchmarks/reference_query.py --datasets pbmc3k --splits 5 --no-s
     python benchmarks/reference_query.py --no-s --whiten 0     # the gene vectors as they are
+    python benchmarks/reference_query.py --no-s --whiten 0.01  # less shrinkage
     python benchmarks/reference_query.py --no-s --control-seeds 5 --datasets pbmc_cross
 """
 
