@@ -215,7 +215,10 @@ def test_reference_errors(ref_query):
     ):
         gpt.tl.embed_cells(query, reference=bare)
     bare.varm["X_genept"] = np.full_like(ref.varm["X_genept"], np.nan)
-    with pytest.raises(ValueError, match=r"reference.varm\['X_genept'\].*re-embed the reference"):
+    with pytest.raises(
+        ValueError,
+        match=r"reference.varm\['X_genept'\].*embed_genes\(reference, key_added='X_genept'\) and re-embed the reference",
+    ):
         gpt.tl.embed_cells(query, reference=bare)
     # the reference's genes changed after its embedding: refused, nothing written
     moved = ref.copy()

@@ -67,21 +67,22 @@ def gene_embedding_matrix(
     ``name`` is how errors call ``adata``: ``"reference"`` for the vectors a reference
     was embedded with, whose key is the recorded one (no ``gene_key=`` to pass).
     """
-    fix = (
-        f"gpt.tl.embed_genes({name}) first (or pass gene_key=; varm keys: "
-        f"{list(adata.varm.keys())})"
-        if name == "adata"
-        else f"gpt.tl.embed_genes({name}, key_added={gene_key!r}) and re-embed the {name}"
-    )
+    redo = f"gpt.tl.embed_genes({name}, key_added={gene_key!r}) and re-embed the {name}"
     if gene_key not in adata.varm:
         raise KeyError(
-            f"{name}.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run {fix}"
+            f"{name}.varm has no {gene_key!r}: GenePT-w needs gene embeddings. Run "
+            + (
+                f"gpt.tl.embed_genes(adata) first (or pass gene_key=; varm keys: "
+                f"{list(adata.varm.keys())})"
+                if name == "adata"
+                else redo
+            )
         )
     E = check_gene_embeddings(
         adata.varm[gene_key],
         f"{name}.varm[{gene_key!r}]",
-        f"re-run gpt.tl.embed_genes({name})"
-        + (" or pass another gene_key=" if name == "adata" else f" and re-embed the {name}"),
+        "re-run "
+        + ("gpt.tl.embed_genes(adata) or pass another gene_key=" if name == "adata" else redo),
     )
     if not use_raw:
         return E
