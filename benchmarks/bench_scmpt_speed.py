@@ -81,7 +81,7 @@ u = query.uns["genept_scmpt"]
 print(json.dumps({"time": dt, "accuracy": u["metrics"]["accuracy"],
                   "f1_macro": u["metrics"]["f1_macro"],
                   "chosen": u.get("selection", {}).get("chosen", "fusion"),
-                  "val": {k: v["val_accuracy"] for k, v in u.get("selection", {}).get("candidates", {}).items()}}))
+                  "val": {k: round(v["val_accuracy"], 3) for k, v in u.get("selection", {}).get("candidates", {}).items()}}))
 """
 
 
