@@ -204,11 +204,14 @@ def test_embed_cells_reference_reads_the_query_through_the_reference(
     q = "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad"
     assert _run(q, tmp_path, monkeypatch, cache) == 2
     err = capsys.readouterr().err
-    fix = "genept embed-cells ref.h5ad ref.h5ad --method w --key-added X_genept_w"
+    fix = (
+        "genept embed-cells ref.h5ad ref.h5ad --method w --key-added X_genept_w "
+        "--embed-genes --gene-key X_genept"  # it has no gene vectors either
+    )
     assert f"run `{fix}` first" in err and "gpt.tl" not in err
-    assert not any(k in ad.read_h5ad(tmp_path / "query.h5ad").obsm for k in ("X_genept_w",))
+    assert "X_genept_w" not in ad.read_h5ad(tmp_path / "query.h5ad").obsm
     cmds = [
-        fix + " --embed-genes",
+        fix,  # the command as the error gave it
         "genept embed-cells query.h5ad alone.h5ad --method w --embed-genes",
         "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad",
     ]
@@ -339,7 +342,8 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
         # Python steps that have a command are given as the command
         (
             "run gpt.tl.embed_cells(reference, method='s', key_added='X_s') first",
-            "run `genept embed-cells 'my ref.h5ad' 'my ref.h5ad' --method s --key-added X_s` first",
+            "run `genept embed-cells 'my ref.h5ad' 'my ref.h5ad' --method s --key-added X_s "
+            "--more` first",
         ),
         (
             "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
@@ -356,4 +360,4 @@ def test_errors_name_the_flags(message, expected):
     """`embed-cells` errors: the function's argument names become the command's flags."""
     from genept.cli import _as_flags
 
-    assert _as_flags(message, "my ref.h5ad") == expected
+    assert _as_flags(message, "my ref.h5ad", " --more") == expected

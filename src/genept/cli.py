@@ -307,14 +307,14 @@ _FLAG_ARGS = (
 _SWITCHES = ("use-raw", "hash-names", "shuffle")
 
 
-def _as_flags(message: str, reference: str | None = None) -> str:
+def _as_flags(message: str, reference: str | None = None, ref_flags: str = "") -> str:
     """An ``embed_cells`` error message with its arguments written as ``embed-cells`` flags.
 
     Values are written as the command takes them: ``--n-genes all`` for ``None``, a
     switch as ``--shuffle`` / ``no --shuffle``, or ``on`` / ``off`` where a setting is
     compared with the reference's; a string without spaces unquoted. Python steps that
-    have a command (``gpt.tl.embed_genes``, embedding the ``reference`` file) are given
-    as that command.
+    have a command (``gpt.tl.embed_genes``, embedding the ``reference`` file, with
+    ``ref_flags`` added) are given as that command.
 
     Examples
     --------
@@ -334,19 +334,18 @@ def _as_flags(message: str, reference: str | None = None) -> str:
     # the steps a message gives in Python, as commands where the command line has them
     message = re.sub(
         r"run gpt\.tl\.embed_cells\(reference, method='(\w)', key_added='([^']+)'\) first",
-        rf"run `genept embed-cells {reference} {reference} --method \1 --key-added \2` first",
-        message,
-    )
-    message = re.sub(
-        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\(adata\)",
-        r"\1 `genept embed-genes` (or add --embed-genes)",
-        message,
-    )
-    message = re.sub(
-        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\(reference(?:, key_added='([^']+)')?\)",
         lambda m: (
-            f"{m.group(1)} `genept embed-genes {reference} {reference}"
-            + (f" --key-added {m.group(2)}`" if m.group(2) else "`")
+            f"run `genept embed-cells {reference} {reference} --method {m[1]} "
+            f"--key-added {m[2]}{ref_flags}` first"
+        ),
+        message,
+    )
+    message = re.sub(
+        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\((adata|reference)(?:, key_added='(.+?)')?\)",
+        lambda m: (
+            f"{m[1]} `genept embed-genes {reference} {reference} --key-added {m[3]}`"
+            if m[2] == "reference"
+            else f"{m[1]} `genept embed-genes` (or add --embed-genes)"
         ),
         message,
     )
@@ -512,7 +511,10 @@ def _embed_cells(args) -> None:
         try:
             embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
         except (ValueError, KeyError) as e:  # name the flags, not the Python arguments
-            raise CLIError(_as_flags(_one_line(e), args.reference)) from e
+            # embedding the reference needs its gene vectors too (GenePT-w)
+            genes = args.method == "w" and ref is not None and args.gene_key not in ref.varm
+            more = f" --embed-genes --gene-key {args.gene_key}" if genes else ""
+            raise CLIError(_as_flags(_one_line(e), args.reference, more)) from e
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched
