@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -204,10 +205,8 @@ def test_embed_cells_reference_reads_the_query_through_the_reference(
     q = "genept embed-cells query.h5ad query.h5ad --method w --reference ref.h5ad"
     assert _run(q, tmp_path, monkeypatch, cache) == 2
     err = capsys.readouterr().err
-    fix = (
-        "genept embed-cells ref.h5ad ref.h5ad --method w --key-added X_genept_w "
-        "--embed-genes --gene-key X_genept"  # it has no gene vectors either
-    )
+    # (it has no gene vectors either)
+    fix = "genept embed-cells ref.h5ad ref.h5ad --method w --key-added X_genept_w --embed-genes"
     assert f"run `{fix}` first" in err and "gpt.tl" not in err
     assert "X_genept_w" not in ad.read_h5ad(tmp_path / "query.h5ad").obsm
     cmds = [
@@ -338,16 +337,21 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
             "gene_model='x', prefix_key, normalize_total",
             "gene_model='x', prefix_key, normalize_total",
         ),
-        ("pass method='s'; gene_key='a b'", "pass --method s; --gene-key 'a b'"),
-        # Python steps that have a command are given as the command
+        # values quoted for the shell where they need it, and only there
+        (
+            "pass method='s'; gene_key='a b' (reference: 'X_genept'), model='$HOME'",
+            "pass --method s; --gene-key 'a b' (reference: X_genept), --model '$HOME'",
+        ),
+        # Python steps that have a command are given as the command, with the paths
         (
             "run gpt.tl.embed_cells(reference, method='s', key_added='X_s') first",
             "run `genept embed-cells 'my ref.h5ad' 'my ref.h5ad' --method s --key-added X_s "
-            "--more` first",
+            "--whiten 0.0` first",
         ),
         (
             "re-run gpt.tl.embed_genes(adata) or pass another gene_key=",
-            "re-run `genept embed-genes` (or add --embed-genes) or pass another --gene-key",
+            "re-run `genept embed-genes q.h5ad q.h5ad --key-added X_g` (or add --embed-genes) "
+            "or pass another --gene-key",
         ),
         (
             "Run gpt.tl.embed_genes(reference, key_added='X') and re-embed the reference",
@@ -358,6 +362,39 @@ def test_embed_cells_gene_options_are_the_functions(workdir, monkeypatch, tmp_pa
 )
 def test_errors_name_the_flags(message, expected):
     """`embed-cells` errors: the function's argument names become the command's flags."""
-    from genept.cli import _as_flags
+    from genept._cli_messages import as_flags
 
-    assert _as_flags(message, "my ref.h5ad", " --more") == expected
+    paths = dict(input="q.h5ad", reference="my ref.h5ad", gene_key="X_g")
+    assert as_flags(message, **paths, ref_flags=" --whiten 0.0") == expected
+
+
+def test_paths_are_not_rewritten_as_arguments():
+    """A path holding ``name=value`` (e.g. a Hydra run folder) stays as it is."""
+    from genept._cli_messages import as_flags
+
+    ref = "runs/method=w,whiten=0.1/shuffle=True/ref.h5ad"
+    got = as_flags(
+        "run gpt.tl.embed_cells(reference, method='w', key_added='X_genept_w') first",
+        reference=ref,
+    )
+    assert got == f"run `genept embed-cells {ref} {ref} --method w --key-added X_genept_w` first"
+
+
+def test_suggested_reference_command_runs_as_given(workdir, monkeypatch, tmp_path, capsys):
+    """The line that embeds a reference carries the query's settings: run as the error
+    gives it, the query command then succeeds (GenePT-w with other whitening and gene key,
+    GenePT-s with other sentence settings)."""
+    cache = tmp_path / "cache"
+    queries = [
+        "genept embed-cells query.h5ad q.h5ad --reference ref.h5ad --whiten 0.5 --gene-key X_k",
+        "genept embed-cells query.h5ad q.h5ad --reference ref.h5ad --method s --model "
+        "all-MiniLM-L6-v2 --n-genes 10 --windows 2 --prefix ''",
+    ]
+    for q in queries:
+        for name in ("ref", "query"):
+            shutil.copy(workdir / f"{name}.h5ad", tmp_path / f"{name}.h5ad")
+        assert _run(q, tmp_path, monkeypatch, cache) == 2
+        fix = re.search(r"run `(genept embed-cells [^`]+)` first", capsys.readouterr().err)[1]
+        assert _run(fix, tmp_path, monkeypatch, cache) == 0, fix
+        capsys.readouterr()
+        assert _run(q, tmp_path, monkeypatch, cache) == 0, capsys.readouterr().err

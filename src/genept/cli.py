@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -297,85 +298,6 @@ def _write(adata, path: str) -> None:
     atomic_write_h5ad(adata, path)
 
 
-#: embed_cells arguments that embed-cells takes as flags: their names in an error
-#: message are given as the flags (``mask_var=False`` is ``--all-genes``)
-_FLAG_ARGS = (
-    "method", "layer", "use_raw", "mask_var", "whiten", "gene_key", "normalize", "model",
-    "n_genes", "prefix", "gene_symbols", "hash_names", "shuffle", "windows", "window_decay",
-)  # fmt: skip
-#: the flags among them that take no value
-_SWITCHES = ("use-raw", "hash-names", "shuffle")
-
-
-def _as_flags(message: str, reference: str | None = None, ref_flags: str = "") -> str:
-    """An ``embed_cells`` error message with its arguments written as ``embed-cells`` flags.
-
-    Values are written as the command takes them: ``--n-genes all`` for ``None``, a
-    switch as ``--shuffle`` / ``no --shuffle``, or ``on`` / ``off`` where a setting is
-    compared with the reference's; a string without spaces unquoted. Python steps that
-    have a command (``gpt.tl.embed_genes``, embedding the ``reference`` file, with
-    ``ref_flags`` added) are given as that command.
-
-    Examples
-    --------
-    >>> _as_flags("pass mask_var=False for all genes")
-    'pass --all-genes for all genes'
-    >>> _as_flags("but n_genes=10 (reference: None), whiten=0.0 (reference: 0.1)")
-    'but --n-genes 10 (reference: all), --whiten 0.0 (reference: 0.1)'
-    >>> _as_flags("hash_names=False (reference: True); or pass use_raw=True")
-    '--hash-names off (reference: on); or pass --use-raw'
-    >>> _as_flags("(or pass gene_key=; varm keys: [])")
-    '(or pass --gene-key; varm keys: [])'
-    """
-    import re
-    import shlex
-
-    reference = shlex.quote(reference) if reference else "REFERENCE.h5ad"
-    # the steps a message gives in Python, as commands where the command line has them
-    message = re.sub(
-        r"run gpt\.tl\.embed_cells\(reference, method='(\w)', key_added='([^']+)'\) first",
-        lambda m: (
-            f"run `genept embed-cells {reference} {reference} --method {m[1]} "
-            f"--key-added {m[2]}{ref_flags}` first"
-        ),
-        message,
-    )
-    message = re.sub(
-        r"\b(re-run|run|Run) gpt\.tl\.embed_genes\((adata|reference)(?:, key_added='(.+?)')?\)",
-        lambda m: (
-            f"{m[1]} `genept embed-genes {reference} {reference} --key-added {m[3]}`"
-            if m[2] == "reference"
-            else f"{m[1]} `genept embed-genes` (or add --embed-genes)"
-        ),
-        message,
-    )
-    message = message.replace(
-        "run sc.pp.highly_variable_genes(adata)",
-        "add that column first (sc.pp.highly_variable_genes writes highly_variable)",
-    )
-    message = message.replace("mask_var=False", "--all-genes")
-    names = "|".join(_FLAG_ARGS)
-    flag = lambda m: "--" + m.group(1).replace("_", "-")  # noqa: E731
-    message = re.sub(rf"\b({names})=(?=[;,)\s]|$)", flag, message)  # "pass gene_key=;"
-    message = re.sub(rf"\b({names})=", lambda m: flag(m) + " ", message)
-    # values as the command takes them
-    on = {"True": "on", "False": "off"}
-    switches = "|".join(_SWITCHES)
-    message = re.sub(
-        rf"--({switches}) (True|False) \(reference: (True|False)\)",
-        lambda m: f"--{m.group(1)} {on[m.group(2)]} (reference: {on[m.group(3)]})",
-        message,
-    )
-    message = re.sub(
-        rf"--({switches}) (True|False)\b",
-        lambda m: f"--{m.group(1)}" if m.group(2) == "True" else f"no --{m.group(1)}",
-        message,
-    )
-    message = re.sub(rf"(--(?:{names.replace('_', '-')})) '([^'\s]+)'", r"\1 \2", message)
-    message = re.sub(r"--n-genes None\b", "--n-genes all", message)
-    return re.sub(r"(--n-genes \S+ \(reference: )None\)", r"\1all)", message)
-
-
 def _one_line(e: BaseException, limit: int = 400) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
@@ -496,10 +418,10 @@ def _embed_cells(args) -> None:
         need_genes = args.method == "w" and ref is None and args.gene_key not in adata.varm
         if args.method == "w" and ref is None and (args.embed_genes or need_genes):
             if not args.embed_genes:
+                i, k = shlex.quote(args.input), shlex.quote(args.gene_key)
                 raise CLIError(
                     f"{args.input} has no varm[{args.gene_key!r}]: run `genept embed-genes "
-                    f"{args.input} {args.input} --key-added {args.gene_key}` first or add "
-                    "--embed-genes"
+                    f"{i} {i} --key-added {k}` first or add --embed-genes"
                 )
             embed_genes(adata, source=args.gene_source, key_added=args.gene_key)
         options = _options(args, EMBED_CELLS_OPTIONS)
@@ -510,11 +432,8 @@ def _embed_cells(args) -> None:
             options["mask_var"] = False if args.all_genes else args.mask_var
         try:
             embed_cells(adata, use_raw=args.use_raw or None, reference=ref, **options)
-        except (ValueError, KeyError) as e:  # name the flags, not the Python arguments
-            # embedding the reference needs its gene vectors too (GenePT-w)
-            genes = args.method == "w" and ref is not None and args.gene_key not in ref.varm
-            more = f" --embed-genes --gene-key {args.gene_key}" if genes else ""
-            raise CLIError(_as_flags(_one_line(e), args.reference, more)) from e
+        except (ValueError, KeyError) as e:  # in the command's words
+            raise CLIError(_in_flags(_one_line(e), args, ref)) from e
         key = args.key_added or f"X_genept_{args.method}"
         if adata.isbacked:
             adata = adata.to_memory()  # the backed file stays untouched
@@ -526,6 +445,29 @@ def _embed_cells(args) -> None:
     print(
         f"{adata.n_obs} cells embedded with GenePT-{args.method} "
         f"({adata.obsm[key].shape[1]}-d) -> {args.output} obsm[{key!r}]"
+    )
+
+
+def _in_flags(message: str, args, ref) -> str:
+    """An ``embed_cells`` error in ``embed-cells``' words.
+
+    The line that embeds the reference gets this command's settings (and
+    ``--embed-genes`` where the reference has no gene vectors).
+    """
+    from ._cli_messages import as_flags, given_flags
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    skip = ("method", "key_added", "reference", "embed_genes")  # in the message or moot
+    skip += ("verbose", "no_progress", "cache_dir", "backed", "device", "batch_size")
+    ref_flags = given_flags(sub.choices["embed-cells"], args, skip)
+    if args.method == "w" and ref is not None and args.gene_key not in ref.varm:
+        ref_flags += " --embed-genes"
+    return as_flags(
+        message,
+        input=args.input,
+        reference=args.reference or "REFERENCE.h5ad",
+        ref_flags=ref_flags,
+        gene_key=args.gene_key,
     )
 
 
