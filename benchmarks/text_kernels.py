@@ -16,11 +16,12 @@ stratified 80/20 splits) on the highly variable genes of each real labelled data
 and each text kernel again with its rows shuffled among the genes that have a card
 (the same spectrum, no gene identity). Then text kept only where the data agree:
 
-* ``I + b C_5``: the 5-nearest-neighbour graph of the genes' positive expression
-  correlations over the cells (co-expression smoothing, no text);
-* ``I + b (S ⊙ C)_5``: the same graph of the product of the default gene vectors' cosine
-  (clipped at 0) and that correlation: two genes are smoothed together only where their
-  texts and their expression agree; and the control, with Gaussian random gene vectors.
+* ``I + b C_5`` (b in {0.5, 1}): the 5-nearest-neighbour graph of the genes' positive
+  expression correlations over the cells (co-expression smoothing, no text);
+* ``I + b (S ⊙ C)_5``: the same graph of the product of the default gene vectors'
+  cosine (the vectors as shipped, not whitened; clipped at 0) and that correlation: two
+  genes are smoothed together only where their texts and their expression agree; and
+  the control, with Gaussian random gene vectors.
 
 ::
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         y = a.obs[annotation_real.LABEL].to_numpy()
         for rep, Z in kernels(a, vectorizer).items():
             table.setdefault(rep, {})[name] = acc = knn_accuracy(Z, y, args.splits)
-            print(f"{name:22s} {rep:28s} 10-NN {acc:.3f}", flush=True)
+            print(f"{name:22s} {rep:36s} 10-NN {acc:.3f}", flush=True)
     print(f"\n10-NN accuracy, mean of {args.splits} splits:\n")
     print("| representation | " + " | ".join(args.datasets) + " |")
     print("|---|" + "---:|" * len(args.datasets))
