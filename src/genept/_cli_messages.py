@@ -31,6 +31,12 @@ def _shell(literal: str) -> str:
     return shlex.quote(ast.literal_eval(literal))
 
 
+def embed_genes_command(path: str, key: str) -> str:
+    """The ``genept embed-genes`` line that writes gene vectors to ``varm[key]`` of ``path``."""
+    path = shlex.quote(path)
+    return f"`genept embed-genes {path} {path} --key-added {shlex.quote(key)}`"
+
+
 def as_flags(
     message: str,
     *,
@@ -58,7 +64,7 @@ def as_flags(
     >>> as_flags("hash_names=False (reference: True); or pass use_raw=True")
     '--hash-names off (reference: on); or pass --use-raw'
     """
-    ref, inp = shlex.quote(reference), shlex.quote(input)
+    ref = shlex.quote(reference)
     commands: list[str] = []
 
     def command(text: str) -> str:  # a placeholder: no later rewrite touches it
@@ -79,17 +85,13 @@ def as_flags(
     )
     message = re.sub(
         rf"\b(re-run|run|Run) gpt\.tl\.embed_genes\(reference, key_added={_STR}\)",
-        lambda m: (
-            f"{m[1]} " + command(f"`genept embed-genes {ref} {ref} --key-added {_shell(m[2])}`")
-        ),
+        lambda m: f"{m[1]} " + command(embed_genes_command(reference, ast.literal_eval(m[2]))),
         message,
     )
     message = re.sub(
         r"\b(re-run|run|Run) gpt\.tl\.embed_genes\(adata\)",
         lambda m: (
-            f"{m[1]} "
-            + command(f"`genept embed-genes {inp} {inp} --key-added {shlex.quote(gene_key)}`")
-            + " (or add --embed-genes)"
+            f"{m[1]} " + command(embed_genes_command(input, gene_key)) + " (or add --embed-genes)"
         ),
         message,
     )
@@ -127,7 +129,8 @@ def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, skip=
     """The options of ``parser`` that ``args`` sets to other values than the defaults.
 
     Written as a command line (``" --whiten 0.0 --model x"``, a switch as its flag alone,
-    values shell-quoted), in the parser's order; ``skip``: destinations left out.
+    values shell-quoted, ``None`` as ``all``: ``--n-genes``' value for every gene), in the
+    parser's order; ``skip``: destinations left out.
     """
     out = []
     for action in parser._actions:  # argparse has no public list

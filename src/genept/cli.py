@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -418,10 +417,11 @@ def _embed_cells(args) -> None:
         need_genes = args.method == "w" and ref is None and args.gene_key not in adata.varm
         if args.method == "w" and ref is None and (args.embed_genes or need_genes):
             if not args.embed_genes:
-                i, k = shlex.quote(args.input), shlex.quote(args.gene_key)
+                from ._cli_messages import embed_genes_command
+
                 raise CLIError(
-                    f"{args.input} has no varm[{args.gene_key!r}]: run `genept embed-genes "
-                    f"{i} {i} --key-added {k}` first or add --embed-genes"
+                    f"{args.input} has no varm[{args.gene_key!r}]: run "
+                    f"{embed_genes_command(args.input, args.gene_key)} first or add --embed-genes"
                 )
             embed_genes(adata, source=args.gene_source, key_added=args.gene_key)
         options = _options(args, EMBED_CELLS_OPTIONS)

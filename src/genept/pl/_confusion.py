@@ -162,10 +162,8 @@ def confusion_matrix(
             f"first (annotation columns present: {[c for c in adata.obs.columns if c + '_confidence' in adata.obs]})"
         )
     if label_key is None:
-        params = (
-            adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
-        )
-        label_key = params.get("label_key")
+        record = adata.uns.get(key)  # uns[key] as written (no X_ prefix handling: a column)
+        label_key = record.get("params", {}).get("label_key") if isinstance(record, dict) else None
         if label_key is None:
             raise ValueError(f"uns[{key!r}] records no label_key; pass label_key=...")
     if label_key not in adata.obs:
