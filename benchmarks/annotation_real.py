@@ -33,6 +33,11 @@ split by it instead of at random: each value in turn is the reference, the rest 
     python benchmarks/annotation_real.py --h5ad my.h5ad --label cell_type
     python benchmarks/annotation_real.py --datasets pbmc_cross     # across sources
     python benchmarks/annotation_real.py --h5ad my.h5ad --label cell_type --shift donor --batch donor
+    python benchmarks/annotation_real.py --no-s --gene-vectors ada-002   # the papers' vectors
+
+``--gene-vectors`` swaps the gene vectors behind GenePT-w (and the shape of its random
+control) for GenePT's precomputed ones or its NCBI summaries, read from GenePT's Zenodo
+archive (``--zenodo-archive``: a copy downloaded on another machine).
 """
 
 from __future__ import annotations
@@ -122,14 +127,58 @@ def celltypist_predict(ref: ad.AnnData, query: ad.AnnData, *, sgd: bool) -> np.n
             check_expression=False,
             n_jobs=1,
             max_iter=200 if not sgd else 1000,
+            random_state=0,  # to the classifier: SGD's shuffling is otherwise unseeded
         )
         pred = celltypist.annotate(query, model=model, majority_voting=False)
     return pred.predicted_labels["predicted_labels"].astype(str).to_numpy()
 
 
-def add_genept(a: ad.AnnData, with_s: bool) -> list[str]:
-    """GenePT-w / -s (text and controls) in obsm; returns the keys added."""
-    gpt.tl.embed_genes(a, show_progress=False)
+#: ``--gene-vectors``: the shipped default, GenePT's precomputed vectors, or GenePT's NCBI
+#: summaries encoded by the default text encoder
+GENE_VECTORS = ("default", "ada-002", "3-large", "ncbi")
+
+
+def gene_source(kind: str = "default", archive: str | None = None):
+    """``gpt.tl.embed_genes``'s ``source`` for ``--gene-vectors kind``.
+
+    ``"ada-002"`` / ``"3-large"``: :func:`genept.datasets.genept_embeddings` (the papers'
+    vectors); ``"ncbi"``: :func:`genept.datasets.ncbi_summaries`, the texts behind
+    ``"ada-002"``, encoded by genept's default encoder (MiniLM). Both read GenePT's Zenodo
+    archive: downloaded once, or ``archive``, the path of a copy downloaded elsewhere.
+    """
+    if kind not in GENE_VECTORS:
+        raise SystemExit(f"--gene-vectors must be one of {', '.join(GENE_VECTORS)}, got {kind!r}")
+    if kind == "default":
+        if archive:
+            raise SystemExit("--zenodo-archive is for --gene-vectors ada-002, 3-large or ncbi")
+        return "cards"
+    if kind == "ncbi":
+        return gpt.datasets.ncbi_summaries(url=archive)
+    return gpt.datasets.genept_embeddings(kind, url=archive)
+
+
+def add_gene_vector_args(p: argparse.ArgumentParser) -> None:
+    """``--gene-vectors`` and ``--zenodo-archive`` (this script and ``random_control_seeds.py``)."""
+    p.add_argument(
+        "--gene-vectors", default="default", choices=GENE_VECTORS,
+        help="gene vectors of GenePT-w and its random control (same shape): 'default' "
+        "(genept's shipped table), 'ada-002' / '3-large' (GenePT's precomputed vectors, "
+        "the papers'), 'ncbi' (GenePT's NCBI summaries encoded by MiniLM); the last three "
+        "read GenePT's Zenodo archive (575 MB, downloaded once)",
+    )  # fmt: skip
+    p.add_argument(
+        "--zenodo-archive", metavar="PATH",
+        help="GenePT_emebdding_v2.zip downloaded elsewhere (Zenodo record 10833191), "
+        "for a machine without network",
+    )  # fmt: skip
+
+
+def add_genept(a: ad.AnnData, with_s: bool, source="cards") -> list[str]:
+    """GenePT-w / -s (text and controls) in obsm; returns the keys added.
+
+    ``source``: the gene vectors' (:func:`gene_source`); GenePT-s does not use them.
+    """
+    gpt.tl.embed_genes(a, source=source, show_progress=False)
     keys = []
     gpt.tl.embed_cells(a, method="w", key_added="X_genept_w", show_progress=False)
     gpt.tl.embed_cells(
@@ -180,12 +229,13 @@ def run(
     seeds: tuple[int, ...] = (0,),
     scmpt_options: dict | None = None,
     batch_key: str | None = None,
+    gene_source="cards",
 ) -> list[dict]:
     """Embed once; annotate on each split (stratified ``seeds``, or each ``shifts``
     reference/query split); then cluster (and batch) metrics of every representation."""
     t0 = time.perf_counter()
     a = prepare(a, x_kind, batch_key)
-    keys = add_genept(a, with_s)
+    keys = add_genept(a, with_s, gene_source)
     t_embed = time.perf_counter() - t0
     rows: list[dict] = []
     for shift in shifts:
@@ -416,12 +466,15 @@ def main() -> None:
         "--scmpt-options", default="{}", type=json.loads,
         help='annotate_scmpt options as JSON, e.g. \'{"select": "best"}\' (default: its defaults)',
     )  # fmt: skip
+    add_gene_vector_args(p)
     p.add_argument("--json", help="also write every row as JSON here")
     p.add_argument("--from-json", help="only print the markdown table of a --json file")
     args = p.parse_args()
     if args.from_json:
         print(markdown(json.loads(Path(args.from_json).read_text())))
         return
+    source = gene_source(args.gene_vectors, args.zenodo_archive)
+    print(f"gene vectors of GenePT-w and its control: {args.gene_vectors}")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     gpt.settings.progress = False
@@ -462,6 +515,7 @@ def main() -> None:
             seeds=tuple(range(args.splits)),
             scmpt_options=args.scmpt_options,
             batch_key=batch_key,
+            gene_source=source,
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))

@@ -15,6 +15,10 @@ control's mean and SD over the seeds, and the text's margin in those SDs.
     python benchmarks/random_control_seeds.py                  # every dataset, 5 seeds
     python benchmarks/random_control_seeds.py --datasets pbmc_cross --seeds 10
     python benchmarks/random_control_seeds.py --datasets immune3 --holdout   # leave-one-out
+    python benchmarks/random_control_seeds.py --gene-vectors ada-002   # GenePT's own vectors
+
+``--gene-vectors`` / ``--zenodo-archive``: as in ``annotation_real.py`` (the text vectors
+and the random draws then have the other vectors' size, 1536 for ada-002).
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ def accuracies(
     return out
 
 
-def run(name: str, n_seeds: int, n_splits: int, holdout: bool = False) -> None:
+def run(
+    name: str, n_seeds: int, n_splits: int, holdout: bool = False, source="cards"
+) -> None:
     info = real_datasets.DATASETS[name]
     a = real_datasets.load(name)
     a.obs[LABEL] = a.obs[info["label_key"]]
     a = ar.prepare(a, info["x_kind"], info.get("batch_key"))
-    gpt.tl.embed_genes(a, show_progress=False)
+    gpt.tl.embed_genes(a, source=source, show_progress=False)
     gpt.tl.embed_cells(a, method="w", key_added="X_text", show_progress=False)
     E = np.asarray(a.varm["X_genept"])
     has = np.abs(E).sum(1) > 0
@@ -89,9 +95,10 @@ def run(name: str, n_seeds: int, n_splits: int, holdout: bool = False) -> None:
         for m, method in enumerate(("10-NN cosine", "MLP probe")):
             text, rand = acc[0, m], acc[1:, m]
             sd = rand.std(ddof=1) if n_seeds > 1 else float("nan")
+            margin = f"{(text - rand.mean()) / sd:+.1f}" if sd > 0 else "n/a (SD 0)"
             print(
                 f"| {name} | {how} | {method} | {text:.3f} | {rand.mean():.3f} | {sd:.3f} "
-                f"| {rand.min():.3f}-{rand.max():.3f} | {(text - rand.mean()) / sd:+.1f} |",
+                f"| {rand.min():.3f}-{rand.max():.3f} | {margin} |",
                 flush=True,
             )
 
@@ -107,9 +114,12 @@ def main() -> None:
         help="datasets with a condition column: each value is the query and the rest the "
         "reference (default: each value is the reference)",
     )
+    ar.add_gene_vector_args(p)
     args = p.parse_args()
     if args.seeds < 2 or args.splits < 1:
         p.error("--seeds must be >= 2 (an SD over seeds) and --splits >= 1")
+    source = ar.gene_source(args.gene_vectors, args.zenodo_archive)
+    print(f"gene vectors of GenePT-w and its control: {args.gene_vectors}\n")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     gpt.settings.progress = False
@@ -118,7 +128,7 @@ def main() -> None:
         "|---|---|---|---:|---:|---:|---:|---:|"
     )
     for name in args.datasets or list(real_datasets.DATASETS):
-        run(name, args.seeds, args.splits, args.holdout)
+        run(name, args.seeds, args.splits, args.holdout, source)
 
 
 if __name__ == "__main__":
