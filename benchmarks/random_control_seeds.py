@@ -61,9 +61,7 @@ def accuracies(
     return out
 
 
-def run(
-    name: str, n_seeds: int, n_splits: int, holdout: bool = False, source="cards"
-) -> None:
+def run(name: str, n_seeds: int, n_splits: int, holdout: bool = False, source="cards") -> None:
     info = real_datasets.DATASETS[name]
     a = real_datasets.load(name)
     a.obs[LABEL] = a.obs[info["label_key"]]
