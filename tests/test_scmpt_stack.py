@@ -13,7 +13,16 @@ import torch
 import genept as gpt
 from genept.models import ScMPTModel, ScMPTParams
 from genept.models.scmpt._net import make_net
-from genept.models.scmpt._stack import embed_member, stack_plan, stack_weights
+from genept.models.scmpt._stack import (
+    CROSSFIT_PARTS,
+    choose_option,
+    crossfit_loglik,
+    deal,
+    embed_member,
+    stack_options,
+    stack_plan,
+    stack_weights,
+)
 from genept.tl import annotate_scmpt
 from test_scmpt_fusion import FAST, complementary_data, noise_branch_data
 
@@ -107,6 +116,79 @@ def test_a_member_over_every_input_computes_the_same(branches, hidden):
     torch.testing.assert_close(got_other, want)
 
 
+# ------------------------------------------------------- which candidates are stacked
+def test_deal_is_stratified_and_balanced():
+    labels = np.repeat([0, 1, 2], [23, 7, 2])
+    parts = deal(labels, 5, seed=3)
+    assert set(parts) == set(range(5))
+    sizes = np.bincount(parts)
+    assert sizes.max() - sizes.min() <= 1  # 32 cells -> 7, 7, 6, 6, 6
+    for c in range(3):  # each label spread as evenly as it can be
+        per = np.bincount(parts[labels == c], minlength=5)
+        assert per.max() - per.min() <= 1
+    np.testing.assert_array_equal(parts, deal(labels, 5, seed=3))  # seeded
+    assert not np.array_equal(parts, deal(labels, 5, seed=4))
+
+
+def test_crossfit_loglik_fits_each_part_on_the_others():
+    rng = np.random.default_rng(0)
+    P = rng.uniform(0.05, 1, size=(40, 3))
+    parts = np.arange(40) % 4
+    got = crossfit_loglik(P, parts)
+    for j in range(4):  # independent recomputation, part by part
+        w = stack_weights(P[parts != j])
+        w = np.where(w >= 0.01, w, 0.0)
+        w /= w.sum()
+        np.testing.assert_allclose(got[parts == j], np.log(P[parts == j] @ w))
+    # one candidate: its own log-probabilities
+    np.testing.assert_allclose(crossfit_loglik(P[:, [1]], parts), np.log(P[:, 1]))
+
+
+def test_stack_options_list_each_input_alone_then_all():
+    cands = [
+        ("fusion", [0, 1, 2], [8]),
+        *[(k, [i], [8]) for i, k in enumerate("ABC")],
+        *[(f"{k} (linear)", [i], []) for i, k in enumerate("ABC")],
+        ("linear", [0, 1, 2], []),
+    ]
+    opts = stack_options(cands)
+    assert list(opts) == [
+        "A", "B", "C", "A + A (linear)", "B + B (linear)", "C + C (linear)", "stack"
+    ]  # fmt: skip
+    assert opts["stack"] == [c[0] for c in cands]
+    # networks without hidden layers: an input's only candidate is listed once
+    flat = [("fusion", [0, 1], []), ("A", [0], []), ("B", [1], [])]
+    assert stack_options(flat) == {"A": ["A"], "B": ["B"], "stack": ["fusion", "A", "B"]}
+
+
+def test_choose_option_keeps_the_simplest_set_within_the_margin():
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = np.arange(n) % 4
+    good = rng.uniform(0.6, 0.95, n)
+    # "B" adds nothing to "A" (the same probabilities): the single network is kept
+    order = ["A", "B", "fusion"]
+    opts = {"A": ["A"], "B": ["B"], "stack": order}
+    tie = np.stack([good, good, good], 1)
+    kept, table = choose_option(tie, order, opts, labels)
+    assert kept == "A" and table["A"]["deficit"] == pytest.approx(0.0, abs=1e-9)
+    # a fusion that is right where each branch is unsure: the full stack, by many SEs
+    a = np.where(labels < 2, 0.9, 0.3)
+    b = np.where(labels < 2, 0.3, 0.9)
+    sharp = np.stack([a, b, np.full(n, 0.95)], 1)
+    kept, table = choose_option(sharp, order, opts, labels)
+    assert kept == "stack"
+    assert table["A"]["deficit"] > 5 * table["A"]["se"] > 0
+    assert table["stack"]["loglik"] == pytest.approx(np.log(0.95))
+    # a set a little better than the simplest one but within noise: kept with margin 0
+    slightly = np.stack([good, np.clip(good + rng.normal(0.01, 0.1, n), 0.05, 1), good], 1)
+    by_loglik = max(opts, key=lambda o: choose_option(slightly, order, opts, labels)[1][o]["loglik"])
+    assert choose_option(slightly, order, opts, labels, margin=0)[0] == by_loglik
+    assert choose_option(slightly, order, opts, labels, margin=1e6)[0] == "A"
+    # the parts are the library's (seeded by the model's random_state)
+    assert CROSSFIT_PARTS == 5
+
+
 # ------------------------------------------------------------------- the model
 def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp_path):
     ref = noise_branch_data()
@@ -120,7 +202,13 @@ def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp
     # the noise branch alone is near chance: (almost) no weight; the informative one most
     assert raw["B"] + raw["B (linear)"] < 0.05
     assert raw["A"] + raw["A (linear)"] > 0.5
+    # and the sets compared: the noise adds nothing, so the stack keeps A's own candidates
+    options = sel["candidates"]["stack"]["options"]
+    assert list(options) == ["A", "B", "A + A (linear)", "B + B (linear)", "stack"]
+    assert sel["candidates"]["stack"]["kept"] in {"A", "A + A (linear)"}
+    assert options["B"]["deficit"] > 10 * options["B"]["se"]
     plan = sel["weights"]
+    assert set(plan) <= {"A", "A (linear)"}
     assert sum(plan.values()) == pytest.approx(1.0) and all(v >= 0.01 for v in plan.values())
     # members: two seeds per network candidate, one per logistic regression
     n_members = sum(1 if "linear" in n else 2 for n in plan)
@@ -181,6 +269,7 @@ def test_stack_of_complementary_branches_leans_on_the_fusions():
     raw = m.selection["candidates"]["stack"]["weights"]
     # each branch alone confuses a pair of classes: the fusions carry the mix
     assert raw["fusion"] + raw["linear"] > 0.8
+    assert m.selection["candidates"]["stack"]["kept"] == "stack"
     assert m.selection["candidates"]["A (linear)"]["val_accuracy"] < 0.85
     assert m.validation["accuracy_mean"] > 0.95
     assert m.selection["candidates"]["stack"]["pooled"]["accuracy"] > 0.95

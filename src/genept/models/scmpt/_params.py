@@ -96,7 +96,15 @@ select
     representation alone, ``"<key> (linear)"`` -- whose weights maximise the
     likelihood of the held-out labels (stacking, the "super learner" of van der Laan et
     al. 2007; candidates under 1% are dropped): a weak or noisy branch gets little
-    weight, complementary ones share it. ``"best"``: one candidate, or ``"fusion+linear"`` (the average of
+    weight, complementary ones share it. Which candidates are mixed is chosen first:
+    each representation's network alone (scMPT on that representation), each
+    representation's own candidates, or all of them, each set scored by its
+    cross-fitted log-likelihood (its weights fit on four fifths of the held-out cells
+    and scored on the fifth, in turn); the set with the fewest candidates within
+    ``selection_margin`` standard errors of the best one is kept, so a fusion that
+    validation cannot tell apart from one of its branches falls back to that branch
+    (``selection["candidates"]["stack"]["kept"]``, the sets' scores under
+    ``"options"``). ``"best"``: one candidate, or ``"fusion+linear"`` (the average of
     the fusion's and the linear fusion's probabilities), which is kept unless another
     candidate is better on the held-out cells by more than ``selection_margin``
     standard errors. On three real datasets (pbmc68k_reduced, pbmc3k,
@@ -140,7 +148,11 @@ linear_c
     fusions, 3 splits each: mean test accuracy -0.001, from -0.022 for PCA + GenePT-w
     to +0.019 for PCA + GenePT-s), so the default stays one value.
 selection_margin
-    (``select="best"``) How much better on validation a candidate must be than
+    (``select="stack"``) How far below the best set of candidates, in standard errors
+    of the paired difference of their cross-fitted log-likelihoods over the held-out
+    cells, a set with fewer candidates may be and still be kept (the
+    one-standard-error rule; ``0``: the set with the best cross-fitted
+    log-likelihood). (``select="best"``) How much better on validation a candidate must be than
     ``"fusion+linear"`` to replace it, in standard errors of the average's own
     validation estimate (the one-standard-error rule; for accuracy
     ``sqrt(p (1 - p) / n_val)``); ``0``: the best by ``selection_metric`` (ties keep

@@ -22,11 +22,16 @@ from ._fit import LINEAR_C, record_of, refit_on_all
 from ._net import make_net
 
 __all__ = [
+    "CROSSFIT_PARTS",
     "STACK",
     "STACK_MIN_WEIGHT",
+    "choose_option",
+    "crossfit_loglik",
+    "deal",
     "embed_member",
     "fit_stack",
     "mix_proba",
+    "stack_options",
     "stack_plan",
     "stack_weights",
     "train_stack",
@@ -38,6 +43,10 @@ STACK = "stack"
 #: candidates whose stacking weight is below this are dropped (the rest renormalised):
 #: they would add training time for less than 1% of the average
 STACK_MIN_WEIGHT = 0.01
+
+#: the held-out cells are dealt into this many parts to score each set of candidates:
+#: its stacking weights fit on all parts but one, its log-likelihood on that one
+CROSSFIT_PARTS = 5
 
 
 def stack_weights(
@@ -90,6 +99,141 @@ def stack_weights(
         last = ll
     w = np.where(w < 1e-9, 0.0, w)
     return w / w.sum()
+
+
+def deal(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Part ``0..k-1`` of each cell, stratified by label.
+
+    Each label's cells are shuffled (``seed``) and dealt in turn, the next label's
+    continuing where the last one stopped, so the parts differ in size by at most one.
+
+    Examples
+    --------
+    >>> np.bincount(deal(np.array([0] * 7 + [1] * 3), 5, 0))
+    array([2, 2, 2, 2, 2])
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    part = np.empty(labels.size, dtype=np.int64)
+    start = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        part[idx] = (start + np.arange(idx.size)) % k
+        start += idx.size
+    return part
+
+
+def _kept_weights(p_true: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray:
+    """:func:`stack_weights` with the candidates under :data:`STACK_MIN_WEIGHT` dropped."""
+    w = stack_weights(p_true, sample_weight=sample_weight)
+    w = np.where(w >= STACK_MIN_WEIGHT, w, 0.0)
+    return w / w.sum() if w.sum() > 0 else np.full(w.size, 1.0 / w.size)
+
+
+def crossfit_loglik(
+    p_true: np.ndarray, parts: np.ndarray, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
+    """Each cell's log-probability of its label under a stack fit without its part.
+
+    ``p_true`` is ``(cells, candidates)`` as in :func:`stack_weights`; for each part,
+    the weights are fit on the cells of the other parts and the mix is scored on its
+    own cells. A single candidate needs no weights: its log-probabilities.
+    """
+    P = np.clip(np.asarray(p_true, dtype=np.float64), 1e-12, None)
+    if P.shape[1] == 1:
+        return np.log(P[:, 0])
+    s = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    out = np.empty(P.shape[0])
+    for j in np.unique(parts):
+        fit, score = parts != j, parts == j
+        if not fit.any():  # one part: nothing to fit on but itself
+            fit = score
+        w = _kept_weights(P[fit], None if s is None else s[fit])
+        out[score] = np.log(P[score] @ w)
+    return out
+
+
+def stack_options(cands: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> dict[str, list[str]]:
+    """The sets of candidates the stack chooses among, simplest first.
+
+    For each input: its network alone (scMPT on that input alone), then all of its own
+    candidates (network and logistic regression); last every candidate (``"stack"``).
+    A set is named by its candidates joined with ``" + "``; duplicates are dropped.
+
+    Examples
+    --------
+    >>> cands = [("fusion", [0, 1], [8]), ("A", [0], [8]), ("B", [1], [8]),
+    ...          ("A (linear)", [0], []), ("B (linear)", [1], []), ("linear", [0, 1], [])]
+    >>> list(stack_options(cands))
+    ['A', 'B', 'A + A (linear)', 'B + B (linear)', 'stack']
+    """
+    own: dict[int, list[tuple[str, bool]]] = {}
+    for name, br, hid in cands:
+        if len(br) == 1:
+            own.setdefault(int(br[0]), []).append((name, bool(len(hid))))
+    sets: list[list[str]] = []
+    for members in own.values():
+        nets = [n for n, is_net in members if is_net]
+        sets.append(nets[:1] or [members[0][0]])
+    sets += [[n for n, _ in members] for members in own.values()]
+    out: dict[str, list[str]] = {}
+    for names in [*sets, [c[0] for c in cands]]:
+        if list(names) not in out.values():
+            out[" + ".join(names) if len(names) < len(cands) else STACK] = list(names)
+    return out
+
+
+def choose_option(
+    p_true: np.ndarray,
+    order: Sequence[str],
+    options: Mapping[str, Sequence[str]],
+    labels: np.ndarray,
+    *,
+    sample_weight: np.ndarray | None = None,
+    margin: float = 1.0,
+    seed: int = 0,
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """The simplest set of candidates whose stack is within ``margin`` SEs of the best.
+
+    Each set of ``options`` (names of ``order``, the columns of ``p_true``) is scored by
+    its cross-fitted mean log-likelihood (:func:`crossfit_loglik` over
+    :data:`CROSSFIT_PARTS` parts of the held-out cells, stratified by ``labels``;
+    weighted by ``sample_weight``). The best set's lead over each other set is a paired
+    mean over the same cells, with its standard error; of the sets whose deficit is at
+    most ``margin`` standard errors (the one-standard-error rule), the one with the fewest
+    candidates is kept (ties: the higher log-likelihood). Returns its name and, per set,
+    ``{"loglik": mean, "deficit": best - mean, "se": SE of that deficit}``.
+
+    Examples
+    --------
+    Two candidates that are equally good on every cell: the single one is kept.
+
+    >>> p = np.array([[0.8, 0.8], [0.6, 0.6], [0.7, 0.7], [0.9, 0.9], [0.5, 0.5]])
+    >>> choose_option(p, ["A", "B"], {"A": ["A"], "stack": ["A", "B"]}, np.zeros(5))[0]
+    'A'
+    """
+    P = np.asarray(p_true, dtype=np.float64)
+    n = P.shape[0]
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    s = s / s.sum()
+    parts = deal(labels, CROSSFIT_PARTS, seed)
+    col = {name: i for i, name in enumerate(order)}
+    ll = {
+        o: crossfit_loglik(P[:, [col[c] for c in cs]], parts, None if sample_weight is None else s)
+        for o, cs in options.items()
+    }
+    mean = {o: float(s @ v) for o, v in ll.items()}
+    best = max(mean, key=lambda o: mean[o])
+    table: dict[str, dict[str, float]] = {}
+    for o, v in ll.items():
+        d = ll[best] - v
+        dbar = float(s @ d)
+        se = float(np.sqrt(np.sum(s**2 * (d - dbar) ** 2) * n / max(n - 1, 1)))
+        table[o] = {"loglik": mean[o], "deficit": dbar, "se": se}
+    within = [o for o in options if table[o]["deficit"] <= margin * table[o]["se"] + 1e-12]
+    kept = min(within, key=lambda o: (len(options[o]), -mean[o]))
+    return kept, table
 
 
 def embed_member(
@@ -194,25 +338,35 @@ def train_stack(
     return states, member_hidden, member_weights
 
 
-def fit_stack(cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_folds):
+def fit_stack(
+    cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_folds, *, margin=1.0, seed=0
+):
     """The stack's weights and its records.
 
     ``runs[name]`` holds each candidate's first-fold ``(score, config, state, info)``;
     ``pooled[name]`` its held-out probabilities on every fold (``None``: the first fold
-    alone, ``info["val_proba"]``), in the order of the labels ``y_sel``. Returns the
-    plan (kept candidates and renormalised weights), the record of the stack for
-    ``selection["candidates"]`` (first-fold scores, the raw weights, ``pooled``: the
-    mix on all held-out cells) and its first-fold validation record.
+    alone, ``info["val_proba"]``), in the order of the labels ``y_sel``. The set of
+    candidates stacked is chosen by :func:`choose_option` (``margin``, ``seed``) among
+    :func:`stack_options`. Returns the plan (kept candidates and renormalised weights),
+    the record of the stack for ``selection["candidates"]`` (first-fold scores, the
+    weights of every candidate, the sets compared and the one kept, ``pooled``: the mix
+    on all held-out cells) and its first-fold validation record.
     """
     order = [c[0] for c in cands]
     if pooled is None:
         pooled = {n: runs[n][3]["val_proba"] for n in order}
     yv = y_sel.numpy()
     sw = None if class_weight is None else class_weight.numpy()[yv]
-    w = stack_weights(
-        np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1), sample_weight=sw
+    P = np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1)
+    w = stack_weights(P, sample_weight=sw)
+    options = stack_options(cands)
+    kept, table = choose_option(
+        P, order, options, yv, sample_weight=sw, margin=margin, seed=seed
     )
-    plan = stack_plan(order, w)
+    cols = [order.index(n) for n in options[kept]]
+    w_kept = np.zeros(len(order))
+    w_kept[cols] = stack_weights(P[:, cols], sample_weight=sw)
+    plan = stack_plan(order, w_kept)
     like = runs[order[0]][3]
     rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, class_weight, like)
     first = record_of(mix_proba({n: runs[n][3] for n in plan}, plan), y_va, class_weight, like)
@@ -221,6 +375,11 @@ def fit_stack(cands, runs, pooled, y_sel, y_va, class_weight, names, hidden, n_f
         "hidden": list(hidden),
         **{k: first[k] for k in ("val_accuracy", "val_f1_macro", "val_loss", "best_epoch")},
         "weights": {n: round(float(v), 6) for n, v in zip(order, w, strict=True)},
+        "kept": kept,
+        "options": {
+            o: {k: round(v, 6) for k, v in t.items()} | {"candidates": list(options[o])}
+            for o, t in table.items()
+        },
         "pooled": {"folds": n_folds, "n_val": int(yv.size)}
         | {k: rec[f"val_{k}"] for k in ("accuracy", "f1_macro", "loss")},
     }

@@ -414,8 +414,9 @@ def train(
                     # held-out labels (all folds) under the mix of their probabilities
                     pooled = {n: np.concatenate(probas[n]) for n in probas} if folds else None
                     plan, scores[STACK], stack_first = fit_stack(
-                        cands, runs, pooled, y_sel, y_va, cw, names, p.hidden, 1 + len(folds)
-                    )
+                        cands, runs, pooled, y_sel, y_va, cw, names, p.hidden, 1 + len(folds),
+                        margin=p.selection_margin, seed=p.random_state,
+                    )  # fmt: skip
                     chosen, hp = STACK, f_run[1]
                     branches, hidden = list(range(len(xs))), list(p.hidden)
                 elif ahead:
@@ -508,6 +509,7 @@ def train(
                 for n, s in scores.items()
             )
             + f" -> {chosen}"
+            + (f" ({scores[STACK]['kept']})" if plan is not None else "")
         )
     logg.debug(f"trained {len(states)} networks")
     return TrainResult(
