@@ -13,6 +13,10 @@ probabilities, one seed per candidate (the default stack refits three):
 * with ``--scaling both`` (default) each network candidate twice: on z-scored inputs
   (``network_scaling="feature"``, the default before) and with one scale per input
   (``"branch"``, the default now; the logistic regressions always see z-scores);
+* the stack of the set of candidates ``annotate_scmpt`` keeps (``"stack of the kept
+  set"``): each branch's network, each branch's candidates or all of them, chosen by
+  cross-fitted log-likelihood and the one-standard-error rule
+  (:func:`genept.models.scmpt._stack.choose_option`);
 * a cosine ``--k``-NN on each branch (the raw representation, as the 10-NN rows of
   ``annotation_real.py``), its votes smoothed to ``(votes + alpha) / (k + alpha C)`` so
   that a wrong vote is not probability zero.
@@ -27,6 +31,8 @@ MLP, logistic regression or k-NN; chosen on test, an oracle) and with the best M
 
     python benchmarks/real_datasets.py --fetch        # once
     python benchmarks/stack_candidates.py             # about 25 min on 2 cores
+    python benchmarks/stack_candidates.py --datasets pbmc68k_reduced --splits 10 \
+        --scaling branch --no-s --pairs X_pca+X_genept_w X_expr+X_genept_w
 """
 
 from __future__ import annotations
@@ -46,7 +52,12 @@ import genept as gpt
 from genept.models.scmpt._fit import Hyper, input_stats, train_linear, train_one
 from genept.models.scmpt._folds import extra_folds, stratified_split
 from genept.models.scmpt._params import SELECTION_CELLS, ScMPTParams
-from genept.models.scmpt._stack import STACK_MIN_WEIGHT, stack_weights
+from genept.models.scmpt._stack import (
+    STACK_MIN_WEIGHT,
+    choose_option,
+    stack_options,
+    stack_weights,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import annotation_real as ar
@@ -146,7 +157,17 @@ def one_pair(ref, query, pair, codes, y_query, folds, n_classes, k, alpha, scali
     return {"oof": oof, "test": test}
 
 
-def stacked(oof, test, names, held_out, codes) -> tuple[np.ndarray, dict]:
+def stacked(oof, test, names, held_out, codes, sets=False) -> tuple[np.ndarray, dict]:
+    """The stack of ``names`` on the test cells and its weights. ``sets``: the candidates
+    mixed are chosen first, as ``annotate_scmpt`` does (:func:`choose_option` over
+    each branch's network, each branch's candidates and all, one-standard-error rule)."""
+    if sets:
+        cands = [(n, NETS[n.removesuffix(" [branch]")][0], NETS[n.removesuffix(" [branch]")][1])
+                 for n in names]  # fmt: skip
+        options = stack_options(cands)
+        P = np.stack([oof[n][held_out, codes[held_out]] for n in names], 1)
+        kept, _ = choose_option(P, names, options, codes[held_out])
+        names = options[kept]
     w = stack_weights(np.stack([oof[n][held_out, codes[held_out]] for n in names], 1))
     w = np.where(w < STACK_MIN_WEIGHT, 0.0, w)
     w = w / w.sum()
@@ -160,6 +181,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--datasets", nargs="+", default=list(real_datasets.DATASETS))
+    ap.add_argument(
+        "--pairs", nargs="+", default=["+".join(p) for p in PAIRS],
+        help="branch pairs, e.g. X_pca+X_genept_w (default: the four of PAIRS)",
+    )  # fmt: skip
+    ap.add_argument("--no-s", action="store_true", help="no GenePT-s (pairs without it)")
     ap.add_argument("--splits", type=int, default=3)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.1, help="vote smoothing")
@@ -169,6 +195,9 @@ def main() -> None:
         help="how the network candidates see their inputs (ScMPTParams.network_scaling)",
     )  # fmt: skip
     args = ap.parse_args()
+    pairs = [tuple(p.split("+")) for p in args.pairs]
+    if any(len(p) != 2 for p in pairs) or (args.no_s and any("X_genept_s" in p for p in pairs)):
+        ap.error("--pairs: two obsm keys joined by '+' each; with --no-s none of them GenePT-s")
     warnings.filterwarnings("ignore")
     gpt.settings.progress = False
     torch.set_num_threads(args.threads)
@@ -177,6 +206,7 @@ def main() -> None:
     for sc in scalings:
         nets = [f"{n} [branch]" if hid and sc == "branch" else n for n, (_, hid) in NETS.items()]
         variants[f"stack ({sc})"] = nets
+        variants[f"stack of the kept set ({sc})"] = nets
         variants[f"+ k-NN ({sc})"] = [*nets, "knn A", "knn B"]
     rows = []
     for name in args.datasets:
@@ -184,7 +214,7 @@ def main() -> None:
         a = real_datasets.load(name)
         a.obs[ar.LABEL] = a.obs[info["label_key"]]
         a = ar.prepare(a, info["x_kind"])
-        ar.add_genept(a, True)
+        ar.add_genept(a, not args.no_s)
         for seed in range(args.splits):
             ref, query, _ = ar.split(a, None, seed)
             classes, codes = np.unique(ref.obs[ar.LABEL].astype(str), return_inverse=True)
@@ -194,7 +224,7 @@ def main() -> None:
             n_folds = min(5, max(1, math.ceil(SELECTION_CELLS / len(first[1]))))
             folds = [first, *extra_folds(codes, first, n_folds, 5, 0)]
             held_out = np.concatenate([va for _, va in folds])
-            for pair in PAIRS:
+            for pair in pairs:
                 r = one_pair(
                     ref, query, pair, codes, y_query, folds, classes.size, args.k, args.alpha,
                     scalings,
@@ -203,7 +233,9 @@ def main() -> None:
                 for cand, P in r["test"].items():
                     row[cand] = float((P.argmax(1) == y_query).mean())
                 for label, names in variants.items():
-                    P, w = stacked(r["oof"], r["test"], names, held_out, codes)
+                    P, w = stacked(
+                        r["oof"], r["test"], names, held_out, codes, sets="kept set" in label
+                    )
                     row[label] = float((P.argmax(1) == y_query).mean())
                     row[f"w {label}"] = {n: round(float(v), 2) for n, v in w.items() if v >= 0.05}
                 rows.append(row)

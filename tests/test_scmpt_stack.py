@@ -182,7 +182,9 @@ def test_choose_option_keeps_the_simplest_set_within_the_margin():
     assert table["stack"]["loglik"] == pytest.approx(np.log(0.95))
     # a set a little better than the simplest one but within noise: kept with margin 0
     slightly = np.stack([good, np.clip(good + rng.normal(0.01, 0.1, n), 0.05, 1), good], 1)
-    by_loglik = max(opts, key=lambda o: choose_option(slightly, order, opts, labels)[1][o]["loglik"])
+    by_loglik = max(
+        opts, key=lambda o: choose_option(slightly, order, opts, labels)[1][o]["loglik"]
+    )
     assert choose_option(slightly, order, opts, labels, margin=0)[0] == by_loglik
     assert choose_option(slightly, order, opts, labels, margin=1e6)[0] == "A"
     # the parts are the library's (seeded by the model's random_state)

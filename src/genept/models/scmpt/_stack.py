@@ -154,7 +154,9 @@ def crossfit_loglik(
     return out
 
 
-def stack_options(cands: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> dict[str, list[str]]:
+def stack_options(
+    cands: Sequence[tuple[str, Sequence[int], Sequence[int]]],
+) -> dict[str, list[str]]:
     """The sets of candidates the stack chooses among, simplest first.
 
     For each input: its network alone (scMPT on that input alone), then all of its own
@@ -360,9 +362,7 @@ def fit_stack(
     P = np.stack([pooled[n][np.arange(yv.size), yv] for n in order], 1)
     w = stack_weights(P, sample_weight=sw)
     options = stack_options(cands)
-    kept, table = choose_option(
-        P, order, options, yv, sample_weight=sw, margin=margin, seed=seed
-    )
+    kept, table = choose_option(P, order, options, yv, sample_weight=sw, margin=margin, seed=seed)
     cols = [order.index(n) for n in options[kept]]
     w_kept = np.zeros(len(order))
     w_kept[cols] = stack_weights(P[:, cols], sample_weight=sw)
