@@ -265,6 +265,32 @@ def test_stack_weights_out_a_pure_noise_branch_and_predicts_the_weighted_mix(tmp
     pd.testing.assert_frame_equal(back.predict_proba(q), m.predict_proba(q))
 
 
+def xor_data(n=240, seed=0) -> ad.AnnData:
+    """A: two classes no line separates (XOR of the two signs); B: 50-dim noise."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(list("ab")), n // 2)
+    sign = rng.choice([-1, 1], size=n)
+    a = np.stack([sign * 2.0, np.where(y == "a", sign, -sign) * 2.0], 1)
+    obs = pd.DataFrame({"cell_type": y}, index=[f"x{i}" for i in range(n)])
+    out = ad.AnnData(np.zeros((n, 1), np.float32), obs=obs)
+    out.obsm["A"] = (a + rng.normal(scale=0.5, size=(n, 2))).astype(np.float32)
+    out.obsm["B"] = rng.normal(size=(n, 50)).astype(np.float32)
+    return out
+
+
+def test_a_stack_that_keeps_one_network_is_scmpt_on_that_input():
+    ref, q = xor_data(), xor_data(seed=3)
+    m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=2, **FAST)
+    stack = m.selection["candidates"]["stack"]
+    # A's logistic regression is near chance (XOR) and B is noise: A's network alone
+    assert stack["kept"] == "A" and m.selection["weights"] == {"A": 1.0}
+    assert stack["options"]["B"]["deficit"] > 10 * stack["options"]["B"]["se"]
+    alone = ScMPTModel.fit(ref, reps=["A"], n_seeds=2, **FAST)
+    # the same seeds, each with its own early stopping and refit: the same predictions
+    pd.testing.assert_frame_equal(m.predict_proba(q), alone.predict_proba(q))
+    assert (m.predict_proba(q).idxmax(axis=1) == q.obs["cell_type"]).mean() > 0.95
+
+
 def test_stack_of_complementary_branches_leans_on_the_fusions():
     ref = complementary_data()
     m = ScMPTModel.fit(ref, reps=["A", "B"], n_seeds=1, **FAST)
