@@ -80,7 +80,9 @@ dt = time.perf_counter() - t
 u = query.uns["genept_scmpt"]
 print(json.dumps({"time": dt, "accuracy": u["metrics"]["accuracy"],
                   "f1_macro": u["metrics"]["f1_macro"],
-                  "chosen": u.get("selection", {}).get("chosen", "fusion"),
+                  "chosen": u.get("selection", {}).get("chosen", "fusion")
+                  + (" of " + u["selection"]["candidates"]["stack"]["kept"]
+                     if "stack" in u.get("selection", {}).get("candidates", {}) else ""),
                   "val": {k: round(v["val_accuracy"], 3) for k, v in u.get("selection", {}).get("candidates", {}).items()}}))
 """
 

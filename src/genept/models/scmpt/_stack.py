@@ -306,17 +306,20 @@ def train_stack(
 ):
     """The members of the stack: each kept candidate's networks, written over every input.
 
-    A network candidate gives one member per seed (weight ``w / n_seeds``), trained as
-    scMPT trains its seed ensemble on one input: on the split with early stopping (the
-    first seed's selection run, ``runs[name]``, is reused), then with ``refit`` again on
-    every reference cell for the epochs that seed's early stopping chose. A stack that
-    keeps one network alone is therefore scMPT on that input alone. The logistic
-    regression is deterministic: one member, refit on every cell with ``refit``.
-    Returns ``(states, member_hidden, member_weights)``. ``scale_of(branches)``: the
-    networks' input factors (see :func:`~genept.models.scmpt._fit.train_one`).
+    A network candidate gives one member per seed (weight ``w / n_seeds``): with
+    ``refit``, trained on every reference cell for the epochs the first seed's early
+    stopping chose on the split, else trained on the split (the first seed's selection
+    run, ``runs[name]``, is reused). A stack of one network alone is trained as scMPT
+    trains its seed ensemble on that input -- each seed early-stops on the split and is
+    refit for its own epochs -- so that it is scMPT on that input, prediction for
+    prediction (the extra split runs are spent only there). The logistic regression is
+    deterministic: one member, refit on every cell with ``refit``. Returns ``(states,
+    member_hidden, member_weights)``. ``scale_of(branches)``: the networks' input
+    factors (see :func:`~genept.models.scmpt._fit.train_one`).
     """
+    alone = len(plan) == 1  # one candidate kept: trained as scMPT on its input alone
     n_runs = sum(
-        (len(seeds) * (2 if refit else 1) - (1 if refit else 0)) if hid else 1
+        (len(seeds) * 2 - 1 if alone and refit else len(seeds)) if hid else 1
         for name, _, hid in cands
         if name in plan
     )
@@ -330,15 +333,18 @@ def train_stack(
             continue
         _, cfg, st0, info0 = runs[name]
         for i, seed in enumerate(seeds if hid else seeds[:1]):
-            st, info = (st0, info0) if i == 0 else run(br, hid, cfg, seed)
             if refit:
-                if i > 0:
-                    progress.update()  # the split run of this seed
+                info = info0
+                if alone and i > 0:  # this seed's own early stopping on the split
+                    info = run(br, hid, cfg, seed)[1]
+                    progress.update()
                 st = refit_on_all(
                     [tensors[j] for j in br], y_t, hidden=hid, hp=cfg,
                     epochs=info["best_epoch"], seed=seed, C=info0.get("C", LINEAR_C),
                     common=common, scale=None if scale_of is None else scale_of(br),
                 )  # fmt: skip
+            else:
+                st = st0 if i == 0 else run(br, hid, cfg, seed)[0]
             states.append(embed_member(st, br, hid, in_dims, common["n_classes"]))
             member_hidden.append(list(hid))
             member_weights.append(plan[name] / (len(seeds) if hid else 1))
