@@ -105,7 +105,7 @@ select
     validation cannot tell apart from one of its branches falls back to that branch
     (``selection["candidates"]["stack"]["kept"]``, the sets' scores under
     ``"options"``): on 10 splits of pbmc68k_reduced, PCA + GenePT-w kept GenePT-w's
-    network in 8 and scored 0.845 against 0.847 for scMPT on GenePT-w (0.841 when
+    network in 8 and scored 0.846 against 0.847 for scMPT on GenePT-w (0.841 when
     every candidate was mixed). ``"best"``: one candidate, or ``"fusion+linear"`` (the average of
     the fusion's and the linear fusion's probabilities), which is kept unless another
     candidate is better on the held-out cells by more than ``selection_margin``
