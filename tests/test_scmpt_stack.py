@@ -159,6 +159,11 @@ def test_stack_options_list_each_input_alone_then_all():
     # networks without hidden layers: an input's only candidate is listed once
     flat = [("fusion", [0, 1], []), ("A", [0], []), ("B", [1], [])]
     assert stack_options(flat) == {"A": ["A"], "B": ["B"], "stack": ["fusion", "A", "B"]}
+    # an input called "stack" keeps its name; the set of every candidate gets another
+    named = [("fusion", [0, 1], []), ("stack", [0], []), ("B", [1], [])]
+    assert stack_options(named) == {
+        "stack": ["stack"], "B": ["B"], "stack(all)": ["fusion", "stack", "B"]
+    }  # fmt: skip
 
 
 def test_choose_option_keeps_the_simplest_set_within_the_margin():

@@ -160,8 +160,9 @@ def stack_options(
     """The sets of candidates the stack chooses among, simplest first.
 
     For each input: its network alone (scMPT on that input alone), then all of its own
-    candidates (network and logistic regression); last every candidate (``"stack"``).
-    A set is named by its candidates joined with ``" + "``; duplicates are dropped.
+    candidates (network and logistic regression); last every candidate (``"stack"``, or
+    ``"stack(all)"`` if a smaller set already has that name). A set is named by its
+    candidates joined with ``" + "``; duplicates are dropped.
 
     Examples
     --------
@@ -180,9 +181,10 @@ def stack_options(
         sets.append(nets[:1] or [members[0][0]])
     sets += [[n for n, _ in members] for members in own.values()]
     out: dict[str, list[str]] = {}
-    for names in [*sets, [c[0] for c in cands]]:
+    for names in sets:
         if list(names) not in out.values():
-            out[" + ".join(names) if len(names) < len(cands) else STACK] = list(names)
+            out[" + ".join(names)] = list(names)
+    out[STACK if STACK not in out else f"{STACK}(all)"] = [c[0] for c in cands]
     return out
 
 
