@@ -124,11 +124,14 @@ def deal(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return part
 
 
-def _kept_weights(p_true: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray:
-    """:func:`stack_weights` with the candidates under :data:`STACK_MIN_WEIGHT` dropped."""
-    w = stack_weights(p_true, sample_weight=sample_weight)
-    w = np.where(w >= STACK_MIN_WEIGHT, w, 0.0)
-    return w / w.sum() if w.sum() > 0 else np.full(w.size, 1.0 / w.size)
+def _dropped(weights: np.ndarray, min_weight: float = STACK_MIN_WEIGHT) -> np.ndarray:
+    """``weights`` without those under ``min_weight`` (the largest stays), renormalised."""
+    w = np.asarray(weights, dtype=np.float64)
+    keep = w >= min_weight
+    if not keep.any():
+        keep = w == w.max()
+    w = np.where(keep, w, 0.0)
+    return w / w.sum()
 
 
 def crossfit_loglik(
@@ -149,7 +152,7 @@ def crossfit_loglik(
         fit, score = parts != j, parts == j
         if not fit.any():  # one part: nothing to fit on but itself
             fit = score
-        w = _kept_weights(P[fit], None if s is None else s[fit])
+        w = _dropped(stack_weights(P[fit], sample_weight=None if s is None else s[fit]))
         out[score] = np.log(P[score] @ w)
     return out
 
@@ -289,12 +292,7 @@ def stack_plan(
     names: Sequence[str], weights: np.ndarray, min_weight: float = STACK_MIN_WEIGHT
 ) -> dict[str, float]:
     """The candidates kept in the stack and their renormalised weights (``>= min_weight``)."""
-    w = np.asarray(weights, dtype=np.float64)
-    keep = w >= min_weight
-    if not keep.any():
-        keep = w == w.max()
-    w = np.where(keep, w, 0.0)
-    w = w / w.sum()
+    w = _dropped(weights, min_weight)
     return {n: float(v) for n, v in zip(names, w, strict=True) if v > 0}
 
 
@@ -379,7 +377,8 @@ def fit_stack(
     kept, table = choose_option(P, order, options, yv, sample_weight=sw, margin=margin, seed=seed)
     cols = [order.index(n) for n in options[kept]]
     w_kept = np.zeros(len(order))
-    w_kept[cols] = stack_weights(P[:, cols], sample_weight=sw)
+    # the full set's weights are w itself; a smaller set gets its own fit
+    w_kept[cols] = w if len(cols) == len(order) else stack_weights(P[:, cols], sample_weight=sw)
     plan = stack_plan(order, w_kept)
     like = runs[order[0]][3]
     rec = record_of(sum(wt * pooled[n] for n, wt in plan.items()), y_sel, class_weight, like)
